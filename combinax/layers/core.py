@@ -1,0 +1,160 @@
+"""Core layers: Dense, Embedding, Dropout, reshaping and reductions, and learned Weights."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from combinax import shapes
+from combinax.layers import initializers
+from combinax.layers.base import Layer, LayerError, check_last_dim, check_rank
+from combinax.layers.combinators import Fn
+
+
+class Dense(Layer):
+  """A fully connected layer on the last axis: `x @ kernel + bias`.
+
+  >>> Dense(10).init(jax.random.key(0), shapes.ShapeDtype((8, 32)))[0]["kernel"].shape
+  (32, 10)
+  """
+
+  def __init__(self, n_units: int, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+               use_bias: bool = True, name: str | None = None):
+    super().__init__(1, 1, name)
+    self.n_units, self.use_bias = int(n_units), use_bias
+    self.kernel_initializer = initializers.get(kernel_initializer)
+    self.bias_initializer = initializers.get(bias_initializer)
+
+  def init_params_and_state(self, rng, input_signature):
+    check_rank(self, input_signature, 1, "(..., features)")
+    kernel_rng, bias_rng = jax.random.split(rng)
+    params = {"kernel": self.kernel_initializer(kernel_rng, (input_signature.shape[-1], self.n_units), jnp.float32)}
+    if self.use_bias:
+      params["bias"] = self.bias_initializer(bias_rng, (self.n_units,), jnp.float32)
+    return params, {}
+
+  def forward(self, params, state, x, *, rng, train):
+    check_rank(self, x, 1, "(..., features)")
+    check_last_dim(self, x, params["kernel"].shape[0])
+    y = jnp.dot(x, params["kernel"])
+    if self.use_bias:
+      y = y + params["bias"].reshape((1,) * (y.ndim - 1) + (-1,))
+    return y, state
+
+
+class Embedding(Layer):
+  """Maps integer ids to learned vectors of size `d_feature`.
+
+  >>> Embedding(100, 8).output_signature(shapes.ShapeDtype((2, 5), jnp.int32))
+  ShapeDtype((2, 5, 8), float32)
+  """
+
+  def __init__(self, vocab_size: int, d_feature: int, kernel_initializer=None, name: str | None = None):
+    super().__init__(1, 1, name)
+    self.vocab_size, self.d_feature = int(vocab_size), int(d_feature)
+    self.kernel_initializer = initializers.get(kernel_initializer or initializers.normal(self.d_feature ** -0.5))
+
+  def init_params_and_state(self, rng, input_signature):
+    self._check_ids(input_signature)
+    return {"embedding": self.kernel_initializer(rng, (self.vocab_size, self.d_feature), jnp.float32)}, {}
+
+  def _check_ids(self, x):
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+      raise LayerError(self, "inputs must be integer ids", expected="an integer dtype",
+                       actual=shapes.describe(x))
+
+  def forward(self, params, state, x, *, rng, train):
+    self._check_ids(x)
+    return jnp.take(params["embedding"], x, axis=0), state
+
+
+class Dropout(Layer):
+  """Zeroes each entry with probability `rate` and scales the rest by 1 / (1 - rate) when `train=True`;
+  the identity otherwise. `shared_axes` share one mask along those axes (e.g. the time axis).
+
+  >>> Dropout(0.1).apply({}, {}, jnp.ones(3))[0]  # not training: identity
+  Array([1., 1., 1.], dtype=float32)
+  """
+
+  def __init__(self, rate: float, shared_axes: Sequence[int] = (), name: str | None = None):
+    super().__init__(1, 1, name)
+    self.rate, self.shared_axes = float(rate), tuple(shared_axes)
+    if not 0.0 <= self.rate < 1.0:
+      raise LayerError(self, "rate is the probability of dropping and must lie in [0, 1)",
+                       expected="0 <= rate < 1", actual=rate)
+
+  def forward(self, params, state, x, *, rng, train):
+    if not train or self.rate == 0.0:
+      return x, state
+    if rng is None:
+      raise LayerError(self, "train=True needs an rng: call apply(..., rng=key, train=True)",
+                       expected="an rng", actual="rng=None")
+    mask_shape = tuple(1 if i in {a % x.ndim for a in self.shared_axes} else d for i, d in enumerate(x.shape))
+    keep = jax.random.bernoulli(rng, 1.0 - self.rate, mask_shape)
+    return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x)), state
+
+
+class Flatten(Layer):
+  """Keeps the first `n_axes_to_keep` axes and flattens the rest into one."""
+
+  def __init__(self, n_axes_to_keep: int = 1, name: str | None = None):
+    super().__init__(1, 1, name)
+    self.n_axes_to_keep = int(n_axes_to_keep)
+
+  def forward(self, params, state, x, *, rng, train):
+    check_rank(self, x, self.n_axes_to_keep + 1, f"{self.n_axes_to_keep} kept axes and at least one more")
+    return x.reshape(x.shape[:self.n_axes_to_keep] + (-1,)), state
+
+
+class Weights(Layer):
+  """Learned weights as a layer: takes nothing, pushes an array of `shape` (Trax's `Weights`)."""
+
+  def __init__(self, initializer="glorot_uniform", shape: Sequence[int] = (), name: str | None = None):
+    super().__init__(0, 1, name)
+    self.initializer, self.shape = initializers.get(initializer), tuple(shape)
+
+  def init_params_and_state(self, rng, input_signature):
+    return {"weights": self.initializer(rng, self.shape, jnp.float32)}, {}
+
+  def forward(self, params, state, inputs, *, rng, train):
+    return params["weights"], state
+
+
+def LogSoftmax(axis: int = -1) -> Layer:
+  """Log-probabilities along `axis`."""
+  return Fn("LogSoftmax", lambda x: jax.nn.log_softmax(x, axis=axis))
+
+
+def Softmax(axis: int = -1) -> Layer:
+  """Probabilities along `axis`."""
+  return Fn("Softmax", lambda x: jax.nn.softmax(x, axis=axis))
+
+
+def Mean(axis=-1, keepdims: bool = False) -> Layer:
+  return Fn("Mean", lambda x: jnp.mean(x, axis=axis, keepdims=keepdims))
+
+
+def Sum(axis=None, keepdims: bool = False) -> Layer:
+  return Fn("Sum", lambda x: jnp.sum(x, axis=axis, keepdims=keepdims))
+
+
+def Max(axis=-1, keepdims: bool = False) -> Layer:
+  return Fn("Max", lambda x: jnp.max(x, axis=axis, keepdims=keepdims))
+
+
+def ArgMax(axis: int = -1) -> Layer:
+  """Index of the largest entry along `axis` (int32)."""
+  return Fn("ArgMax", lambda x: jnp.argmax(x, axis=axis).astype(jnp.int32))
+
+
+def StopGradient() -> Layer:
+  """The identity, with no gradient flowing back."""
+  return Fn("StopGradient", jax.lax.stop_gradient)
+
+
+def ToFloat() -> Layer:
+  """Casts to float32."""
+  return Fn("ToFloat", lambda x: x.astype(np.float32))

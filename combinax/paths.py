@@ -1,0 +1,69 @@
+"""Readable paths into params/state pytrees, and selection of leaves by glob pattern.
+
+A path joins dict keys (and sequence indices) with "/": `encoder/block_0/attention/q/kernel`.
+Patterns are shell-style globs matched against the whole path (`fnmatch`), where `*` also crosses "/":
+`"encoder/*/attention/*"` selects every attention weight of every encoder block.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Iterable
+
+import jax
+import numpy as np
+
+
+def _segment(key) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _join(keys) -> str:
+  return "/".join(_segment(k) for k in keys)
+
+
+def leaves_with_paths(tree: Any) -> list[tuple[str, Any]]:
+  """(path, leaf) for every leaf, in the pytree's order."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return [(_join(keys), leaf) for keys, leaf in flat]
+
+
+def paths(tree: Any) -> list[str]:
+  """Every leaf's path.
+
+  >>> paths({"Dense_0": {"bias": 0, "kernel": 0}})
+  ['Dense_0/bias', 'Dense_0/kernel']
+  """
+  return [path for path, _ in leaves_with_paths(tree)]
+
+
+def _patterns(patterns: str | Iterable[str]) -> list[str]:
+  return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
+def matches(path: str, patterns: str | Iterable[str]) -> bool:
+  """True if `path` matches any of the glob `patterns`."""
+  return any(fnmatch.fnmatchcase(path, p) for p in _patterns(patterns))
+
+
+def select(tree: Any, patterns: str | Iterable[str]) -> dict[str, Any]:
+  """{path: leaf} for the leaves whose path matches any pattern.
+
+  >>> list(select({"a": {"kernel": 1, "bias": 2}}, "*/kernel"))
+  ['a/kernel']
+  """
+  return {path: leaf for path, leaf in leaves_with_paths(tree) if matches(path, patterns)}
+
+
+def mask(tree: Any, patterns: str | Iterable[str]) -> Any:
+  """A pytree like `tree` with True where the leaf's path matches (e.g. for `optax.masked`)."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  return jax.tree_util.tree_unflatten(treedef, [matches(_join(keys), patterns) for keys, _ in flat])
+
+
+def count_params(tree: Any) -> int:
+  """The number of scalars in all leaves of `tree`."""
+  return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(tree)))
