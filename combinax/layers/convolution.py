@@ -10,6 +10,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from combinax.layers import initializers
@@ -117,22 +118,22 @@ class MaxPool(_Pool):
   """Largest entry of each window."""
 
   def pool(self, x):
-    return self._window(x, jnp.array(-jnp.inf, x.dtype), lax.max)
+    return self._window(x, np.array(-np.inf, x.dtype), lax.max)
 
 
 class SumPool(_Pool):
   """Sum of each window."""
 
   def pool(self, x):
-    return self._window(x, jnp.array(0, x.dtype), lax.add)
+    return self._window(x, np.array(0, x.dtype), lax.add)
 
 
 class AvgPool(_Pool):
   """Mean of each window; with "SAME" padding, only the entries inside the input are averaged."""
 
   def pool(self, x):
-    total = self._window(x, jnp.array(0, x.dtype), lax.add)
+    total = self._window(x, np.array(0, x.dtype), lax.add)
     if self.padding == "VALID":
       return total / math.prod(self.pool_size)
-    counts = self._window(jnp.ones((1,) + x.shape[1:-1] + (1,), x.dtype), jnp.array(0, x.dtype), lax.add)
+    counts = self._window(np.ones((1,) + x.shape[1:-1] + (1,), x.dtype), np.array(0, x.dtype), lax.add)
     return total / counts

@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="combinax",
+    version="0.1.0",
+    description="Trax-style combinator layers on JAX: pure (init, apply) layers composed on a data stack.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["combinax", "combinax.*"]),
+    install_requires=[
+        "jax>=0.4.35",
+        "numpy>=1.26",
+        "optax>=0.2.3",
+        "gin-config>=0.5.0",
+        "absl-py>=1.4",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+    },
+)

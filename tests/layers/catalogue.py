@@ -1,0 +1,85 @@
+"""One example of every public layer, with an input signature: the contract tests run over all of them."""
+
+import jax.numpy as jnp
+
+from combinax import ShapeDtype
+from combinax import layers as cl
+
+F, I = jnp.float32, jnp.int32
+
+
+def S(*shape, dtype=F):
+  return ShapeDtype(shape, dtype)
+
+
+def _positive_sum():
+  return cl.Fn("PositiveSum", lambda x: jnp.sum(x) > 0)
+
+
+CATALOGUE = {
+    # Combinators.
+    "Serial": (lambda: cl.Serial(cl.Dense(4), cl.Relu(), cl.Dense(3)), S(2, 5)),
+    "Parallel": (lambda: cl.Parallel(cl.Dense(3), cl.Relu()), (S(2, 5), S(2, 4))),
+    "Branch": (lambda: cl.Branch(cl.Dense(3), cl.Relu()), S(2, 5)),
+    "Residual": (lambda: cl.Residual(cl.LayerNorm(), cl.Dense(5)), S(2, 5)),
+    "Residual_shortcut": (lambda: cl.Residual(cl.Dense(3), shortcut=cl.Dense(3)), S(2, 5)),
+    "Select": (lambda: cl.Select([2, 0]), (S(2), S(3), S(4))),
+    "Dup": (cl.Dup, S(2, 3)),
+    "Swap": (cl.Swap, (S(2), S(3))),
+    "Drop": (cl.Drop, S(2, 3)),
+    "Fn": (lambda: cl.Fn("Square", lambda x: x * x), S(2, 3)),
+    "Concatenate": (lambda: cl.Concatenate(3, axis=-1), (S(2, 1), S(2, 2), S(2, 3))),
+    "Split": (lambda: cl.Split(3, axis=-1), S(2, 6)),
+    "Add": (cl.Add, (S(2, 3), S(2, 3))),
+    "SubtractTop": (cl.SubtractTop, (S(2, 3), S(2, 3))),
+    "Multiply": (cl.Multiply, (S(2, 3), S(2, 3))),
+    "Gate": (cl.Gate, (S(2, 3), S(2, 3), S(2, 3))),
+    "Scan": (lambda: cl.Scan(cl.Serial(cl.Add(), cl.Dense(3), cl.Dup())), (S(4, 3), S(3))),
+    "Scan_axis1_remat": (lambda: cl.Scan(cl.Serial(cl.Add(), cl.Dup()), axis=1, remat=True), (S(2, 4), S(2))),
+    "Cond": (lambda: cl.Cond(_positive_sum(), cl.Dense(5)), S(2, 5)),
+    "Cond_false": (lambda: cl.Cond(_positive_sum(), cl.Dense(5), cl.Dropout(0.5)), S(2, 5)),
+    "Chunk": (lambda: cl.Chunk(cl.Dense(3), chunk_size=2), S(4, 5)),
+    "BatchLeadingAxes": (lambda: cl.BatchLeadingAxes(cl.Flatten()), S(2, 3, 4, 5)),
+    "Bidirectional": (lambda: cl.Bidirectional(cl.Dense(3)), S(2, 4, 5)),
+    "Remat": (lambda: cl.Remat(cl.Serial(cl.Dense(3), cl.Tanh())), S(2, 5)),
+    # Core.
+    "Dense": (lambda: cl.Dense(3), S(2, 5)),
+    "Dense_nobias": (lambda: cl.Dense(3, use_bias=False, kernel_initializer="orthogonal"), S(2, 4, 5)),
+    "Embedding": (lambda: cl.Embedding(10, 4), S(2, 3, dtype=I)),
+    "Dropout": (lambda: cl.Dropout(0.5), S(2, 5)),
+    "Flatten": (cl.Flatten, S(2, 3, 4)),
+    "LogSoftmax": (cl.LogSoftmax, S(2, 5)),
+    "Softmax": (cl.Softmax, S(2, 5)),
+    "Mean": (cl.Mean, S(2, 5)),
+    "Sum": (cl.Sum, S(2, 5)),
+    "Max": (cl.Max, S(2, 5)),
+    "ArgMax": (cl.ArgMax, S(2, 5)),
+    "StopGradient": (cl.StopGradient, S(2, 5)),
+    "ToFloat": (cl.ToFloat, S(2, 5, dtype=I)),
+    "Weights": (lambda: cl.Weights("normal", shape=(3, 4)), ()),
+    # Activations.
+    **{name: (getattr(cl, name), S(2, 6)) for name in
+       ["Relu", "Gelu", "FastGelu", "Sigmoid", "Tanh", "Silu", "Swish", "Elu", "Selu", "LeakyRelu", "Softplus",
+        "Glu"]},
+    # Normalization.
+    "LayerNorm": (cl.LayerNorm, S(4, 3, 5)),
+    "RMSNorm": (cl.RMSNorm, S(4, 3, 5)),
+    "BatchNorm": (cl.BatchNorm, S(4, 3, 5)),
+    # Convolution and pooling.
+    "Conv1D": (lambda: cl.Conv(4, (3,)), S(2, 8, 3)),
+    "Conv2D": (lambda: cl.Conv(4, (3, 3), strides=(2, 2), padding="SAME"), S(2, 6, 6, 3)),
+    "Conv3D": (lambda: cl.Conv(2, (2, 2, 2), kernel_dilation=(1, 1, 2)), S(1, 4, 4, 4, 2)),
+    "Conv2D_leading_axes": (lambda: cl.Conv(2, (2, 2)), S(3, 2, 4, 4, 1)),
+    "CausalConv": (lambda: cl.CausalConv(4, 3, dilation=2), S(2, 8, 3)),
+    "MaxPool": (lambda: cl.MaxPool((2, 2)), S(2, 4, 4, 3)),
+    "AvgPool": (lambda: cl.AvgPool((3, 3), strides=(1, 1), padding="SAME"), S(2, 4, 4, 3)),
+    "SumPool": (lambda: cl.SumPool((2,)), S(2, 6, 3)),
+    # Losses and metrics.
+    "WeightedCategoryCrossEntropy": (lambda: cl.WeightedCategoryCrossEntropy(label_smoothing=0.1),
+                                     (S(2, 3, 5), S(2, 3, dtype=I), S(2, 3))),
+    "CategoryCrossEntropy": (cl.CategoryCrossEntropy, (S(2, 3, 5), S(2, 3, dtype=I))),
+    "BinaryCrossEntropy": (cl.BinaryCrossEntropy, (S(4,), S(4,))),
+    "L2Loss": (cl.L2Loss, (S(2, 3), S(2, 3), S(2, 3))),
+    "WeightedCategoryAccuracy": (cl.WeightedCategoryAccuracy, (S(2, 3, 5), S(2, 3, dtype=I), S(2, 3))),
+    "SequenceAccuracy": (cl.SequenceAccuracy, (S(2, 3, 5), S(2, 3, dtype=I), S(2, 3))),
+}
