@@ -270,3 +270,22 @@ def test_str_prints_the_tree_trax_style():
       "    Dense",
       "  ]",
       "]"])
+
+
+def test_shared_layer_state():
+  bn = cl.BatchNorm(momentum=0.5)
+  x, y = jnp.ones((4, 2)), 3 * jnp.ones((4, 2))
+  # Within one scope the second use sees the first use's update.
+  twice = cl.Serial(bn, cl.Fn("Shift", lambda h: h + 2.0), bn)
+  params, state = twice.init(KEY, x)
+  assert list(state) == ["BatchNorm_0"]
+  _, new = twice.apply(params, state, x, train=True)
+  # First use: running mean 0.5 * 0 + 0.5 * 1; it outputs zeros, shifted to 2; second use: 0.5 * 0.5 + 0.5 * 2.
+  np.testing.assert_allclose(new["BatchNorm_0"]["mean"], [1.25, 1.25])
+  # Across scopes one copy is stored, and the last occurrence's update is kept.
+  split = cl.Parallel(cl.Serial(bn, name="a"), cl.Serial(bn, name="b"))
+  params, state = split.init(KEY, (x, y))
+  assert cx.paths(state) == ["a/BatchNorm_0/mean", "a/BatchNorm_0/var"]
+  _, new = split.apply(params, state, (x, y), train=True)
+  assert cx.paths(new) == cx.paths(state)
+  np.testing.assert_allclose(new["a"]["BatchNorm_0"]["mean"], [1.5, 1.5])
