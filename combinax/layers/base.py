@@ -258,6 +258,16 @@ def child_rng(rng: jax.Array | None, index: int) -> jax.Array | None:
   return None if rng is None else jax.random.fold_in(rng, index)
 
 
+MODES = ("train", "eval", "predict")
+
+
+def check_mode(layer: Layer, mode: str) -> str:
+  """Trax's modes: "train" and "eval" build the same layer; "predict" keeps decoding history in `state`."""
+  if mode not in MODES:
+    raise LayerError(layer, "unknown mode", expected=" or ".join(repr(m) for m in MODES), actual=repr(mode))
+  return mode
+
+
 def check_rank(layer: Layer, x, at_least: int, description: str):
   """Raises a LayerError unless `x` (an array or signature) has rank >= `at_least`."""
   if len(x.shape) < at_least:

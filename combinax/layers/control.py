@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from combinax import shapes
-from combinax.layers.base import Layer, LayerError, child_rng, init_and_signature
+from combinax.layers.base import Layer, LayerError, check_mode, child_rng, init_and_signature
 from combinax.layers.combinators import (Branch, Concatenate, Fn, Select, Serial, _hidden, from_stack,
                                          to_stack)
 from combinax.layers.scopes import Combinator
@@ -46,14 +46,18 @@ class Scan(_Wrapper):
   """Runs `layer` along `axis` with `lax.scan`, Trax-style: the layer maps (x..., carry...) to (y..., carry...),
   the last `n_carry` stack items being the carries. Outputs are the stacked ys and the final carries.
 
+  With `mode="predict"` (decoding one chunk at a time), the carries live in `state["carry"]`: each call starts
+  from the carries the previous call ended with (zeros after `init`) instead of its carry inputs.
+
   >>> from combinax.layers.combinators import Add, Dup
   >>> Scan(Serial(Add(), Dup()), axis=0).n_in  # (xs, carry) -> (running sums, final carry)
   2
   """
 
-  def __init__(self, layer: Layer, axis: int = 0, n_carry: int = 1, remat: bool = False, name: str | None = None):
+  def __init__(self, layer: Layer, axis: int = 0, n_carry: int = 1, remat: bool = False, mode: str = "train",
+               name: str | None = None):
     super().__init__(layer, name)
-    self.axis, self.n_carry, self.remat = axis, n_carry, remat
+    self.axis, self.n_carry, self.remat, self.mode = axis, n_carry, remat, check_mode(self, mode)
     if not 0 <= n_carry < layer.n_in or n_carry > layer.n_out:
       raise LayerError(self, "n_carry must leave at least one scanned input and fit in the outputs",
                        expected=f"0 <= n_carry < {layer.n_in} and n_carry <= {layer.n_out}", actual=n_carry)
@@ -80,10 +84,20 @@ class Scan(_Wrapper):
     if list(carries_in) != list(carries_out):
       raise LayerError(self, "the layer must return its carries with the signature it was given",
                        expected=shapes.describe(carries_in), actual=shapes.describe(carries_out))
-    return self._wrap(params), self._wrap(state)
+    state = self._wrap(state)
+    if self.mode == "predict":
+      state["carry"] = tuple(jnp.zeros(c.shape, c.dtype) for c in carries_in)
+    return self._wrap(params), state
 
   def forward(self, params, state, inputs, *, rng, train):
     xs, carries = self._split(inputs)
+    state = dict(state)
+    if self.mode == "predict":
+      stored = state.pop("carry")
+      if shapes.signature(tuple(carries)) != shapes.signature(stored):
+        raise LayerError(self, "in predict mode the carry inputs must match the carries kept in state",
+                         expected=shapes.describe(stored), actual=shapes.describe(tuple(carries)))
+      carries = stored
     xs = [jnp.moveaxis(x, self.axis, 0) for x in xs]
     lengths = {x.shape[0] for x in xs}
     if len(lengths) != 1:
@@ -103,8 +117,10 @@ class Scan(_Wrapper):
 
     if self.remat:
       step = jax.checkpoint(step)
-    (carries, new_state), ys = lax.scan(step, (tuple(carries), dict(state)), (tuple(xs), rngs))
+    (carries, new_state), ys = lax.scan(step, (tuple(carries), state), (tuple(xs), rngs))
     ys = [jnp.moveaxis(y, 0, self.axis) for y in ys]
+    if self.mode == "predict":
+      new_state["carry"] = carries
     return from_stack(ys + list(carries), self.n_out), new_state
 
 
