@@ -3,7 +3,8 @@
 from combinax.layers import initializers
 from combinax.layers.activations import (Elu, FastGelu, Gelu, Glu, LeakyRelu, Relu, Selu, Sigmoid, Silu, Softplus,
                                          Swish, Tanh)
-from combinax.layers.base import Layer, LayerError, child_rng, init_and_signature
+from combinax.layers.attention import ShiftRight
+from combinax.layers.base import Layer, LayerError, check_mode, child_rng, init_and_signature
 from combinax.layers.combinators import (Add, Branch, Concatenate, Drop, Dup, Fn, Gate, Multiply, Parallel,
                                          Residual, Select, Serial, Split, SubtractTop, Swap)
 from combinax.layers.control import BatchLeadingAxes, Bidirectional, Chunk, Cond, Remat, Scan

@@ -42,6 +42,8 @@ CATALOGUE = {
     "BatchLeadingAxes": (lambda: cl.BatchLeadingAxes(cl.Flatten()), S(2, 3, 4, 5)),
     "Bidirectional": (lambda: cl.Bidirectional(cl.Dense(3)), S(2, 4, 5)),
     "Remat": (lambda: cl.Remat(cl.Serial(cl.Dense(3), cl.Tanh())), S(2, 5)),
+    "Scan_predict": (lambda: cl.Scan(cl.Serial(cl.Add(), cl.Dup()), mode="predict"), (S(4, 3), S(3))),
+    "ShiftRight": (cl.ShiftRight, S(2, 5, dtype=I)),
     # Core.
     "Dense": (lambda: cl.Dense(3), S(2, 5)),
     "Dense_nobias": (lambda: cl.Dense(3, use_bias=False, kernel_initializer="orthogonal"), S(2, 4, 5)),
