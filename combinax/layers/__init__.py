@@ -3,16 +3,19 @@
 from combinax.layers import initializers
 from combinax.layers.activations import (Elu, FastGelu, Gelu, Glu, LeakyRelu, Relu, Selu, Sigmoid, Silu, Softplus,
                                          Swish, Tanh)
-from combinax.layers.attention import ShiftRight
+from combinax.layers.attention import (Attention, AttentionQKV, CausalAttention, DotProductAttention,
+                                       EncoderDecoderMask, PaddingMask, ShiftRight, attend)
 from combinax.layers.base import Layer, LayerError, check_mode, child_rng, init_and_signature
 from combinax.layers.combinators import (Add, Branch, Concatenate, Drop, Dup, Fn, Gate, Multiply, Parallel,
                                          Residual, Select, Serial, Split, SubtractTop, Swap)
-from combinax.layers.control import BatchLeadingAxes, Bidirectional, Chunk, Cond, Remat, Scan
+from combinax.layers.control import BatchLeadingAxes, Bidirectional, Cache, Chunk, Cond, Remat, Scan
 from combinax.layers.convolution import AvgPool, CausalConv, Conv, MaxPool, SumPool
 from combinax.layers.core import (ArgMax, Dense, Dropout, Embedding, Flatten, LogSoftmax, Max, Mean, Softmax,
-                                  StopGradient, Sum, ToFloat, Weights)
+                                  StopGradient, Sum, TiedLogits, ToFloat, Weights)
 from combinax.layers.losses import (BinaryCrossEntropy, CategoryCrossEntropy, L2Loss,
                                     WeightedCategoryCrossEntropy)
 from combinax.layers.metrics import SequenceAccuracy, WeightedCategoryAccuracy
 from combinax.layers.normalization import BatchNorm, LayerNorm, RMSNorm
+from combinax.layers.positional import LearnedPositionalEncoding, PositionalEncoding, rotary, sinusoids
+from combinax.layers.repeat import Repeat
 from combinax.layers.scopes import Combinator

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 from combinax import shapes
 from combinax.layers.base import Layer, LayerError, check_mode
+from combinax.layers.combinators import Branch, Parallel, Select, Serial
+from combinax.layers.core import Dense
+from combinax.layers.positional import ROTARY_LAYOUTS, rotary
 
 
 class ShiftRight(Layer):
@@ -30,3 +35,190 @@ class ShiftRight(Layer):
     pad[1] = (self.n_positions, 0)
     padded = jnp.pad(x, pad, constant_values=self.pad_value)
     return padded[:, :x.shape[1]], state
+
+
+class PaddingMask(Layer):
+  """From token ids (batch, length), the attention mask (batch, 1, 1, length): True where the token is not `pad`."""
+
+  def __init__(self, pad: int = 0, name: str | None = None):
+    super().__init__(1, 1, name)
+    self.pad = pad
+
+  def forward(self, params, state, ids, *, rng, train):
+    if ids.ndim != 2:
+      raise LayerError(self, "input must be token ids", expected="(batch, length)", actual=shapes.describe(ids))
+    return (ids != self.pad)[:, None, None, :], state
+
+
+class EncoderDecoderMask(Layer):
+  """(decoder activations (batch, target length, d), encoder padding mask (batch, 1, 1, source length)) ->
+  the cross-attention mask (batch, 1, target length, source length)."""
+
+  def __init__(self, name: str | None = None):
+    super().__init__(2, 1, name)
+
+  def forward(self, params, state, inputs, *, rng, train):
+    decoder, mask = inputs
+    if mask.ndim != 4 or decoder.ndim < 2 or mask.shape[0] != decoder.shape[0]:
+      raise LayerError(self, "expected decoder activations and an encoder padding mask",
+                       expected="((batch, target length, ...), (batch, 1, 1, source length))",
+                       actual=shapes.describe(inputs))
+    return jnp.broadcast_to(mask, (mask.shape[0], 1, decoder.shape[1], mask.shape[-1])), state
+
+
+_NEG = -0.7 * float(jnp.finfo(jnp.float32).max)  # masked logits: exp() underflows to 0 without inf - inf = nan
+
+
+def attend(q, k, v, mask, *, dropout: float = 0.0, rng=None, fast: bool = True):
+  """Multi-head scaled dot-product attention with grouped K/V heads.
+
+  q: (batch, Tq, heads, d_head); k, v: (batch, Tk, kv_heads, d_head) with heads a multiple of kv_heads;
+  mask: boolean, broadcastable to (batch, heads, Tq, Tk), True where attending is allowed (or None).
+  Returns (batch, Tq, heads, d_head). Dropout on the attention weights needs the explicit path (fast=False).
+  """
+  if fast and not dropout:
+    return jax.nn.dot_product_attention(q, k, v, mask=mask).astype(q.dtype)
+  b, tq, h, d = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, tq, kv_heads, h // kv_heads, d)
+  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(float(d))
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (b, h, tq, k.shape[1])).reshape(b, kv_heads, h // kv_heads, tq, k.shape[1])
+    logits = jnp.where(mask, logits, _NEG)
+  weights = jax.nn.softmax(logits, axis=-1)
+  if dropout:
+    keep = jax.random.bernoulli(rng, 1.0 - dropout, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout), 0.0)
+  out = jnp.einsum("bkgts,bskd->btkgd", weights.astype(v.dtype), v)
+  return out.reshape(b, tq, h, d)
+
+
+class DotProductAttention(Layer):
+  """The attention of projected (q, k, v[, mask]) (each (batch, length, heads * d_head)) -> (batch, Tq, heads * d_head).
+
+  `causal=True` takes (q, k, v) and lets position t attend to positions <= t; in predict mode it keeps a KV cache
+  of `max_len` positions in `state` (`k`, `v`: (batch, max_len, kv_heads, d_head), `index`), so a prefill of any
+  length followed by one token per call gives the same result as one pass. `causal=False` takes (q, k, v, mask).
+  `rotary` ("half" or "interleaved") rotates q and k by their positions (RoPE) first.
+  """
+
+  def __init__(self, n_heads: int, n_kv_heads: int | None = None, causal: bool = False, dropout: float = 0.0,
+               max_len: int = 2048, rotary: str | None = None, rotary_base: float = 10000.0, fast: bool = True,
+               mode: str = "train", name: str | None = None):
+    super().__init__(3 if causal else 4, 1, name)
+    self.n_heads, self.n_kv_heads = int(n_heads), int(n_kv_heads or n_heads)
+    self.causal, self.dropout, self.max_len, self.fast = causal, float(dropout), int(max_len), fast
+    self.rotary, self.rotary_base, self.mode = rotary, float(rotary_base), check_mode(self, mode)
+    if self.n_heads % self.n_kv_heads:
+      raise LayerError(self, "n_heads must be a multiple of n_kv_heads", expected=f"a divisor of {n_heads}",
+                       actual=n_kv_heads)
+    if not 0.0 <= self.dropout < 1.0:
+      raise LayerError(self, "dropout must lie in [0, 1)", expected="0 <= dropout < 1", actual=dropout)
+    if rotary not in (None,) + ROTARY_LAYOUTS:
+      raise LayerError(self, "unknown rotary layout", expected=f"None or one of {ROTARY_LAYOUTS}", actual=rotary)
+
+  def _d_head(self, inputs) -> int:
+    """Checks the shapes of q, k, v (arrays or signatures); returns d_head."""
+    q, k, v = inputs[:3]
+    ok = len(q.shape) == len(k.shape) == len(v.shape) == 3 and k.shape == v.shape and q.shape[0] == k.shape[0]
+    ok = ok and q.shape[-1] % self.n_heads == 0 and k.shape[-1] * self.n_heads == q.shape[-1] * self.n_kv_heads
+    if not ok:
+      raise LayerError(self, f"q, k, v must be (batch, length, heads * d_head) with {self.n_heads} query and "
+                       f"{self.n_kv_heads} key/value heads of one d_head",
+                       expected=f"q (b, tq, {self.n_heads}*d), k = v (b, tk, {self.n_kv_heads}*d)",
+                       actual=shapes.describe(tuple(inputs)))
+    return q.shape[-1] // self.n_heads
+
+  def init_params_and_state(self, rng, input_signature):
+    d_head = self._d_head(input_signature)
+    if not (self.causal and self.mode == "predict"):
+      return {}, {}
+    k, v = input_signature[1:3]
+    cache_shape = (k.shape[0], self.max_len, self.n_kv_heads, d_head)
+    return {}, {"k": jnp.zeros(cache_shape, k.dtype), "v": jnp.zeros(cache_shape, v.dtype),
+                "index": jnp.zeros((), jnp.int32)}
+
+  def forward(self, params, state, inputs, *, rng, train):
+    d_head = self._d_head(inputs)
+    q, k, v = (x.reshape(x.shape[:2] + (h, d_head)) for x, h in
+               zip(inputs[:3], (self.n_heads, self.n_kv_heads, self.n_kv_heads)))
+    mask = None if self.causal else inputs[3]
+    tq = q.shape[1]
+    start = state["index"] if state else 0
+    if self.rotary:
+      q = rotary(q, start + jnp.arange(tq), self.rotary_base, self.rotary)
+      k = rotary(k, start + jnp.arange(k.shape[1]), self.rotary_base, self.rotary)
+    if self.causal and state:  # predict: write this chunk into the cache and attend over the cache
+      k = lax.dynamic_update_slice_in_dim(state["k"], k.astype(state["k"].dtype), start, axis=1)
+      v = lax.dynamic_update_slice_in_dim(state["v"], v.astype(state["v"].dtype), start, axis=1)
+      state = {"k": k, "v": v, "index": start + tq}
+    if self.causal:
+      query_pos = start + jnp.arange(tq)[:, None]
+      mask = (jnp.arange(k.shape[1])[None, :] <= query_pos)[None, None]
+    dropout = self.dropout if train else 0.0
+    if dropout and rng is None:
+      raise LayerError(self, "attention dropout with train=True needs an rng", expected="an rng", actual="rng=None")
+    out = attend(q, k, v, mask, dropout=dropout, rng=rng, fast=self.fast)
+    return out.reshape(out.shape[:2] + (-1,)), state
+
+
+def _projections(layer_name: str, d_feature: int, n_heads: int, n_kv_heads: int | None, use_bias: bool):
+  if d_feature % n_heads:
+    raise ValueError(f"{layer_name}: d_feature {d_feature} must be a multiple of n_heads {n_heads}")
+  d_kv = d_feature // n_heads * (n_kv_heads or n_heads)
+  return (Dense(d_feature, use_bias=use_bias, name="q"), Dense(d_kv, use_bias=use_bias, name="k"),
+          Dense(d_kv, use_bias=use_bias, name="v"))
+
+
+def AttentionQKV(d_feature: int, n_heads: int = 1, n_kv_heads: int | None = None, dropout: float = 0.0,
+                 use_bias: bool = True, rotary: str | None = None, rotary_base: float = 10000.0, fast: bool = True,
+                 mode: str = "train", name: str | None = "attention") -> Layer:
+  """Multi-head attention of queries on keys/values, e.g. a decoder on its encoder: (q, k, v, mask) -> (y, mask).
+
+  Params: `q`, `k`, `v`, `o` projections (each `kernel` and, with `use_bias`, `bias`).
+
+  >>> AttentionQKV(8, n_heads=2).output_signature((ShapeDtype((1, 3, 8)), ShapeDtype((1, 5, 8)),
+  ...     ShapeDtype((1, 5, 8)), ShapeDtype((1, 1, 1, 5), jnp.bool_)))[0]
+  ShapeDtype((1, 3, 8), float32)
+  """
+  q, k, v = _projections("AttentionQKV", d_feature, n_heads, n_kv_heads, use_bias)
+  attention = DotProductAttention(n_heads, n_kv_heads, causal=False, dropout=dropout, rotary=rotary,
+                                  rotary_base=rotary_base, fast=fast, mode=mode)
+  return Serial(
+      Parallel(q, k, v),                               # q, k, v, mask
+      Branch(attention, Select([3], n_in=4)),          # context, mask
+      Dense(d_feature, use_bias=use_bias, name="o"),   # y, mask
+      name=name)
+
+
+def Attention(d_feature: int, n_heads: int = 1, n_kv_heads: int | None = None, dropout: float = 0.0,
+              use_bias: bool = True, rotary: str | None = None, rotary_base: float = 10000.0, fast: bool = True,
+              mode: str = "train", name: str | None = "attention") -> Layer:
+  """Multi-head self-attention under a padding mask: (x, mask) -> (y, mask).
+
+  >>> Attention(8, n_heads=2).output_signature((ShapeDtype((1, 3, 8)), ShapeDtype((1, 1, 1, 3), jnp.bool_)))[0]
+  ShapeDtype((1, 3, 8), float32)
+  """
+  return Serial(
+      Select([0, 0, 0, 1]),                            # x, x, x, mask
+      AttentionQKV(d_feature, n_heads, n_kv_heads, dropout, use_bias, rotary, rotary_base, fast, mode, name=None),
+      name=name)
+
+
+def CausalAttention(d_feature: int, n_heads: int = 1, n_kv_heads: int | None = None, dropout: float = 0.0,
+                    max_len: int = 2048, use_bias: bool = True, rotary: str | None = None,
+                    rotary_base: float = 10000.0, fast: bool = True, mode: str = "train",
+                    name: str | None = "attention") -> Layer:
+  """Multi-head self-attention in which position t sees positions <= t: x -> y. In predict mode it keeps a KV cache
+  of `max_len` positions. `n_kv_heads < n_heads` gives grouped-query attention.
+
+  >>> CausalAttention(8, n_heads=4, n_kv_heads=2).output_signature(ShapeDtype((1, 3, 8)))
+  ShapeDtype((1, 3, 8), float32)
+  """
+  q, k, v = _projections("CausalAttention", d_feature, n_heads, n_kv_heads, use_bias)
+  return Serial(
+      Branch(q, k, v),                                 # q, k, v
+      DotProductAttention(n_heads, n_kv_heads, causal=True, dropout=dropout, max_len=max_len, rotary=rotary,
+                          rotary_base=rotary_base, fast=fast, mode=mode),   # context
+      Dense(d_feature, use_bias=use_bias, name="o"),   # y
+      name=name)

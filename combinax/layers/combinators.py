@@ -39,6 +39,17 @@ def _flatten(layers) -> list:
   return out
 
 
+def _as_branch(arg) -> Layer:
+  """One argument of `Parallel`/`Branch`: a layer; None or [] for the identity; a list of layers for their Serial."""
+  if isinstance(arg, Layer):
+    return arg
+  if arg is None or (isinstance(arg, (list, tuple)) and not arg):
+    return _hidden(Select([0], name="Identity"))
+  if isinstance(arg, (list, tuple)):
+    return _hidden(Serial(*arg))
+  raise TypeError(f"expected a layer, None or a list of layers, got {type(arg).__name__} ({arg!r})")
+
+
 def _hidden(layer: Layer) -> Layer:
   """Marks plumbing built inside a derived combinator (called before the layer is shared with anyone)."""
   object.__setattr__(layer, "hidden", True)
@@ -82,13 +93,14 @@ class Serial(Combinator):
 
 class Parallel(Combinator):
   """Runs layers side by side: each takes its own span of the stack, in order, and the outputs are concatenated.
+  An argument that is None (or []) passes its item through; a list of layers runs as their `Serial`.
 
   >>> Parallel(Dup(), Drop()).n_in, Parallel(Dup(), Drop()).n_out
   (2, 2)
   """
 
   def __init__(self, *layers, name: str | None = None):
-    layers = _flatten(layers)
+    layers = [_as_branch(arg) for arg in layers]
     super().__init__(layers, sum(l.n_in for l in layers), sum(l.n_out for l in layers), name)
 
   def _spans(self, items):
@@ -160,14 +172,17 @@ class Fn(Layer):
 
 
 class Branch(Serial):
-  """Each layer sees copies of the same top inputs; their outputs are stacked in order.
+  """Each layer sees copies of the same top inputs; their outputs are stacked in order. As in `Parallel`, None (or
+  []) is the identity and a list of layers is their `Serial`.
 
   >>> Branch(Add(), Fn("Halve", lambda x: x / 2)).n_in  # Add takes 2, so the branch takes 2
   2
+  >>> Branch(None, Dup()).n_out  # x -> x, x, x
+  3
   """
 
   def __init__(self, *layers, name: str | None = None):
-    branches = tuple(_flatten(layers))
+    branches = tuple(_as_branch(arg) for arg in layers)
     n_in = max((l.n_in for l in branches), default=0)
     indices = [i for layer in branches for i in range(layer.n_in)]
     super().__init__(_hidden(Select(indices, n_in=n_in)), _hidden(Parallel(*branches)), name=name)

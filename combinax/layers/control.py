@@ -19,8 +19,8 @@ from combinax.layers.scopes import Combinator
 class _Wrapper(Combinator):
   """A combinator around one layer, with that layer's arity; the layer's params sit at its key."""
 
-  def __init__(self, layer: Layer, name: str | None = None):
-    super().__init__([layer], layer.n_in, layer.n_out, name)
+  def __init__(self, layer: Layer, name: str | None = None, own_state: bool = False):
+    super().__init__([layer], layer.n_in, layer.n_out, name, own_state)
     self.layer = layer
 
   def init_params_and_state(self, rng, input_signature):
@@ -46,8 +46,8 @@ class Scan(_Wrapper):
   """Runs `layer` along `axis` with `lax.scan`, Trax-style: the layer maps (x..., carry...) to (y..., carry...),
   the last `n_carry` stack items being the carries. Outputs are the stacked ys and the final carries.
 
-  With `mode="predict"` (decoding one chunk at a time), the carries live in `state["carry"]`: each call starts
-  from the carries the previous call ended with (zeros after `init`) instead of its carry inputs.
+  With `mode="predict"` (decoding one chunk at a time), the carries live in this layer's own state (`Scan_0/carry`):
+  each call starts from the carries the previous call ended with (zeros after `init`) instead of its carry inputs.
 
   >>> from combinax.layers.combinators import Add, Dup
   >>> Scan(Serial(Add(), Dup()), axis=0).n_in  # (xs, carry) -> (running sums, final carry)
@@ -56,7 +56,7 @@ class Scan(_Wrapper):
 
   def __init__(self, layer: Layer, axis: int = 0, n_carry: int = 1, remat: bool = False, mode: str = "train",
                name: str | None = None):
-    super().__init__(layer, name)
+    super().__init__(layer, name, own_state=mode == "predict")
     self.axis, self.n_carry, self.remat, self.mode = axis, n_carry, remat, check_mode(self, mode)
     if not 0 <= n_carry < layer.n_in or n_carry > layer.n_out:
       raise LayerError(self, "n_carry must leave at least one scanned input and fit in the outputs",
@@ -86,14 +86,14 @@ class Scan(_Wrapper):
                        expected=shapes.describe(carries_in), actual=shapes.describe(carries_out))
     state = self._wrap(state)
     if self.mode == "predict":
-      state["carry"] = tuple(jnp.zeros(c.shape, c.dtype) for c in carries_in)
+      state[self.own_key] = {"carry": tuple(jnp.zeros(c.shape, c.dtype) for c in carries_in)}
     return self._wrap(params), state
 
   def forward(self, params, state, inputs, *, rng, train):
     xs, carries = self._split(inputs)
     state = dict(state)
     if self.mode == "predict":
-      stored = state.pop("carry")
+      stored = state.pop(self.own_key)["carry"]
       if shapes.signature(tuple(carries)) != shapes.signature(stored):
         raise LayerError(self, "in predict mode the carry inputs must match the carries kept in state",
                          expected=shapes.describe(stored), actual=shapes.describe(tuple(carries)))
@@ -120,7 +120,7 @@ class Scan(_Wrapper):
     (carries, new_state), ys = lax.scan(step, (tuple(carries), state), (tuple(xs), rngs))
     ys = [jnp.moveaxis(y, 0, self.axis) for y in ys]
     if self.mode == "predict":
-      new_state["carry"] = carries
+      new_state[self.own_key] = {"carry": carries}
     return from_stack(ys + list(carries), self.n_out), new_state
 
 
@@ -255,3 +255,34 @@ class Bidirectional(Serial):
   @property
   def display_sublayers(self):
     return (self.forward_layer, self.backward_layer, self.merge_layer)
+
+
+class Cache(_Wrapper):
+  """Trax's `Cache`: in predict mode, runs `layer` on the first call and returns the same outputs on later calls
+  (e.g. an encoder while its decoder emits one token per call). In other modes it is `layer`."""
+
+  def __init__(self, layer: Layer, mode: str = "train", name: str | None = None):
+    super().__init__(layer, name, own_state=mode == "predict")
+    self.mode = check_mode(self, mode)
+
+  def init_params_and_state(self, rng, input_signature):
+    params, state, out = init_and_signature(self.layer, child_rng(rng, 0), input_signature)
+    state = self._wrap(state)
+    if self.mode == "predict":
+      state[self.own_key] = {"outputs": tuple(jnp.zeros(o.shape, o.dtype) for o in to_stack(out, self.n_out)),
+                             "filled": jnp.zeros((), jnp.bool_)}
+    return self._wrap(params), state
+
+  def forward(self, params, state, inputs, *, rng, train):
+    if self.mode != "predict":
+      return self.inner_apply(params, state, inputs, child_rng(rng, 0), train)
+    state = dict(state)
+    own = state.pop(self.own_key)
+
+    def compute(inner_state):
+      outputs, new_state = self.inner_apply(params, inner_state, inputs, child_rng(rng, 0), train)
+      return tuple(to_stack(outputs, self.n_out)), new_state
+
+    outputs, state = lax.cond(own["filled"], lambda s: (own["outputs"], s), compute, state)
+    state[self.own_key] = {"outputs": outputs, "filled": jnp.ones((), jnp.bool_)}
+    return from_stack(list(outputs), self.n_out), state

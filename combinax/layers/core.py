@@ -10,8 +10,9 @@ import numpy as np
 
 from combinax import shapes
 from combinax.layers import initializers
-from combinax.layers.base import Layer, LayerError, check_last_dim, check_rank
+from combinax.layers.base import Layer, LayerError, check_last_dim, check_rank, child_rng
 from combinax.layers.combinators import Fn
+from combinax.layers.scopes import Combinator
 
 
 class Dense(Layer):
@@ -69,6 +70,38 @@ class Embedding(Layer):
   def forward(self, params, state, x, *, rng, train):
     self._check_ids(x)
     return jnp.take(params["embedding"], x, axis=0), state
+
+
+class TiedLogits(Combinator):
+  """Logits from an `Embedding`'s own table: x (..., d_feature) -> x @ table.T (..., vocab_size).
+
+  The embedding object is this layer's child, so its table is shared (one parameter, stored with the embedding):
+  the tied input/output embeddings of many language models.
+
+  >>> embed = Embedding(10, 4)
+  >>> model = cl.Serial(embed, TiedLogits(embed))
+  >>> params, _ = model.init(jax.random.key(0), ShapeDtype((1, 3), jnp.int32))
+  >>> cx.paths(params), model.output_signature(ShapeDtype((1, 3), jnp.int32))
+  (['Embedding_0/embedding'], ShapeDtype((1, 3, 10), float32))
+  """
+
+  def __init__(self, embedding: Embedding, name: str | None = None):
+    super().__init__([embedding], 1, 1, name)
+    self.embedding = embedding
+
+  def init_params_and_state(self, rng, input_signature):
+    check_rank(self, input_signature, 1, "(..., d_feature)")
+    ids = shapes.ShapeDtype(input_signature.shape[:-1], jnp.int32)
+    params, _ = self.embedding.init(child_rng(rng, 0), ids)
+    tree = {}
+    self.store_child(tree, 0, params, overwrite=False)
+    return tree, {}
+
+  def forward(self, params, state, x, *, rng, train):
+    table = self.child_view(params, 0)["embedding"]
+    check_rank(self, x, 1, "(..., d_feature)")
+    check_last_dim(self, x, table.shape[1])
+    return jnp.dot(x, table.T.astype(x.dtype)), state
 
 
 class Dropout(Layer):

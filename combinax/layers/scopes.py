@@ -5,6 +5,8 @@ Rules (see the README's design section):
   explicit `name=` as given. Counters are per name, so inserting a `Relu` renames no `Dense`.
 - A combinator opens a scope of its own only when it was given a `name=`; an unnamed `Serial`, `Branch`, `Residual`,
   ... is transparent, and its children's keys live in the enclosing scope.
+- A transparent combinator with state of its own (a predict-mode `Scan`'s carries, a `Cache`'s outputs) keeps that
+  state under a key of its own in the enclosing scope (`Scan_0`), so its params still merge into the scope.
 - The same layer object met twice gets one key (shared weights). Across scopes, the root keeps the first
   occurrence's parameters and lends them to the later ones at `apply` (`plan`, `fold`, `unfold`).
 """
@@ -19,13 +21,15 @@ from combinax.layers.base import Layer
 class Combinator(Layer):
   """A layer made of sublayers; stores each child's params/state at the child's key in its scope."""
 
-  def __init__(self, sublayers, n_in: int, n_out: int, name: str | None = None):
+  def __init__(self, sublayers, n_in: int, n_out: int, name: str | None = None, own_state: bool = False):
     super().__init__(n_in, n_out, name)
     self.sublayers = tuple(sublayers)
     for child in self.sublayers:
       if not isinstance(child, Layer):
         raise TypeError(f"{self.name}: sublayers must be layers, got {type(child).__name__} ({child!r})")
-    self.member_keys, self.child_slots = _plan_scope(self.sublayers)
+    self.member_keys, self.child_slots = _plan_scope(self.sublayers, self if own_state else None)
+    # Where this combinator keeps state of its own (not its children's) inside its state dict, if it has any.
+    self.own_key = self.member_keys[0][1] if own_state else None
 
   @property
   def transparent(self) -> bool:
@@ -53,8 +57,9 @@ def _is_empty(tree) -> bool:
   return isinstance(tree, dict) and not tree
 
 
-def _plan_scope(children) -> tuple[tuple, tuple]:
-  """Keys for the members of one scope, and for each child its key (str) or, if transparent, {its key: ours}."""
+def _plan_scope(children, owner: Layer | None = None) -> tuple[tuple, tuple]:
+  """Keys for the members of one scope, and for each child its key (str) or, if transparent, {its key: ours}.
+  An `owner` with state of its own is the scope's first member."""
   members, key_of, used, counters = [], {}, set(), {}
 
   def key_for(layer: Layer) -> str:
@@ -72,6 +77,8 @@ def _plan_scope(children) -> tuple[tuple, tuple]:
     members.append((layer, key))
     return key
 
+  if owner is not None:
+    key_for(owner)
   slots = []
   for child in children:
     if isinstance(child, Combinator) and child.transparent:
@@ -89,6 +96,8 @@ def plan(root: Combinator) -> list[tuple[tuple, tuple]]:
 
   def visit(layer: Combinator, prefix: tuple):
     for member, key in layer.member_keys:
+      if member is layer:  # a combinator's own state: not a separate layer
+        continue
       path = prefix + (key,)
       if any(path[:len(alias)] == alias for alias, _ in aliases):
         continue
@@ -96,7 +105,7 @@ def plan(root: Combinator) -> list[tuple[tuple, tuple]]:
         aliases.append((path, first[id(member)]))
         continue
       first[id(member)] = path
-      if isinstance(member, Combinator):
+      if isinstance(member, Combinator) and not member.transparent:  # transparent: only its own state is here
         visit(member, path)
 
   visit(root, ())

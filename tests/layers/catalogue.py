@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from combinax import ShapeDtype
 from combinax import layers as cl
 
-F, I = jnp.float32, jnp.int32
+F, I, B = jnp.float32, jnp.int32, jnp.bool_
 
 
 def S(*shape, dtype=F):
@@ -14,6 +14,11 @@ def S(*shape, dtype=F):
 
 def _positive_sum():
   return cl.Fn("PositiveSum", lambda x: jnp.sum(x) > 0)
+
+
+def _tied():
+  embed = cl.Embedding(10, 4)
+  return cl.Serial(embed, cl.Relu(), cl.TiedLogits(embed))
 
 
 CATALOGUE = {
@@ -44,6 +49,26 @@ CATALOGUE = {
     "Remat": (lambda: cl.Remat(cl.Serial(cl.Dense(3), cl.Tanh())), S(2, 5)),
     "Scan_predict": (lambda: cl.Scan(cl.Serial(cl.Add(), cl.Dup()), mode="predict"), (S(4, 3), S(3))),
     "ShiftRight": (cl.ShiftRight, S(2, 5, dtype=I)),
+    "Repeat": (lambda: cl.Repeat(cl.Serial(cl.Dense(5), cl.Tanh()), 3, name="blocks"), S(2, 5)),
+    "Repeat_unrolled_remat": (lambda: cl.Repeat(cl.Residual(cl.Dense(5)), 2, scan=False, remat=True), S(2, 5)),
+    "Repeat_predict_state": (lambda: cl.Repeat(cl.CausalAttention(4, 2, mode="predict", max_len=6), 2), S(2, 3, 4)),
+    "Cache": (lambda: cl.Cache(cl.Dense(3)), S(2, 5)),
+    "Cache_predict": (lambda: cl.Cache(cl.Serial(cl.Dense(3), cl.Dup()), mode="predict"), S(2, 5)),
+    # Attention and positions.
+    "PaddingMask": (cl.PaddingMask, S(2, 5, dtype=I)),
+    "EncoderDecoderMask": (cl.EncoderDecoderMask, (S(2, 3, 4), S(2, 1, 1, 5, dtype=B))),
+    "DotProductAttention": (lambda: cl.DotProductAttention(2, dropout=0.5, fast=False),
+                            (S(2, 3, 4), S(2, 5, 4), S(2, 5, 4), S(2, 1, 1, 5, dtype=B))),
+    "AttentionQKV": (lambda: cl.AttentionQKV(4, n_heads=2, n_kv_heads=1),
+                     (S(2, 3, 4), S(2, 5, 6), S(2, 5, 6), S(2, 1, 1, 5, dtype=B))),
+    "Attention": (lambda: cl.Attention(4, n_heads=2, rotary="interleaved"), (S(2, 3, 4), S(2, 1, 1, 3, dtype=B))),
+    "CausalAttention": (lambda: cl.CausalAttention(8, n_heads=4, n_kv_heads=2, dropout=0.1), S(2, 3, 8)),
+    "CausalAttention_predict": (lambda: cl.CausalAttention(8, n_heads=2, rotary="half", use_bias=False,
+                                                           mode="predict", max_len=5), S(2, 3, 8)),
+    "PositionalEncoding": (cl.PositionalEncoding, S(2, 3, 6)),
+    "PositionalEncoding_predict": (lambda: cl.PositionalEncoding(mode="predict"), S(2, 3, 6)),
+    "LearnedPositionalEncoding": (lambda: cl.LearnedPositionalEncoding(8), S(2, 3, 6)),
+    "TiedLogits": (lambda: _tied(), S(2, 3, dtype=I)),
     # Core.
     "Dense": (lambda: cl.Dense(3), S(2, 5)),
     "Dense_nobias": (lambda: cl.Dense(3, use_bias=False, kernel_initializer="orthogonal"), S(2, 4, 5)),

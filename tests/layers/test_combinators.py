@@ -296,12 +296,12 @@ def test_scan_in_predict_mode_continues_from_its_stored_carry():
   full, _ = run(_running_sum(), (xs, jnp.zeros(3)))
   decoder = cl.Scan(cl.Serial(cl.Add(), cl.Dup()), mode="predict")
   params, state = decoder.init(KEY, (xs[:1], jnp.zeros(3)))
-  np.testing.assert_array_equal(state["carry"][0], np.zeros(3))
+  np.testing.assert_array_equal(state["Scan_0"]["carry"][0], np.zeros(3))
   pieces = []
   for chunk in (xs[:2], xs[2:3], xs[3:]):  # a prefix, then one step at a time
     (ys, carry), state = decoder.apply(params, state, (chunk, jnp.zeros(3)))
     pieces.append(ys)
   np.testing.assert_array_equal(jnp.concatenate(pieces), full)
-  np.testing.assert_array_equal(state["carry"][0], full[-1])
+  np.testing.assert_array_equal(state["Scan_0"]["carry"][0], full[-1])
   with pytest.raises(cx.LayerError, match="unknown mode"):
     cl.Scan(cl.Add(), mode="decode")

@@ -1,0 +1,68 @@
+"""`Repeat`: n copies of a block, each with its own weights, stored stacked on a leading layer axis."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from combinax import shapes
+from combinax.layers.base import Layer, LayerError, child_rng
+from combinax.layers.scopes import Combinator
+
+
+class Repeat(Combinator):
+  """Runs `n_layers` copies of `block` one after another, each with its own weights.
+
+  The block's params (and state) are stacked on a leading axis of size `n_layers` and sit directly under this layer's
+  key, so paths read `blocks/attention/q/kernel` with shape `(n_layers, ...)`. With `scan=True` the copies run as one
+  `lax.scan` (compile time independent of depth); with `scan=False` as an unrolled loop over the same params. The
+  block must map its inputs to outputs of the same signature. `remat=True` recomputes each block's activations in
+  the backward pass.
+
+  >>> blocks = Repeat(cl.Serial(cl.Dense(4), cl.Relu()), 3, name="blocks")
+  >>> params, _ = blocks.init(jax.random.key(0), ShapeDtype((2, 4)))
+  >>> params["Dense_0"]["kernel"].shape
+  (3, 4, 4)
+  """
+
+  def __init__(self, block: Layer, n_layers: int, scan: bool = True, remat: bool = False, name: str | None = None):
+    super().__init__([block], block.n_in, block.n_out, name)
+    self.block, self.n_layers, self.scan, self.remat = block, int(n_layers), scan, remat
+    if block.n_in != block.n_out:
+      raise LayerError(self, "the repeated block must have as many outputs as inputs",
+                       expected=f"n_out == {block.n_in}", actual=f"n_out == {block.n_out}")
+    if self.n_layers < 1:
+      raise LayerError(self, "n_layers must be positive", expected=">= 1", actual=n_layers)
+    # The block's own params form this scope (stacked), whatever the block's name.
+    self.member_keys = block.member_keys if isinstance(block, Combinator) else ()
+
+  @property
+  def transparent(self) -> bool:
+    return False  # stacked params cannot merge into the enclosing scope
+
+  def init_params_and_state(self, rng, input_signature):
+    out = self.block.output_signature(input_signature)
+    if out != input_signature:
+      raise LayerError(self, "the repeated block must keep the signature of its inputs",
+                       expected=shapes.describe(input_signature), actual=shapes.describe(out))
+    rngs = jnp.stack([child_rng(rng, i) for i in range(self.n_layers)])
+    return jax.vmap(lambda r: self.block.init(r, input_signature))(rngs)
+
+  def forward(self, params, state, inputs, *, rng, train):
+    def one_block(inputs, layer_params, layer_state, index):
+      layer_rng = None if rng is None else jax.random.fold_in(rng, index)
+      return self.block.apply(layer_params, layer_state, inputs, rng=layer_rng, train=train)
+
+    if self.remat:
+      one_block = jax.checkpoint(one_block)
+    if self.scan:
+      def step(carry, per_layer):
+        return one_block(carry, *per_layer)
+      return lax.scan(step, inputs, (params, state, jnp.arange(self.n_layers)))
+    new_states = []
+    for i in range(self.n_layers):
+      take = lambda tree: jax.tree_util.tree_map(lambda a: a[i], tree)
+      inputs, layer_state = one_block(inputs, take(params), take(state), i)
+      new_states.append(layer_state)
+    return inputs, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *new_states)

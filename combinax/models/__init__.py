@@ -1,0 +1,1 @@
+"""combinax.models: models built only from `combinax.layers` layers and combinators."""
