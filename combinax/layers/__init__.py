@@ -18,4 +18,5 @@ from combinax.layers.metrics import SequenceAccuracy, WeightedCategoryAccuracy
 from combinax.layers.normalization import BatchNorm, LayerNorm, RMSNorm
 from combinax.layers.positional import LearnedPositionalEncoding, PositionalEncoding, rotary, sinusoids
 from combinax.layers.repeat import Repeat
+from combinax.layers.rnn import GRU, LSTM, GRUCell, LSTMCell
 from combinax.layers.scopes import Combinator

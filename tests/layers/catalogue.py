@@ -69,6 +69,13 @@ CATALOGUE = {
     "PositionalEncoding_predict": (lambda: cl.PositionalEncoding(mode="predict"), S(2, 3, 6)),
     "LearnedPositionalEncoding": (lambda: cl.LearnedPositionalEncoding(8), S(2, 3, 6)),
     "TiedLogits": (lambda: _tied(), S(2, 3, dtype=I)),
+    # Recurrent.
+    "LSTMCell": (lambda: cl.LSTMCell(4), (S(2, 3), S(2, 4), S(2, 4))),
+    "GRUCell": (lambda: cl.GRUCell(4), (S(2, 3), S(2, 4))),
+    "LSTM": (lambda: cl.LSTM(4), S(2, 5, 3)),
+    "GRU": (lambda: cl.GRU(4), S(2, 5, 3)),
+    "LSTM_predict": (lambda: cl.LSTM(4, mode="predict"), S(2, 1, 3)),
+    "GRU_predict": (lambda: cl.GRU(4, mode="predict"), S(2, 1, 3)),
     # Core.
     "Dense": (lambda: cl.Dense(3), S(2, 5)),
     "Dense_nobias": (lambda: cl.Dense(3, use_bias=False, kernel_initializer="orthogonal"), S(2, 4, 5)),

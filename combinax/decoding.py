@@ -1,0 +1,239 @@
+"""Autoregressive sampling and beam search with predict-mode models (KV caches and RNN carries kept in `state`).
+
+A model built with `mode="predict"` continues its sequence on each call. Both functions below run their whole
+decoding loop inside one `jax.jit`-compiled `lax.while_loop`: one compilation per shape and setting, none per token.
+
+Conventions (those of `TransformerLM`, `Transformer` and `RNNLM`, whose inputs are shifted right inside): the
+decoder is fed `start_id` first and then each token in turn, and its logits at a position predict the token there.
+A decoder-only model maps ids (batch, n) to logits (batch, n, vocab); an encoder-decoder maps (inputs, ids).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from combinax import shapes
+from combinax.layers.attention import DotProductAttention
+from combinax.layers.base import Layer
+from combinax.layers.positional import LearnedPositionalEncoding
+
+
+def _layers(layer: Layer):
+  yield layer
+  for child in layer.sublayers:
+    yield from _layers(child)
+
+
+def _check_model(model: Layer, n_positions: int, inputs):
+  """The model must decode (predict mode) and hold `n_positions`; it takes (inputs, ids) iff inputs are given."""
+  expected_n_in = 1 if inputs is None else 2
+  if model.n_in != expected_n_in:
+    raise ValueError(f"{model.name}: a model with n_in={model.n_in} needs "
+                     f"{'inputs= (an encoder-decoder)' if model.n_in == 2 else 'no inputs= (decoder-only)'}")
+  modes = {getattr(l, "mode", None) for l in _layers(model)} - {None}
+  if "predict" not in modes:
+    raise ValueError(f"{model.name}: decoding needs the model built with mode='predict'")
+  for layer in _layers(model):
+    limit = getattr(layer, "max_len", None)
+    cached = isinstance(layer, DotProductAttention) and layer.causal
+    if (cached or isinstance(layer, LearnedPositionalEncoding)) and limit < n_positions:
+      raise ValueError(f"{model.name}: decoding {n_positions} positions needs max_len >= {n_positions}, "
+                       f"but {layer.name} has max_len={limit}")
+
+
+def _init_state(model: Layer, batch: int, inputs, dtype=jnp.int32):
+  """The model's zero decoding state for `batch` sequences (params are not computed: XLA drops them)."""
+  ids = shapes.ShapeDtype((batch, 1), dtype)
+  sig = ids if inputs is None else (shapes.signature(inputs), ids)
+  return jax.jit(lambda: model.init(jax.random.key(0), sig)[1])()
+
+
+def _call(model, params, state, inputs, ids):
+  logits, state = model.apply(params, state, ids if inputs is None else (inputs, ids))
+  return logits[:, -1].astype(jnp.float32), state
+
+
+def sample_logits(logits, rng, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
+  """One token per row of `logits` (batch, vocab): arg-max when temperature is 0, else a sample from
+  softmax(logits / temperature) restricted to the `top_k` most likely tokens and/or the smallest set whose
+  probability reaches `top_p` (nucleus sampling)."""
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / temperature
+  if top_k is not None:
+    kth = lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits >= kth, logits, -jnp.inf)
+  if top_p is not None:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs          # probability of the strictly more likely tokens
+    sorted_logits = jnp.where(before < top_p, sorted_logits, -jnp.inf)   # the first token always stays
+    logits = jnp.full_like(logits, -jnp.inf).at[jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def autoregressive_sample(model: Layer, params, prompt=None, max_length: int = 100, temperature: float = 1.0,
+                          top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+                          rng=None, *, inputs=None, prompt_lengths=None, start_id: int = 0, pad_id: int = 0,
+                          batch_size: int = 1):
+  """Generates `max_length` tokens after each prompt; returns int32 (batch, max_length), `pad_id` after an EOS.
+
+  Args:
+    model: a decoder-only model or an encoder-decoder, built with `mode="predict"` and `max_len` at least the
+      longest prompt + max_length.
+    params: the model's params (the same as in training: paths do not depend on the mode).
+    prompt: int (batch, prompt length) or None. Prompts of different lengths are padded at the end and their
+      lengths given in `prompt_lengths` (host values); the common prefix is filled in one call (prefill).
+    temperature, top_k, top_p: sampling (temperature 0 is greedy); eos_id: where a sequence ends.
+    rng: needed unless greedy. inputs: the encoder's inputs for an encoder-decoder.
+  """
+  if prompt is None:
+    batch = batch_size if inputs is None else jax.tree_util.tree_leaves(inputs)[0].shape[0]
+    prompt = np.zeros((batch, 0), np.int32)
+  prompt = jnp.asarray(prompt, jnp.int32)
+  batch, width = prompt.shape
+  lengths = np.full((batch,), width) if prompt_lengths is None else np.asarray(prompt_lengths)
+  if lengths.shape != (batch,) or lengths.min() < 0 or lengths.max() > width:
+    raise ValueError(f"prompt_lengths must be {batch} lengths within 0..{width}, got {prompt_lengths}")
+  if temperature != 0 and rng is None:
+    raise ValueError("sampling with temperature > 0 needs an rng (or use temperature=0 for greedy decoding)")
+  total = int(lengths.max()) + max_length
+  _check_model(model, total, inputs)
+  state = _init_state(model, batch, inputs)
+  rng = jax.random.key(0) if rng is None else rng
+  return _sample(model, params, state, prompt, jnp.asarray(lengths, jnp.int32), inputs, rng, int(lengths.min()),
+                 total, max_length, float(temperature), top_k, top_p, eos_id, start_id, pad_id)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7, 8, 9, 10, 11, 12, 13, 14, 15))
+def _sample(model, params, state, prompt, lengths, inputs, rng, shortest, total, max_length, temperature, top_k,
+            top_p, eos_id, start_id, pad_id):
+  batch = prompt.shape[0]
+  buffer = jnp.pad(prompt, ((0, 0), (0, total - prompt.shape[1])), constant_values=pad_id)
+  fed = jnp.concatenate([jnp.full((batch, 1), start_id, jnp.int32), buffer[:, :shortest]], axis=1)
+  logits, state = _call(model, params, state, inputs, fed)          # prefill: logits for position `shortest`
+
+  def body(carry):
+    t, logits, state, buffer, done = carry
+    candidate = sample_logits(logits, jax.random.fold_in(rng, t), temperature, top_k, top_p)
+    in_prompt = t < lengths
+    token = jnp.where(in_prompt, buffer[:, t], jnp.where(done, pad_id, candidate))
+    if eos_id is not None:
+      done = done | (~in_prompt & (token == eos_id))
+    buffer = buffer.at[:, t].set(token)
+    logits, state = _call(model, params, state, inputs, token[:, None])
+    return t + 1, logits, state, buffer, done
+
+  def not_finished(carry):
+    t, _, _, _, done = carry
+    return (t < total) & ~jnp.all(done)
+
+  done = jnp.zeros((batch,), jnp.bool_)
+  _, _, _, buffer, _ = lax.while_loop(not_finished, body, (jnp.int32(shortest), logits, state, buffer, done))
+  generated = jnp.take_along_axis(buffer, lengths[:, None] + jnp.arange(max_length)[None, :], axis=1)
+  return generated
+
+
+def _batch_axes(model: Layer, batch: int, inputs) -> tuple:
+  """For each leaf of the decoding state (in `tree_leaves` order), the axis that indexes the batch, or None:
+  found by asking for the state of one more sequence and seeing which axis grows."""
+  def abstract(n):
+    sig_inputs = None if inputs is None else jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct((n,) + x.shape[1:], x.dtype), inputs)
+    ids = shapes.ShapeDtype((n, 1), jnp.int32)
+    sig = ids if sig_inputs is None else (shapes.signature(sig_inputs), ids)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), sig)[1])
+
+  def axis(a, b):
+    changed = [i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
+    return changed[0] if changed else None
+
+  return tuple(axis(a, b) for a, b in zip(jax.tree_util.tree_leaves(abstract(batch)),
+                                          jax.tree_util.tree_leaves(abstract(batch + 1))))
+
+
+def beam_search(model: Layer, params, prompt=None, max_length: int = 100, beam_size: int = 4,
+                eos_id: int | None = None, length_penalty: float = 0.6, *, inputs=None, start_id: int = 0,
+                pad_id: int = 0, batch_size: int = 1):
+  """The `beam_size` most likely continuations of each prompt, batched.
+
+  Scores are log-probabilities divided by the GNMT length penalty ((5 + length) / 6) ** length_penalty; a sequence
+  ends at `eos_id` (kept, then `pad_id`). Prompts share one length. Returns (sequences int32 (batch, beam_size,
+  max_length), scores (batch, beam_size)), best first. With beam_size 1 and length_penalty 0 it is greedy decoding.
+  """
+  if prompt is None:
+    batch = batch_size if inputs is None else jax.tree_util.tree_leaves(inputs)[0].shape[0]
+    prompt = np.zeros((batch, 0), np.int32)
+  prompt = jnp.asarray(prompt, jnp.int32)
+  batch = prompt.shape[0]
+  _check_model(model, prompt.shape[1] + max_length, inputs)
+  wide_inputs = None if inputs is None else jax.tree_util.tree_map(lambda x: jnp.repeat(x, beam_size, axis=0),
+                                                                   inputs)
+  state = _init_state(model, batch * beam_size, wide_inputs)
+  axes = _batch_axes(model, batch * beam_size, wide_inputs)
+  return _beam(model, params, state, jnp.repeat(prompt, beam_size, axis=0), wide_inputs, axes, batch, beam_size,
+               max_length, eos_id, float(length_penalty), start_id, pad_id)
+
+
+def _penalty(length, alpha: float):
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12))
+def _beam(model, params, state, prompt, inputs, axes, batch, k, max_length, eos_id, alpha, start_id, pad_id):
+  fed = jnp.concatenate([jnp.full((batch * k, 1), start_id, jnp.int32), prompt], axis=1)
+  logits, state = _call(model, params, state, inputs, fed)
+  vocab = logits.shape[-1]
+  neg = jnp.float32(-1e9)
+  alive_scores = jnp.tile(jnp.array([0.0] + [neg] * (k - 1), jnp.float32), (batch, 1))   # only beam 0 starts
+  alive = jnp.full((batch, k, max_length), pad_id, jnp.int32)
+  finished = jnp.full((batch, k, max_length), pad_id, jnp.int32)
+  finished_scores = jnp.full((batch, k), neg)
+
+  def reorder(state, beams):
+    """Each new beam takes over the decoding state (caches, carries) of the beam it grew from."""
+    flat = (jnp.arange(batch)[:, None] * k + beams).reshape(-1)
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    moved = [x if a is None else jnp.take(x, flat, axis=a) for x, a in zip(leaves, axes)]
+    return jax.tree_util.tree_unflatten(treedef, moved)
+
+  def body(carry):
+    t, logits, state, alive, alive_scores, finished, finished_scores = carry
+    log_probs = jax.nn.log_softmax(logits).reshape(batch, k, vocab)
+    candidates = (alive_scores[:, :, None] + log_probs).reshape(batch, k * vocab)
+    scores, index = lax.top_k(candidates, 2 * k)                    # 2k: k of them are not EOS
+    beams, tokens = index // vocab, (index % vocab).astype(jnp.int32)
+    seqs = jnp.take_along_axis(alive, beams[:, :, None], axis=1).at[:, :, t].set(tokens)
+    is_eos = tokens == eos_id if eos_id is not None else jnp.zeros_like(tokens, jnp.bool_)
+    # The k best candidates that go on.
+    live_scores, live = lax.top_k(jnp.where(is_eos, neg, scores), k)
+    alive = jnp.take_along_axis(seqs, live[:, :, None], axis=1)
+    state = reorder(state, jnp.take_along_axis(beams, live, axis=1))
+    # The k best ended sequences so far.
+    ended_scores = jnp.where(is_eos, scores / _penalty(t + 1.0, alpha), neg)
+    pool_scores = jnp.concatenate([finished_scores, ended_scores], axis=1)
+    finished_scores, best = lax.top_k(pool_scores, k)
+    finished = jnp.take_along_axis(jnp.concatenate([finished, seqs], axis=1), best[:, :, None], axis=1)
+    alive_tokens = jnp.take_along_axis(tokens, live, axis=1).reshape(-1)
+    logits, state = _call(model, params, state, inputs, alive_tokens[:, None])
+    return t + 1, logits, state, alive, live_scores, finished, finished_scores
+
+  def go_on(carry):
+    t, _, _, _, alive_scores, _, finished_scores = carry
+    # Log-probabilities only fall: the best live beam at full length bounds what any live beam can still reach.
+    best_possible = alive_scores[:, 0] / _penalty(float(max_length), alpha) if alpha >= 0 else alive_scores[:, 0]
+    return (t < max_length) & jnp.any(best_possible > finished_scores[:, -1])
+
+  carry = (jnp.int32(0), logits, state, alive, alive_scores, finished, finished_scores)
+  t, _, _, alive, alive_scores, finished, finished_scores = lax.while_loop(go_on, body, carry)
+  # Beams still alive at the end compete with the ended ones at their full length.
+  pool = jnp.concatenate([finished, alive], axis=1)
+  pool_scores = jnp.concatenate([finished_scores, alive_scores / _penalty(t.astype(jnp.float32), alpha)], axis=1)
+  scores, best = lax.top_k(pool_scores, k)
+  return jnp.take_along_axis(pool, best[:, :, None], axis=1), scores

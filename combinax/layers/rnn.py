@@ -1,0 +1,223 @@
+"""Recurrent layers: `LSTMCell` and `GRUCell` (one step), `LSTM` and `GRU` (a whole sequence).
+
+A sequence layer is a stack program: one `Dense` projects the inputs of *every* time step at once (a single large
+matmul), and `Scan` runs only the recurrent part, `h @ recurrent_kernel` and the gates, step by step. The initial
+carries are zeros; with `mode="predict"` the `Scan` keeps its carries in `state`, so decoding one token per call
+continues where the last call stopped.
+
+Parameter layout, the same for a cell and its sequence layer (so a cell's params run the sequence layer as they are):
+
+    LSTMCell, LSTM: input/kernel (d_in, 4n), input/bias (4n,), recurrent/kernel (n, 4n)
+    GRUCell, GRU:   input/kernel (d_in, 3n), input/bias (3n,), recurrent/kernel (n, 3n), recurrent/bias (3n,)
+
+In predict mode the sequence layer's state holds the carries of its `Scan`: `Scan_0/carry` = (c, h) or (h,).
+
+Gate blocks along the last axis follow Keras: LSTM `i, f, g, o` (input, forget, candidate, output), GRU `z, r, h`
+(update, reset, candidate). So a Keras `LSTM` maps as kernel -> input/kernel, recurrent_kernel -> recurrent/kernel,
+bias -> input/bias (a cuDNN LSTM's 8n biases: add its two halves). The GRU is the `reset_after=True` variant
+(Keras's default, cuDNN's and PyTorch's): the reset gate multiplies the recurrent projection *after* the matmul,
+`h~ = tanh(x W_h + b_h + r * (h U_h + c_h))`, which needs a recurrent bias: a Keras GRU's bias (2, 3n) maps as
+bias[0] -> input/bias, bias[1] -> recurrent/bias.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from combinax import shapes
+from combinax.layers import initializers
+from combinax.layers.base import Layer, LayerError
+from combinax.layers.combinators import Fn, Select, Serial
+from combinax.layers.control import Scan
+from combinax.layers.core import Dense
+
+
+class _Scoped(Serial):
+  """A Serial that keeps its layers' params under a key of its own, counted like a leaf's (`LSTM_0`, `LSTM_1`)
+  unless given a `name=`: a model with two LSTMs reads `LSTM_0/input/kernel`, `LSTM_1/input/kernel`."""
+
+  @property
+  def transparent(self) -> bool:
+    return False
+
+
+def _forget_bias_initializer(n_units: int, forget_bias: float):
+  """Bias of the LSTM's input projection: zeros, except `forget_bias` on the forget gate (Keras's
+  `unit_forget_bias`). It is an initial value, not added at run time, so imported Keras biases apply unchanged."""
+  def init(rng, shape, dtype=jnp.float32):
+    del rng
+    return jnp.zeros(shape, dtype).at[n_units:2 * n_units].set(forget_bias)
+  return init
+
+
+def _check_carries(layer: Layer, projected, carries, n_gates: int):
+  """Carries are (batch, n_units) with the batch of the (projected) input step."""
+  n = layer.n_units
+  batch = projected.shape[:-1]
+  if projected.shape[-1:] != (n_gates * n,) or any(c.shape != batch + (n,) for c in carries):
+    raise LayerError(layer, "the carries must be (batch, n_units), with the input's batch",
+                     expected=f"input projection {batch + (n_gates * n,)}, carries {batch + (n,)}",
+                     actual=shapes.describe((projected, *carries)))
+
+
+class _LSTMRecurrence(Layer):
+  """The recurrent half of an LSTM step: (x W + b, c, h) -> (h_new, c_new, h_new); params {"kernel": (n, 4n)}."""
+
+  def __init__(self, n_units: int, recurrent_initializer, name: str = "recurrent"):
+    super().__init__(3, 3, name)
+    self.n_units, self.recurrent_initializer = n_units, initializers.get(recurrent_initializer)
+
+  def init_params_and_state(self, rng, input_signature):
+    _check_carries(self, input_signature[0], input_signature[1:], 4)
+    n = self.n_units
+    return {"kernel": self.recurrent_initializer(rng, (n, 4 * n), jnp.float32)}, {}
+
+  def forward(self, params, state, inputs, *, rng, train):
+    projected, c, h = inputs
+    _check_carries(self, projected, (c, h), 4)
+    i, f, g, o = jnp.split(projected + jnp.dot(h, params["kernel"]), 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c, h), state
+
+
+class _GRURecurrence(Layer):
+  """The recurrent half of a GRU step (reset after the matmul): (x W + b, h) -> (h_new, h_new);
+  params {"kernel": (n, 3n), "bias": (3n,)}."""
+
+  def __init__(self, n_units: int, recurrent_initializer, name: str = "recurrent"):
+    super().__init__(2, 2, name)
+    self.n_units, self.recurrent_initializer = n_units, initializers.get(recurrent_initializer)
+
+  def init_params_and_state(self, rng, input_signature):
+    _check_carries(self, input_signature[0], input_signature[1:], 3)
+    n = self.n_units
+    return {"kernel": self.recurrent_initializer(rng, (n, 3 * n), jnp.float32),
+            "bias": jnp.zeros((3 * n,), jnp.float32)}, {}
+
+  def forward(self, params, state, inputs, *, rng, train):
+    projected, h = inputs
+    _check_carries(self, projected, (h,), 3)
+    recurrent = jnp.dot(h, params["kernel"])
+    recurrent = recurrent + params["bias"].reshape((1,) * (recurrent.ndim - 1) + (-1,))
+    x_z, x_r, x_h = jnp.split(projected, 3, axis=-1)
+    h_z, h_r, h_h = jnp.split(recurrent, 3, axis=-1)
+    update, reset = jax.nn.sigmoid(x_z + h_z), jax.nn.sigmoid(x_r + h_r)
+    candidate = jnp.tanh(x_h + reset * h_h)
+    h = update * h + (1.0 - update) * candidate
+    return (h, h), state
+
+
+def _ZeroCarries(n_units: int, n_carries: int) -> Layer:
+  """(xs) -> (xs, zeros, ...): `n_carries` zero carries (batch, n_units) below a (batch, length, ...) input."""
+  def zero_carries(xs):
+    zeros = jnp.zeros((xs.shape[0], n_units), xs.dtype)
+    return (xs,) + (zeros,) * n_carries
+  return Fn("ZeroState", zero_carries, n_out=1 + n_carries)
+
+
+class _Sequence(_Scoped):
+  """Checks that its input is (batch, length, features) floats before running its layers."""
+
+  def _check_sequence(self, x):
+    if len(x.shape) != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
+      raise LayerError(self, "input must be a float sequence (batch, length, features); embed token ids first",
+                       expected="rank 3 (batch, length, features), a float dtype", actual=shapes.describe(x))
+
+  def init_params_and_state(self, rng, input_signature):
+    self._check_sequence(input_signature)
+    return super().init_params_and_state(rng, input_signature)
+
+  def forward(self, params, state, inputs, *, rng, train):
+    self._check_sequence(inputs)
+    return super().forward(params, state, inputs, rng=rng, train=train)
+
+
+class LSTMCell(_Scoped):
+  """One LSTM step: (x_t, c, h) -> (h_new, c_new, h_new), so `Scan(LSTMCell(n), axis=1, n_carry=2)` runs it.
+
+  `c` and `h` are (batch, n_units). Gates are Keras's `i, f, g, o` blocks; params `input/{kernel, bias}` and
+  `recurrent/kernel` (see the module docstring). The forget gate's bias starts at `forget_bias`.
+
+  >>> cell = LSTMCell(4)
+  >>> step = (ShapeDtype((2, 3)), ShapeDtype((2, 4)), ShapeDtype((2, 4)))
+  >>> cell.output_signature(step)
+  (ShapeDtype((2, 4), float32), ShapeDtype((2, 4), float32), ShapeDtype((2, 4), float32))
+  >>> cx.paths(cell.init(jax.random.key(0), step)[0])
+  ['input/bias', 'input/kernel', 'recurrent/kernel']
+  """
+
+  def __init__(self, n_units: int, forget_bias: float = 1.0, kernel_initializer="glorot_uniform",
+               recurrent_initializer="orthogonal", name: str | None = None):
+    n = int(n_units)
+    super().__init__(
+        Dense(4 * n, kernel_initializer, _forget_bias_initializer(n, forget_bias), name="input"),  # x W + b, c, h
+        _LSTMRecurrence(n, recurrent_initializer),                                               # h', c', h'
+        name=name)
+    self.n_units, self.forget_bias = n, forget_bias
+
+
+class GRUCell(_Scoped):
+  """One GRU step (reset gate after the recurrent matmul): (x_t, h) -> (h_new, h_new), for `Scan(..., n_carry=1)`.
+
+  Gates are Keras's `z, r, h` blocks; params `input/{kernel, bias}` and `recurrent/{kernel, bias}`.
+
+  >>> cell = GRUCell(4)
+  >>> cell.output_signature((ShapeDtype((2, 3)), ShapeDtype((2, 4))))
+  (ShapeDtype((2, 4), float32), ShapeDtype((2, 4), float32))
+  """
+
+  def __init__(self, n_units: int, kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+               name: str | None = None):
+    n = int(n_units)
+    super().__init__(
+        Dense(3 * n, kernel_initializer, name="input"),   # x W + b, h
+        _GRURecurrence(n, recurrent_initializer),         # h', h'
+        name=name)
+    self.n_units = n
+
+
+class LSTM(_Sequence):
+  """An LSTM over a sequence: (batch, length, features) -> (batch, length, n_units), starting from zero carries.
+
+  With `mode="predict"` the carries (c, h) stay in `state`: each call continues where the last one stopped.
+
+  >>> lstm = LSTM(8)
+  >>> lstm.output_signature(ShapeDtype((2, 5, 3)))
+  ShapeDtype((2, 5, 8), float32)
+  >>> cx.paths(lstm.init(jax.random.key(0), ShapeDtype((2, 5, 3)))[0])
+  ['input/bias', 'input/kernel', 'recurrent/kernel']
+  """
+
+  def __init__(self, n_units: int, mode: str = "train", forget_bias: float = 1.0,
+               kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal", name: str | None = None):
+    n = int(n_units)
+    super().__init__(
+        Dense(4 * n, kernel_initializer, _forget_bias_initializer(n, forget_bias), name="input"),  # xs W + b
+        _ZeroCarries(n, 2),                                                           # xs W + b, c0=0, h0=0
+        Scan(_LSTMRecurrence(n, recurrent_initializer), axis=1, n_carry=2, mode=mode),  # hs, c_last, h_last
+        Select([0], n_in=3),                                                          # hs (batch, length, n)
+        name=name)
+    self.n_units, self.mode = n, mode
+
+
+class GRU(_Sequence):
+  """A GRU over a sequence: (batch, length, features) -> (batch, length, n_units), starting from a zero carry.
+
+  With `mode="predict"` the carry h stays in `state`: each call continues where the last one stopped.
+
+  >>> GRU(8).output_signature(ShapeDtype((2, 5, 3)))
+  ShapeDtype((2, 5, 8), float32)
+  """
+
+  def __init__(self, n_units: int, mode: str = "train", kernel_initializer="glorot_uniform",
+               recurrent_initializer="orthogonal", name: str | None = None):
+    n = int(n_units)
+    super().__init__(
+        Dense(3 * n, kernel_initializer, name="input"),                                # xs W + b: (batch, length, 3n)
+        _ZeroCarries(n, 1),                                                           # xs W + b, h0=0
+        Scan(_GRURecurrence(n, recurrent_initializer), axis=1, n_carry=1, mode=mode),  # hs, h_last
+        Select([0], n_in=2),                                                          # hs (batch, length, n)
+        name=name)
+    self.n_units, self.mode = n, mode

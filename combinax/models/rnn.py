@@ -1,0 +1,103 @@
+"""Recurrent language models, as Trax's `RNNLM` and `GRULM`: embeddings, stacked LSTMs or GRUs, logits.
+
+Each recurrent layer scans on its own (its input projection is one matmul over the whole sequence). With
+`mode="predict"` every layer keeps its carries in `state`, so a decoder feeds one token per call; the parameter paths
+are the same in every mode, so trained params load into the decoder as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import gin
+
+from combinax import layers as cl
+from combinax.layers.rnn import GRU, LSTM, GRUCell, LSTMCell
+
+_BY_NAME = {"lstm": LSTM, "gru": GRU}
+_BY_CELL = {LSTMCell: LSTM, GRUCell: GRU}  # Trax passes a cell (tl.LSTMCell); we run its sequence layer.
+
+
+def _sequence_layer(rnn_cell) -> Callable[..., cl.Layer]:
+  """`(n_units, mode=...) -> layer` over (batch, length, features) from a name, a cell class or such a function."""
+  if isinstance(rnn_cell, str):
+    if rnn_cell.lower() not in _BY_NAME:
+      raise ValueError(f"RNNLM: unknown rnn_cell {rnn_cell!r}; choose one of {sorted(_BY_NAME)}, LSTMCell, "
+                       "GRUCell, or pass a function (n_units, mode) -> layer")
+    return _BY_NAME[rnn_cell.lower()]
+  if rnn_cell in _BY_CELL:
+    return _BY_CELL[rnn_cell]
+  if not callable(rnn_cell):
+    raise ValueError(f"RNNLM: rnn_cell must be a name, a cell class or a function, got {rnn_cell!r}")
+  return rnn_cell
+
+
+@gin.configurable(module="combinax.models")
+def RNNLM(vocab_size: int, d_model: int = 512, n_layers: int = 2, rnn_cell="lstm", dropout: float = 0.1,
+          mode: str = "train") -> cl.Layer:
+  """A recurrent language model: token ids (batch, length) -> logits (batch, length, vocab_size).
+
+  Args:
+    vocab_size: the number of token ids (embedding rows and logits).
+    d_model: the width of the embeddings and of every recurrent layer.
+    n_layers: the number of stacked recurrent layers (any number; Trax's RNNLM allowed only 2).
+    rnn_cell: "lstm" or "gru", the cell classes `LSTMCell`/`GRUCell` (as in Trax), or a function
+      `(n_units, mode=...) -> layer` mapping (batch, length, d_model) to (batch, length, n_units). The carry size
+      follows from the layer, so Trax's `rnn_cell_d_state_multiplier` is not needed.
+    dropout: the dropout rate after the embeddings and after every recurrent layer (only in mode "train").
+    mode: "train", "eval" or "predict" (one chunk of tokens per call; the carries live in `state`, and inputs are
+      not shifted: feed the previous token).
+
+  >>> model = RNNLM(vocab_size=16, d_model=8, n_layers=2)
+  >>> model.output_signature(ShapeDtype((2, 5), jnp.int32))
+  ShapeDtype((2, 5, 16), float32)
+  >>> params, _ = model.init(jax.random.key(0), ShapeDtype((2, 5), jnp.int32))
+  >>> [path for path in cx.paths(params) if not path.startswith("LSTM_1")]
+  ['Dense_0/bias', 'Dense_0/kernel', 'Embedding_0/embedding', 'LSTM_0/input/bias', 'LSTM_0/input/kernel',
+   'LSTM_0/recurrent/kernel']
+  """
+  rnn = _sequence_layer(rnn_cell)
+  rate = dropout if mode == "train" else 0.0
+  return cl.Serial(
+      cl.ShiftRight(mode=mode),                                          # (batch, length) ids, shifted right
+      cl.Embedding(vocab_size, d_model),                                 # (batch, length, d_model)
+      cl.Dropout(rate),
+      [[rnn(d_model, mode=mode), cl.Dropout(rate)] for _ in range(n_layers)],  # (batch, length, d_model)
+      cl.Dense(vocab_size),                                              # logits (batch, length, vocab_size)
+      name="RNNLM")
+
+
+@gin.configurable(module="combinax.models")
+def GRULM(vocab_size: int = 256, d_model: int = 512, n_layers: int = 1, mode: str = "train") -> cl.Layer:
+  """A GRU language model as Trax's `GRULM`: token ids (batch, length) -> logits (batch, length, vocab_size).
+
+  Args:
+    vocab_size: the number of token ids (embedding rows and logits).
+    d_model: the width of the embeddings and of every GRU.
+    n_layers: the number of stacked GRUs.
+    mode: "train", "eval" or "predict" (one chunk of tokens per call, carries in `state`, inputs not shifted).
+
+  >>> model = GRULM(vocab_size=16, d_model=8)
+  >>> model.output_signature(ShapeDtype((2, 5), jnp.int32))
+  ShapeDtype((2, 5, 16), float32)
+  >>> print(model)
+  GRULM[
+    ShiftRight
+    Embedding
+    GRU[
+      input
+      ZeroState_out2
+      Scan_in2_out2[
+        recurrent_in2_out2
+      ]
+      Select_in2
+    ]
+    Dense
+  ]
+  """
+  return cl.Serial(
+      cl.ShiftRight(mode=mode),                              # (batch, length) ids, shifted right
+      cl.Embedding(vocab_size, d_model),                     # (batch, length, d_model)
+      [GRU(d_model, mode=mode) for _ in range(n_layers)],    # (batch, length, d_model)
+      cl.Dense(vocab_size),                                  # logits (batch, length, vocab_size)
+      name="GRULM")

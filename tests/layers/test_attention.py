@@ -1,0 +1,192 @@
+"""Attention, masks, positions, Repeat and Cache: exact values, causality, padding, and the KV cache."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import combinax as cx
+from combinax import layers as cl
+
+KEY = jax.random.key(0)
+
+
+def normal(*shape, seed=0):
+  return jax.random.normal(jax.random.key(seed), shape)
+
+
+def _reference_attention(q, k, v, mask):
+  """Per-head softmax(q k^T / sqrt(d)) v in NumPy; q (b, t, h, d), k/v (b, s, h, d), mask (b, 1|h, t, s)."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  logits = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+  logits = np.where(np.broadcast_to(mask, logits.shape), logits, -np.inf)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  return np.einsum("bhts,bshd->bthd", weights, v)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_attend_matches_reference_with_grouped_heads(fast):
+  q, k, v = normal(2, 3, 4, 8, seed=1), normal(2, 5, 2, 8, seed=2), normal(2, 5, 2, 8, seed=3)
+  mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)[:, None, None, :]
+  out = cl.attend(q, k, v, mask, fast=fast)
+  expected = _reference_attention(q, jnp.repeat(k, 2, axis=2), jnp.repeat(v, 2, axis=2), np.asarray(mask))
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_dropout_needs_rng_and_changes_output():
+  layer = cl.CausalAttention(8, n_heads=2, dropout=0.5)
+  x = normal(1, 4, 8)
+  params, state = layer.init(KEY, x)
+  with pytest.raises(cx.LayerError, match="needs an rng"):
+    layer.apply(params, state, x, train=True)
+  a = layer.apply(params, state, x, rng=jax.random.key(1), train=True)[0]
+  b = layer.apply(params, state, x, train=False)[0]
+  assert not np.allclose(a, b)
+
+
+def test_causal_attention_sees_only_the_past():
+  layer = cl.CausalAttention(8, n_heads=2, n_kv_heads=1)
+  x = normal(1, 6, 8)
+  params, state = layer.init(KEY, x)
+  y = layer.apply(params, state, x)[0]
+  y_changed = layer.apply(params, state, x.at[:, 4].set(10.0))[0]
+  np.testing.assert_allclose(y[:, :4], y_changed[:, :4], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(y[:, 4:], y_changed[:, 4:])
+
+
+def test_padded_keys_change_no_output():
+  layer = cl.Attention(8, n_heads=2)
+  x = normal(1, 5, 8)
+  mask = jnp.array([[1, 1, 1, 0, 0]], bool)[:, None, None, :]
+  params, state = layer.init(KEY, (x, mask))
+  y, _ = layer.apply(params, state, (x, mask))[0]
+  y_changed, _ = layer.apply(params, state, (x.at[:, 3:].set(-7.0), mask))[0]
+  np.testing.assert_allclose(y[:, :3], y_changed[:, :3], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("rotary", [None, "half", "interleaved"])
+def test_kv_cache_prefill_then_steps_equals_one_pass(rotary):
+  x = normal(2, 7, 8)
+  full = cl.CausalAttention(8, n_heads=4, n_kv_heads=2, rotary=rotary)
+  decoder = cl.CausalAttention(8, n_heads=4, n_kv_heads=2, rotary=rotary, mode="predict", max_len=9)
+  params, _ = full.init(KEY, x)
+  expected = full.apply(params, {}, x)[0]
+  _, state = decoder.init(KEY, x[:, :1])
+  pieces = []
+  for chunk in (x[:, :3], x[:, 3:4], x[:, 4:6], x[:, 6:]):
+    y, state = decoder.apply(params, state, chunk)
+    pieces.append(y)
+  np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), expected, rtol=1e-5, atol=1e-5)
+  assert int(state["DotProductAttention_0"]["index"]) == 7
+
+
+def test_rotary_layouts_and_relative_positions():
+  x = normal(1, 1, 1, 8)
+  q, k = normal(1, 1, 1, 8, seed=4), normal(1, 1, 1, 8, seed=5)
+  # Rotation keeps the norm, and q.k after rotating by positions m, n depends only on m - n.
+  rotated = cl.rotary(x, jnp.array([3]))
+  assert float(jnp.linalg.norm(rotated)) == pytest.approx(float(jnp.linalg.norm(x)), rel=1e-5)
+  dot = lambda m, n: float(jnp.sum(cl.rotary(q, jnp.array([m])) * cl.rotary(k, jnp.array([n]))))
+  assert dot(5, 2) == pytest.approx(dot(13, 10), rel=1e-4)
+  # The interleaved layout is the half layout on features reordered (0, 2, 4, 6, 1, 3, 5, 7).
+  order = np.r_[0:8:2, 1:8:2]
+  half = cl.rotary(x[..., order], jnp.array([3]), layout="half")
+  interleaved = cl.rotary(x, jnp.array([3]), layout="interleaved")
+  np.testing.assert_allclose(interleaved[..., order], half, rtol=1e-5, atol=1e-6)
+  # Position 0 is the identity; feature pair (0, d/2) at position p turns by p radians.
+  np.testing.assert_allclose(cl.rotary(x, jnp.array([0])), x, rtol=1e-6)
+  e0 = jnp.zeros((1, 1, 1, 8)).at[..., 0].set(1.0)
+  turned = cl.rotary(e0, jnp.array([2]))
+  np.testing.assert_allclose([turned[0, 0, 0, 0], turned[0, 0, 0, 4]], [np.cos(2), np.sin(2)], rtol=1e-5)
+
+
+def test_positional_encodings():
+  table = np.asarray(cl.sinusoids(jnp.arange(3), 4))
+  p, i = np.arange(3)[:, None], np.arange(2)[None, :]
+  angle = p / 10000 ** (2 * i / 4)
+  np.testing.assert_allclose(table[:, 0::2], np.sin(angle), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(table[:, 1::2], np.cos(angle), rtol=1e-5, atol=1e-6)
+  for make in (cl.PositionalEncoding, lambda **kw: cl.LearnedPositionalEncoding(16, **kw)):
+    x = normal(2, 6, 4)
+    params, _ = make().init(KEY, x)
+    full = make().apply(params, {}, x)[0]
+    decoder = make(mode="predict")
+    _, state = decoder.init(KEY, x[:, :1])
+    first, state = decoder.apply(params, state, x[:, :4])
+    rest, state = decoder.apply(params, state, x[:, 4:])
+    np.testing.assert_allclose(jnp.concatenate([first, rest], axis=1), full, rtol=1e-6)
+  with pytest.raises(cx.LayerError, match="max_len=4"):
+    cl.PositionalEncoding(max_len=4).init(KEY, cx.ShapeDtype((1, 5, 4)))
+
+
+def test_masks():
+  mask = cl.PaddingMask().apply({}, {}, jnp.array([[5, 3, 0, 0]]))[0]
+  assert mask.shape == (1, 1, 1, 4) and mask[0, 0, 0].tolist() == [True, True, False, False]
+  cross = cl.EncoderDecoderMask().apply({}, {}, (jnp.zeros((1, 3, 2)), mask))[0]
+  assert cross.shape == (1, 1, 3, 4) and cross[0, 0, 2].tolist() == [True, True, False, False]
+  shifted = cl.ShiftRight().apply({}, {}, jnp.array([[4, 5, 6]]))[0]
+  assert shifted.tolist() == [[0, 4, 5]]
+  assert cl.ShiftRight(mode="predict").apply({}, {}, jnp.array([[4]]))[0].tolist() == [[4]]
+
+
+def test_repeat_scan_equals_unrolled_and_stacks_params():
+  block = cl.Residual(cl.LayerNorm(), cl.Dense(6), cl.Dropout(0.3))
+  scanned, unrolled = cl.Repeat(block, 4, name="blocks"), cl.Repeat(block, 4, scan=False, name="blocks")
+  x = normal(2, 6)
+  params, state = scanned.init(KEY, x)
+  assert params["Dense_0"]["kernel"].shape == (4, 6, 6)
+  layer_kernels = params["Dense_0"]["kernel"]
+  assert not np.allclose(layer_kernels[0], layer_kernels[1])  # each copy has weights of its own
+  a = scanned.apply(params, state, x, rng=jax.random.key(1), train=True)[0]
+  b = unrolled.apply(params, state, x, rng=jax.random.key(1), train=True)[0]
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  one = lambda i: jax.tree_util.tree_map(lambda t: t[i], params)
+  h = x
+  for i in range(4):
+    h = block.apply(one(i), {}, h)[0]
+  np.testing.assert_allclose(scanned.apply(params, state, x)[0], h, rtol=1e-5, atol=1e-6)
+
+
+def test_repeat_compiles_to_the_same_program_at_any_depth():
+  block = cl.Serial(cl.Dense(4), cl.Relu())
+  def size(n):
+    layer = cl.Repeat(block, n)
+    params, state = layer.init(KEY, cx.ShapeDtype((1, 4)))
+    return len(jax.make_jaxpr(lambda p: layer.apply(p, state, jnp.ones((1, 4)))[0])(params).eqns)
+  assert size(2) == size(24)
+
+
+def test_repeat_rejects_a_block_that_changes_shape():
+  with pytest.raises(cx.LayerError, match="keep the signature"):
+    cl.Repeat(cl.Dense(3), 2).init(KEY, cx.ShapeDtype((1, 4)))
+
+
+def test_cache_runs_its_layer_once_in_predict_mode():
+  cache = cl.Cache(cl.Dense(2), mode="predict")
+  params, state = cache.init(KEY, cx.ShapeDtype((1, 3)))
+  first, state = cache.apply(params, state, jnp.ones((1, 3)))
+  again, state = cache.apply(params, state, jnp.zeros((1, 3)))
+  np.testing.assert_array_equal(first, again)
+  plain = cl.Cache(cl.Dense(2))
+  assert not np.allclose(plain.apply(params, {}, jnp.zeros((1, 3)))[0], first)
+
+
+def test_tied_logits_use_the_embedding_table():
+  embed = cl.Embedding(5, 3)
+  model = cl.Serial(embed, cl.TiedLogits(embed))
+  ids = jnp.array([[1, 4]])
+  params, state = model.init(KEY, ids)
+  table = np.asarray(params["Embedding_0"]["embedding"])
+  np.testing.assert_allclose(model.apply(params, state, ids)[0][0], table[[1, 4]] @ table.T, rtol=1e-5)
+
+
+def test_bad_attention_inputs_name_the_layer():
+  layer = cl.CausalAttention(8, n_heads=4)
+  with pytest.raises(cx.LayerError, match="DotProductAttention"):
+    cl.DotProductAttention(4, causal=True).init(KEY, (cx.ShapeDtype((1, 2, 6)),) * 3)
+  with pytest.raises(ValueError, match="multiple of n_heads"):
+    cl.CausalAttention(8, n_heads=3)
+  with pytest.raises(cx.LayerError, match="multiple of n_kv_heads"):
+    cl.DotProductAttention(4, n_kv_heads=3)
+  assert layer.output_signature(cx.ShapeDtype((1, 2, 8))).shape == (1, 2, 8)

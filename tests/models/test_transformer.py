@@ -1,0 +1,180 @@
+"""Transformer models: eval == predict, causality, padding, options, and training on tiny synthetic tasks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import combinax as cx
+from combinax import layers as cl
+from combinax.models.transformer import Transformer, TransformerEncoder, TransformerLM
+
+KEY = jax.random.key(0)
+SMALL = dict(d_model=16, d_ff=32, n_heads=4, dropout=0.0, max_len=16)
+
+
+def ids(batch, length, vocab=20, seed=0, low=1):
+  return jax.random.randint(jax.random.key(seed), (batch, length), low, vocab, jnp.int32)
+
+
+def shifted(tokens, start=0):
+  return jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=start)[:, :-1]
+
+
+def decode_in_chunks(model, params, chunks, inputs=None):
+  """Logits of a predict-mode model fed the given chunks one call after another."""
+  first = chunks[0] if inputs is None else (inputs, chunks[0])
+  _, state = model.init(KEY, first)
+  pieces = []
+  for chunk in chunks:
+    logits, state = model.apply(params, state, chunk if inputs is None else (inputs, chunk))
+    pieces.append(logits)
+  return jnp.concatenate(pieces, axis=1)
+
+
+LM_OPTIONS = {
+    "default": dict(n_layers=2),
+    "llama_style": dict(n_layers=3, n_kv_heads=2, positions="rotary", norm="rms", gated_ff=True,
+                        ff_activation=cl.Silu, use_bias=False, tie_embeddings=True),
+    "gptj_style_unrolled": dict(n_layers=2, positions="rotary_interleaved", scan_layers=False),
+    "learned_positions_post_norm": dict(n_layers=2, positions="learned", pre_norm=False, ff_activation=cl.Gelu),
+}
+
+
+@pytest.mark.parametrize("options", LM_OPTIONS.values(), ids=LM_OPTIONS.keys())
+def test_lm_eval_equals_predict(options):
+  tokens = ids(2, 9)
+  params, state = TransformerLM(20, **SMALL, **options).init(KEY, tokens)
+  full = TransformerLM(20, **SMALL, **options).apply(params, state, tokens)[0]
+  decoder = TransformerLM(20, **SMALL, **options, mode="predict")
+  fed = shifted(tokens)
+  chunks = [fed[:, :4]] + [fed[:, t:t + 1] for t in range(4, 9)]
+  np.testing.assert_allclose(decode_in_chunks(decoder, params, chunks), full, rtol=1e-4, atol=1e-5)
+
+
+def test_lm_is_causal():
+  model = TransformerLM(20, n_layers=2, **SMALL)
+  tokens = ids(1, 8)
+  params, state = model.init(KEY, tokens)
+  logits = model.apply(params, state, tokens)[0]
+  changed = model.apply(params, state, tokens.at[:, 5].set(3))[0]
+  np.testing.assert_allclose(logits[:, :6], changed[:, :6], rtol=1e-5, atol=1e-6)  # position 5 sees tokens < 5
+  assert not np.allclose(logits[:, 6:], changed[:, 6:])
+
+
+def test_lm_paths_are_the_same_in_every_mode_and_readable():
+  tokens = cx.ShapeDtype((1, 4), jnp.int32)
+  train_params, _ = TransformerLM(20, n_layers=2, **SMALL).init(KEY, tokens)
+  predict_params, state = TransformerLM(20, n_layers=2, **SMALL, mode="predict").init(KEY, tokens)
+  assert cx.paths(train_params) == cx.paths(predict_params)
+  assert "blocks/attention/q/kernel" in cx.paths(train_params)
+  assert train_params["blocks"]["attention"]["q"]["kernel"].shape == (2, 16, 16)
+  assert cx.paths(state) == ["blocks/attention/DotProductAttention_0/index", "blocks/attention/DotProductAttention_0/k",
+                             "blocks/attention/DotProductAttention_0/v", "positions/index"]
+
+
+@pytest.mark.parametrize("output_vocab", [None, 24], ids=["shared_vocab", "separate_vocab"])
+def test_encoder_decoder_eval_equals_predict(output_vocab):
+  source, target = ids(2, 7), ids(2, 6, vocab=20)
+  kw = dict(d_model=16, d_ff=32, n_heads=4, dropout=0.0, max_len=16, n_encoder_layers=2, n_decoder_layers=2)
+  params, state = Transformer(20, output_vocab, **kw).init(KEY, (source, target))
+  if output_vocab is None:
+    assert "decoder/embed/embedding" not in cx.paths(params)  # one embedding, stored once, used by both
+  else:
+    assert "decoder/embed/embedding" in cx.paths(params)
+  full = Transformer(20, output_vocab, **kw).apply(params, state, (source, target))[0]
+  fed = shifted(target)
+  chunks = [fed[:, :2]] + [fed[:, t:t + 1] for t in range(2, 6)]
+  decoded = decode_in_chunks(Transformer(20, output_vocab, **kw, mode="predict"), params, chunks, inputs=source)
+  np.testing.assert_allclose(decoded, full, rtol=1e-4, atol=1e-5)
+
+
+def test_source_padding_changes_nothing():
+  model = Transformer(20, d_model=16, d_ff=32, n_heads=4, dropout=0.0, n_encoder_layers=1, n_decoder_layers=1)
+  source, target = ids(2, 5), ids(2, 4)
+  params, state = model.init(KEY, (source, target))
+  padded = jnp.pad(source, ((0, 0), (0, 3)))
+  np.testing.assert_allclose(model.apply(params, state, (padded, target))[0],
+                             model.apply(params, state, (source, target))[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_encoder_padding_changes_no_other_output(pool):
+  kw = dict(d_model=16, d_ff=32, n_heads=4, dropout=0.0, n_layers=2, pool=pool)
+  tokens = ids(2, 5)
+  padded = jnp.pad(tokens, ((0, 0), (0, 3)))
+  classifier = TransformerEncoder(20, n_classes=3, **kw)
+  params, state = classifier.init(KEY, tokens)
+  np.testing.assert_allclose(classifier.apply(params, state, padded)[0], classifier.apply(params, state, tokens)[0],
+                             rtol=1e-5, atol=1e-5)
+  sequence = TransformerEncoder(20, n_classes=None, **kw)
+  seq_params, _ = sequence.init(KEY, tokens)
+  np.testing.assert_allclose(sequence.apply(seq_params, {}, padded)[0][:, :5], sequence.apply(seq_params, {}, tokens)[0],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_bert_style_encoder_options():
+  model = TransformerEncoder(30, n_classes=2, d_model=16, d_ff=32, n_layers=2, n_heads=4, positions="learned",
+                             max_len=8, pre_norm=False, embed_norm=True, type_vocab_size=2, ff_activation=cl.Gelu,
+                             norm_epsilon=1e-12, pool="cls")
+  tokens, types = ids(2, 6, vocab=30), jnp.zeros((2, 6), jnp.int32).at[:, 3:].set(1)
+  params, state = model.init(KEY, (tokens, types))
+  top = sorted({p.split("/")[0] for p in cx.paths(params)})
+  assert top == ["blocks", "classifier", "embed", "embed_norm", "positions", "token_type_embed"]
+  logits = model.apply(params, state, (tokens, types))[0]
+  other = model.apply(params, state, (tokens, jnp.zeros_like(types)))[0]
+  assert logits.shape == (2, 2) and not np.allclose(logits, other)
+
+
+def _train(model, batches, loss_inputs, steps, lr=3e-3):
+  """Adam on a fixed stream of batches; returns the losses."""
+  params, state = model.init(KEY, batches(0)[0])
+  optimizer = optax.adam(lr)
+  opt_state = optimizer.init(params)
+  loss_layer = cl.WeightedCategoryCrossEntropy()
+
+  @jax.jit
+  def step(params, opt_state, inputs, targets, rng):
+    def loss_fn(params):
+      logits, _ = model.apply(params, state, inputs, rng=rng, train=True)
+      return loss_layer.apply({}, {}, (logits, targets, jnp.ones(targets.shape)))[0]
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  losses = []
+  for i in range(steps):
+    inputs, targets = batches(i)
+    params, opt_state, loss = step(params, opt_state, inputs, targets, jax.random.key(i))
+    losses.append(float(loss))
+  return losses
+
+
+def test_lm_learns_a_repeated_pattern():
+  def batches(i):
+    start = jax.random.randint(jax.random.key(i), (8, 1), 0, 4)
+    tokens = (start + jnp.arange(12)[None, :]) % 4 + 1          # 1 2 3 4 1 2 3 4 ... from a random phase
+    return tokens.astype(jnp.int32), tokens.astype(jnp.int32)
+  losses = _train(TransformerLM(8, n_layers=2, d_model=16, d_ff=32, n_heads=2, dropout=0.1, max_len=16),
+                  batches, None, 60)
+  assert losses[-1] < 0.3 * losses[0]
+
+
+def test_encoder_decoder_learns_to_reverse():
+  def batches(i):
+    source = jax.random.randint(jax.random.key(i), (16, 5), 1, 8).astype(jnp.int32)
+    target = source[:, ::-1]
+    return (source, target), target
+  model = Transformer(8, d_model=32, d_ff=64, n_encoder_layers=1, n_decoder_layers=1, n_heads=4, dropout=0.0)
+  losses = _train(model, batches, None, 120, lr=5e-3)
+  assert losses[-1] < 0.3 * losses[0]
+
+
+def test_encoder_learns_a_classification():
+  def batches(i):
+    tokens = jax.random.randint(jax.random.key(i), (16, 6), 1, 10).astype(jnp.int32)
+    return tokens, jnp.any(tokens == 3, axis=1).astype(jnp.int32)  # does token 3 occur?
+  model = TransformerEncoder(10, n_classes=2, d_model=16, d_ff=32, n_layers=1, n_heads=2, dropout=0.0)
+  losses = _train(model, batches, None, 80, lr=1e-2)
+  assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
