@@ -101,3 +101,36 @@ def GRULM(vocab_size: int = 256, d_model: int = 512, n_layers: int = 1, mode: st
       [GRU(d_model, mode=mode) for _ in range(n_layers)],    # (batch, length, d_model)
       cl.Dense(vocab_size),                                  # logits (batch, length, vocab_size)
       name="GRULM")
+
+
+@gin.configurable(module="combinax.models")
+def LSTMSeq2SeqAttn(input_vocab_size: int = 256, target_vocab_size: int = 256, d_model: int = 512,
+                    n_encoder_layers: int = 2, n_decoder_layers: int = 2, n_attention_heads: int = 1,
+                    attention_dropout: float = 0.0, pad_id: int = 0, mode: str = "train") -> cl.Layer:
+  """An LSTM encoder-decoder with attention (Trax's `LSTMSeq2SeqAttn` architecture):
+  (source ids, target ids) -> logits (batch, target length, target_vocab_size).
+
+  The encoder's LSTMs read the source; one decoder LSTM reads the shifted target and attends to the encoder (a
+  residual attention block that ignores source padding); more LSTMs and a Dense layer make the logits. In predict
+  mode the encoder runs once and every decoder LSTM keeps its carries.
+
+  >>> model = LSTMSeq2SeqAttn(10, 12, d_model=8, n_encoder_layers=1, n_decoder_layers=1)
+  >>> model.output_signature((ShapeDtype((2, 5), jnp.int32), ShapeDtype((2, 4), jnp.int32)))
+  ShapeDtype((2, 4, 12), float32)
+  """
+  encoder_mode = "eval" if mode == "predict" else mode   # the encoder reads the whole source in one call
+  encoder = cl.Serial(
+      cl.Embedding(input_vocab_size, d_model),                          # source vectors
+      [LSTM(d_model, mode=encoder_mode) for _ in range(n_encoder_layers)],
+      name="encoder")
+  return cl.Serial(                                                     # source, target
+      cl.Branch(None, cl.PaddingMask(pad_id)),                          # source, mask, target
+      cl.Parallel(cl.Cache(encoder, mode=mode), None),                  # enc, mask, target
+      cl.Select([2, 0, 1]),                                             # target, enc, mask
+      cl.Serial(cl.ShiftRight(mode=mode), cl.Embedding(target_vocab_size, d_model), LSTM(d_model, mode=mode),
+                name="pre_attention"),                                  # dec, enc, mask
+      cl.Select([0, 1, 1, 2]),                                          # dec, enc, enc, mask
+      cl.Residual(cl.AttentionQKV(d_model, n_attention_heads, dropout=attention_dropout, mode=mode)),  # dec, mask
+      cl.Select([0], n_in=2),                                           # dec
+      [LSTM(d_model, mode=mode) for _ in range(n_decoder_layers)],      # dec
+      cl.Dense(target_vocab_size, name="logits"))                       # logits
