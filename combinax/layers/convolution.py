@@ -41,7 +41,7 @@ class Conv(Layer):
 
   def __init__(self, filters: int, kernel_size: Sequence[int], strides: Sequence[int] | None = None,
                padding="VALID", kernel_dilation: Sequence[int] | None = None,
-               kernel_initializer="he_normal", bias_initializer="zeros", use_bias: bool = True,
+               kernel_initializer="he_uniform", bias_initializer="zeros", use_bias: bool = True,
                name: str | None = None):
     super().__init__(1, 1, name)
     self.kernel_size = tuple(kernel_size)
@@ -83,7 +83,7 @@ class Conv(Layer):
 class CausalConv(Conv):
   """1-D convolution over (batch, time, channels) where output t sees only inputs up to t (left padding)."""
 
-  def __init__(self, filters: int, kernel_width: int = 3, dilation: int = 1, kernel_initializer="he_normal",
+  def __init__(self, filters: int, kernel_width: int = 3, dilation: int = 1, kernel_initializer="he_uniform",
                bias_initializer="zeros", use_bias: bool = True, name: str | None = None):
     pad = ((kernel_width - 1) * dilation, 0)
     super().__init__(filters, (kernel_width,), padding=(pad,), kernel_dilation=(dilation,),
