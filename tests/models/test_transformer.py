@@ -199,3 +199,19 @@ def test_lstm_seq2seq_attention_eval_equals_predict_and_learns_to_copy():
   losses = _train(LSTMSeq2SeqAttn(8, 8, d_model=32, n_encoder_layers=1, n_decoder_layers=1), batches, None, 80,
                   lr=1e-2)
   assert losses[-1] < 0.3 * losses[0]
+
+
+def test_models_are_gin_configurable():
+  import gin
+  gin.clear_config()
+  try:
+    gin.parse_config("""
+        TransformerLM.d_model = 8
+        TransformerLM.d_ff = 16
+        TransformerLM.n_heads = 2
+        TransformerLM.n_layers = 3
+    """)
+    params, _ = TransformerLM(12).init(KEY, cx.ShapeDtype((1, 4), jnp.int32))
+    assert params["blocks"]["attention"]["q"]["kernel"].shape == (3, 8, 8)
+  finally:
+    gin.clear_config()
