@@ -1,0 +1,119 @@
+"""Sharding with `jax.sharding`: a (data, model) mesh over all devices, batches split on `data`, parameters placed
+by path-pattern rules (replicated by default; FSDP or tensor-parallel where a rule says so).
+
+A rule is `(pattern, spec)`: `pattern` a glob over `cx.paths(params)` (as everywhere in combinax), `spec` a
+`PartitionSpec` or a function `(shape, mesh) -> PartitionSpec`. The first matching rule wins. A spec whose axes do
+not divide the array's dimensions falls back to replication (so small or odd-sized leaves never fail).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import gin
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from combinax.paths import leaves_with_paths, matches
+
+DATA, MODEL = "data", "model"
+Spec = P | Callable[[tuple, Mesh], P]
+
+
+@gin.configurable(module="combinax.train")
+def make_mesh(model_parallel: int = 1, devices: Sequence | None = None) -> Mesh:
+  """A 2-D mesh (`data`, `model`) over `devices` (default: all), `model_parallel` devices on the `model` axis.
+
+  >>> make_mesh().shape["data"] == jax.device_count()
+  True
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  if model_parallel < 1 or len(devices) % model_parallel:
+    raise ValueError(f"make_mesh: model_parallel={model_parallel} must divide the {len(devices)} devices")
+  return Mesh(np.array(devices).reshape(len(devices) // model_parallel, model_parallel), (DATA, MODEL))
+
+
+def shard_largest_axis(axis: str = DATA, min_size: int = 1024) -> Callable[[tuple, Mesh], P]:
+  """FSDP: split the largest dimension that `axis` divides, for leaves with at least `min_size` entries."""
+  def spec(shape, mesh):
+    size = mesh.shape[axis]
+    if int(np.prod(shape)) < min_size:
+      return P()
+    candidates = [i for i in np.argsort(shape)[::-1] if shape[i] % size == 0]
+    if not candidates:
+      return P()
+    parts = [None] * len(shape)
+    parts[candidates[0]] = axis
+    return P(*parts)
+  return spec
+
+
+def shard_axis(dim: int = -1, axis: str = MODEL) -> Callable[[tuple, Mesh], P]:
+  """Tensor parallelism: split dimension `dim` (e.g. -1, the output features of a kernel) over mesh `axis`."""
+  def spec(shape, mesh):
+    parts = [None] * len(shape)
+    if shape:
+      parts[dim % len(shape)] = axis
+    return P(*parts)
+  return spec
+
+
+@gin.configurable(module="combinax.train")
+def fsdp_rules(min_size: int = 1024) -> list:
+  """Every parameter with at least `min_size` entries split over the `data` axis (ZeRO-3 style)."""
+  return [("*", shard_largest_axis(DATA, min_size))]
+
+
+@gin.configurable(module="combinax.train")
+def tensor_parallel_rules() -> list:
+  """Megatron-style splits of attention and feed-forward kernels over the `model` axis: the q/k/v and first
+  feed-forward kernels by output features, the attention output and last feed-forward kernels by input features."""
+  return [("*attention/[qkv]/kernel", shard_axis(-1)), ("*attention/[qkv]/bias", shard_axis(-1)),
+          ("*attention/o/kernel", shard_axis(-2)),
+          ("*ff/in/kernel", shard_axis(-1)), ("*ff/in/bias", shard_axis(-1)),
+          ("*ff/gate/kernel", shard_axis(-1)), ("*ff/up/kernel", shard_axis(-1)),
+          ("*ff/out/kernel", shard_axis(-2)), ("*ff/down/kernel", shard_axis(-2))]
+
+
+def _fits(spec: P, shape: tuple, mesh: Mesh) -> bool:
+  if len(spec) > len(shape):
+    return False
+  for dim, names in zip(shape, spec):
+    names = () if names is None else (names if isinstance(names, tuple) else (names,))
+    if dim % int(np.prod([mesh.shape[n] for n in names])):
+      return False
+  return True
+
+
+def spec_for(path: str, shape: tuple, mesh: Mesh, rules: Iterable[tuple[str, Spec]] = ()) -> P:
+  """The PartitionSpec of one leaf: the first rule whose pattern matches `path`, replicated when none fits."""
+  for pattern, spec in rules:
+    if matches(path, pattern):
+      spec = spec(tuple(shape), mesh) if callable(spec) else spec
+      return spec if _fits(spec, tuple(shape), mesh) else P()
+  return P()
+
+
+def tree_shardings(tree, mesh: Mesh, rules: Iterable[tuple[str, Spec]] = ()):
+  """A NamedSharding for every leaf of `tree` (arrays or ShapeDtypeStructs), by the rules."""
+  rules = list(rules)
+  flat = leaves_with_paths(tree)
+  shardings = [NamedSharding(mesh, spec_for(path, np.shape(leaf) if not hasattr(leaf, "shape") else leaf.shape,
+                                            mesh, rules)) for path, leaf in flat]
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), shardings)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches are split along their leading axis over `data` and replicated over `model`."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def shard_batch(batch, mesh: Mesh):
+  """Places every array of `batch` on the mesh, split along its leading (batch) axis."""
+  size = mesh.shape[DATA]
+  for leaf in jax.tree_util.tree_leaves(batch):
+    if np.ndim(leaf) == 0 or np.shape(leaf)[0] % size:
+      raise ValueError(f"shard_batch: the batch size must be a multiple of the {size} data-parallel devices; "
+                       f"got an array of shape {np.shape(leaf)}")
+  return jax.device_put(batch, batch_sharding(mesh))

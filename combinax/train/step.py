@@ -1,0 +1,165 @@
+"""The train state and the one jitted, sharded training step.
+
+`TrainState` (params, model state, optimizer state, step, rng, first non-finite step) is one pytree, so a checkpoint
+is just it. `TrainStep` compiles `step(train_state, batch) -> (train_state, metrics)` once with `jax.jit`, the state
+donated, batches split on the mesh's `data` axis and parameters placed by path rules (`sharding.py`).
+
+A batch is a tuple, Trax-style: the model takes its first `model.n_in` items and the loss layer takes the model's
+outputs followed by the rest, e.g. `(tokens, targets, weights)` -> `loss(model(tokens), targets, weights)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from combinax import shapes
+from combinax.layers.base import Layer
+from combinax.layers.combinators import from_stack, to_stack
+from combinax.paths import mask as path_mask
+from combinax.train import regularization, sharding
+
+
+class TrainState(NamedTuple):
+  params: Any
+  state: Any
+  opt_state: Any
+  step: jax.Array          # int32 scalar: updates applied so far
+  rng: jax.Array           # the run's key; step t uses fold_in(rng, t)
+  bad_step: jax.Array      # int32 scalar: the first step whose loss or gradients were not finite, or -1
+
+
+def _split(model: Layer, batch: tuple):
+  batch = tuple(batch)
+  if len(batch) < model.n_in:
+    raise ValueError(f"{model.name} takes {model.n_in} input(s) but the batch has only {len(batch)} item(s)")
+  return from_stack(list(batch[:model.n_in]), model.n_in), batch[model.n_in:]
+
+
+def _cast(tree, dtype):
+  return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+class TrainStep:
+  """Builds and runs the jitted training step for a model, a loss layer and an optax optimizer.
+
+  Args:
+    model, loss_layer: layers; the loss maps (model outputs, *rest of the batch) to a scalar.
+    optimizer: an optax GradientTransformation (learning-rate schedules, clipping etc. chained in it).
+    mesh: where to run (default: all devices on the data axis); rules: parameter sharding rules.
+    l2_weight, l2_exclude: an L2 penalty `l2_weight / 2 * |w|^2` on params not matching `l2_exclude`.
+    accumulate_steps: split each batch into this many micro-batches, run them one after another (a scan) and apply
+      the mean gradient once: the update of the whole batch with the memory of one micro-batch (exact when the
+      micro-batches carry equal loss weight, e.g. unweighted means).
+    frozen: glob patterns of parameters that never change (bit-identical).
+    compute_dtype: e.g. jnp.bfloat16: run the model in that dtype, keep float32 master params and updates.
+  """
+
+  def __init__(self, model: Layer, loss_layer: Layer, optimizer: optax.GradientTransformation,
+               mesh: Mesh | None = None, rules: Iterable = (), l2_weight: float = 0.0,
+               l2_exclude: Iterable[str] = regularization.DEFAULT_EXCLUDE, accumulate_steps: int = 1,
+               frozen: Iterable[str] = (), compute_dtype=None):
+    self.model, self.loss_layer, self.optimizer = model, loss_layer, optimizer
+    self.mesh = mesh if mesh is not None else sharding.make_mesh()
+    self.rules, self.l2_weight, self.l2_exclude = list(rules), float(l2_weight), tuple(l2_exclude)
+    self.accumulate_steps, self.frozen, self.compute_dtype = int(accumulate_steps), tuple(frozen), compute_dtype
+    if self.accumulate_steps < 1:
+      raise ValueError(f"accumulate_steps must be >= 1, got {accumulate_steps}")
+    self._compiled = None
+
+  # --- Initialisation ---------------------------------------------------------------------------------------
+
+  def state_shardings(self, abstract_state: TrainState) -> TrainState:
+    replicated = NamedSharding(self.mesh, P())
+    return TrainState(
+        params=sharding.tree_shardings(abstract_state.params, self.mesh, self.rules),
+        state=jax.tree_util.tree_map(lambda _: replicated, abstract_state.state),
+        opt_state=sharding.tree_shardings(abstract_state.opt_state, self.mesh, self.rules),
+        step=replicated, rng=replicated, bad_step=replicated)
+
+  def init(self, rng: jax.Array, batch) -> TrainState:
+    """A fresh train state for batches like `batch` (arrays or signatures), created directly in its shardings."""
+    inputs_sig, _ = _split(self.model, shapes.signature(tuple(batch)))
+    def create(rng):
+      init_rng, run_rng = jax.random.split(rng)
+      params, state = self.model.init(init_rng, inputs_sig)
+      return TrainState(params, state, self.optimizer.init(params), jnp.zeros((), jnp.int32), run_rng,
+                        jnp.full((), -1, jnp.int32))
+    abstract = jax.eval_shape(create, rng)
+    return jax.jit(create, out_shardings=self.state_shardings(abstract))(rng)
+
+  # --- The step ---------------------------------------------------------------------------------------------
+
+  def loss(self, params, model_state, batch, rng):
+    """The training loss of one (micro-)batch, the model's new state, and the loss before regularization."""
+    inputs, rest = _split(self.model, batch)
+    run_params = params if self.compute_dtype is None else _cast(params, self.compute_dtype)
+    if self.compute_dtype is not None:
+      inputs = _cast(inputs, self.compute_dtype)
+    outputs, new_state = self.model.apply(run_params, model_state, inputs, rng=rng, train=True)
+    outputs = to_stack(outputs, self.model.n_out)
+    if self.compute_dtype is not None:
+      outputs = _cast(outputs, jnp.float32)
+    loss_inputs = from_stack(list(outputs) + list(rest), self.loss_layer.n_in)
+    loss, _ = self.loss_layer.apply({}, {}, loss_inputs)
+    total = loss
+    if self.l2_weight:
+      total = total + regularization.l2_penalty(params, self.l2_weight, exclude=self.l2_exclude)
+    return total, (new_state, loss)
+
+  def _gradients(self, params, model_state, batch, rng):
+    grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+    if self.accumulate_steps == 1:
+      (total, (model_state, loss)), grads = grad_fn(params, model_state, batch, rng)
+      return total, loss, grads, model_state
+    k = self.accumulate_steps
+    def micro(x):
+      if x.shape[0] % k:
+        raise ValueError(f"accumulate_steps={k} must divide the batch size {x.shape[0]}")
+      return x.reshape((k, x.shape[0] // k) + x.shape[1:])
+    micro_batches = jax.tree_util.tree_map(micro, tuple(batch))
+
+    def one(carry, scanned):
+      grads_sum, total_sum, loss_sum, model_state = carry
+      micro_batch, index = scanned
+      (total, (model_state, loss)), grads = grad_fn(params, model_state, micro_batch, jax.random.fold_in(rng, index))
+      grads_sum = jax.tree_util.tree_map(jnp.add, grads_sum, grads)
+      return (grads_sum, total_sum + total, loss_sum + loss, model_state), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    (grads, total, loss, model_state), _ = jax.lax.scan(
+        one, (zeros, jnp.float32(0.0), jnp.float32(0.0), model_state), (micro_batches, jnp.arange(k)))
+    return total / k, loss / k, jax.tree_util.tree_map(lambda g: g / k, grads), model_state
+
+  def _step(self, train_state: TrainState, batch):
+    rng = jax.random.fold_in(train_state.rng, train_state.step)
+    total, loss, grads, model_state = self._gradients(train_state.params, train_state.state, batch, rng)
+    updates, opt_state = self.optimizer.update(grads, train_state.opt_state, train_state.params)
+    frozen = path_mask(train_state.params, self.frozen) if self.frozen else None
+    params = optax.apply_updates(train_state.params, updates)
+    if frozen is not None:
+      params = jax.tree_util.tree_map(lambda new, old, keep: old if keep else new, params, train_state.params,
+                                      frozen)
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite loss or gradient freezes the state and records the step; the host then stops the run.
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm) & (train_state.bad_step < 0)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+    bad_step = jnp.where(finite | (train_state.bad_step >= 0), train_state.bad_step, train_state.step)
+    new = TrainState(keep(params, train_state.params), keep(model_state, train_state.state),
+                     keep(opt_state, train_state.opt_state), jnp.where(finite, train_state.step + 1, train_state.step),
+                     train_state.rng, bad_step)
+    return new, {"loss": loss, "total_loss": total, "grad_norm": grad_norm}
+
+  def __call__(self, train_state: TrainState, batch):
+    """One update: returns (new train state, metrics). The old state is donated (do not reuse it)."""
+    batch = sharding.shard_batch(tuple(batch), self.mesh)
+    if self._compiled is None:
+      shardings = self.state_shardings(jax.eval_shape(lambda s: s, train_state))
+      replicated = NamedSharding(self.mesh, P())
+      self._compiled = jax.jit(self._step, in_shardings=(shardings, sharding.batch_sharding(self.mesh)),
+                               out_shardings=(shardings, replicated), donate_argnums=0)
+    return self._compiled(train_state, batch)
