@@ -12,7 +12,7 @@ setup(
     install_requires=[
         "jax>=0.4.35",
         "numpy>=1.26",
-        "optax>=0.2.3",
+        "optax>=0.2.4",
         "gin-config>=0.5.0",
         "absl-py>=1.4",
     ],
