@@ -9,14 +9,18 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["combinax", "combinax.*"]),
+    package_data={"combinax.data": ["corpora/*.jsonl.gz", "corpora/DATA.md"]},
     install_requires=[
         "jax>=0.4.35",
         "numpy>=1.26",
         "optax>=0.2.4",
         "gin-config>=0.5.0",
         "absl-py>=1.4",
+        "sentencepiece>=0.2.0",
+        "tokenizers>=0.20",
     ],
     extras_require={
         "test": ["pytest>=8"],
+        "tfds": ["tensorflow-datasets>=4.9.4", "importlib_resources", "array_record>=0.5"],
     },
 )

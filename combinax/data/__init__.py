@@ -1,0 +1,79 @@
+"""combinax.data: deterministic, resumable input pipelines (a source, then stages, composed with `Serial`).
+
+As in `trax.data`, a pipeline is a chain of small steps from an iterator to an iterator; examples flow as tuples
+such as `(inputs, targets)`, and batches come out as tuples of numpy arrays, ready for `jax.device_put`:
+
+>>> from combinax import data
+>>> tok = data.CharTokenizer("abcdefgh ")
+>>> pipeline = data.Serial(
+...     data.FromList([("abc",), ("defgh",), ("ab ba",), ("h",)]),
+...     data.Tokenize(tok),
+...     data.Shuffle(buffer_size=4, seed=0),
+...     data.PackLM(length=4, eos_id=tok.eos_id),
+...     data.Batch(2))
+>>> stream = pipeline()
+>>> first = next(stream)
+>>> [a.shape for a in first]
+[(2, 4), (2, 4), (2, 4)]
+
+**Resumable by design.** Each stage is a small object holding only its settings; calling it on the stream above
+returns a `Stream`, an iterator that also knows its position. `stream.get_state()` lists, source first, each
+stage's position as a small dict: the source's `(epoch, index)`, the shuffle buffer and its generator's state, the
+tokens a packer holds over, the partial buckets of `BucketByLength`, drop counters. Stages that take everything
+they need within one call (`Batch`, `Tokenize`, ...) keep nothing. `dumps_state`/`loads_state` turn it into JSON
+and back exactly (stages never change an example in place, so a saved buffer cannot change under it). A fresh
+stream of the same pipeline, given that state with `set_state`, produces exactly the items the first one would have
+produced next; `Prefetch` records the state with each item it produces ahead, so it stays exact. Nothing is
+replayed, so restoring is instant at any point of a run:
+
+>>> state = data.dumps_state(stream.get_state())
+>>> rest = [b[0].tolist() for b in stream]
+>>> resumed = pipeline()
+>>> resumed.set_state(data.loads_state(state))
+>>> [b[0].tolist() for b in resumed] == rest
+True
+
+Randomness is seeded (`Shuffle(seed=)`, `MLM(seed=)`, sources' `shuffle=True, seed=`), so the same seed gives the
+same batches. Bad input raises `DataError` naming the file and line, field or stage; nothing is skipped silently
+(stages that drop examples on request count them in `stream.get_stats()`).
+
+| kind | stages |
+| --- | --- |
+| sources | `TFDS` (needs `combinax[tfds]`; no TensorFlow), `TextLines`, `CSV`, `TSV`, `JSONL`, `Corpus`, `FromList` |
+| transforms | `Map`, `Tokenize`, `Detokenize`, `FilterByLength`, `TruncateToLength`, `PadToLength`, `AddLossWeights` |
+| order | `Shuffle` (seeded buffer), sources' `shuffle=True` (a permutation per epoch), `shard=(i, n)` |
+| batching | `Batch`, `BucketByLength`, `stack_examples` |
+| language models | `ConcatenateToLMInput`, `PackLM`, `MLM` |
+| threads | `Prefetch` |
+| tokenizers | `CharTokenizer`, `SentencePieceTokenizer`, `BPETokenizer`, `WordPieceTokenizer` |
+| vocabularies | `load_tokenizer(path)`, `tokenizer_for(corpus, kind, vocab_size)` (trained once, cached) |
+"""
+
+from combinax.data.base import DataError, FnStage, Serial, Stage, Stream
+from combinax.data.batching import Batch, BucketByLength, stack_examples
+from combinax.data.hf_tokenizers import BPETokenizer, WordPieceTokenizer
+from combinax.data.lm import MLM, ConcatenateToLMInput, PackLM
+from combinax.data.prefetch import Prefetch
+from combinax.data.files import CSV, JSONL, TSV, TextLines, read_text
+from combinax.data.sources import TFDS, Corpus, FromList, Source
+from combinax.data.state import dumps_state, loads_state
+from combinax.data.tokenizers import (CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer,
+                                      tokenizer_for)
+from combinax.data.transforms import (AddLossWeights, Detokenize, FilterByLength, Map, PadToLength, Shuffle,
+                                      Tokenize, TruncateToLength)
+
+__all__ = [
+    "DataError", "FnStage", "Serial", "Stage", "Stream", "Source", "dumps_state", "loads_state",
+    "TFDS", "TextLines", "CSV", "TSV", "JSONL", "Corpus", "FromList", "read_text",
+    "Map", "Tokenize", "Detokenize", "FilterByLength", "TruncateToLength", "PadToLength", "AddLossWeights", "Shuffle",
+    "Batch", "BucketByLength", "stack_examples", "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch",
+    "Tokenizer", "CharTokenizer", "SentencePieceTokenizer", "BPETokenizer", "WordPieceTokenizer", "load_tokenizer",
+    "tokenizer_for", "corpora",
+]
+
+
+def __getattr__(name):
+  if name == "corpora":   # the bundled corpora, imported when first asked for
+    import importlib
+    return importlib.import_module("combinax.data.corpora")
+  raise AttributeError(f"module 'combinax.data' has no attribute {name!r}")
