@@ -18,6 +18,8 @@ setup(
         "absl-py>=1.4",
         "sentencepiece>=0.2.0",
         "tokenizers>=0.20",
+        "tqdm>=4.60",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -24,7 +24,7 @@ from combinax.data.base import DataError
 
 def _encode(value: Any) -> Any:
   if isinstance(value, np.ndarray) or isinstance(value, np.generic):
-    array = np.ascontiguousarray(value)
+    array = np.asarray(value)  # (not ascontiguousarray: it turns a scalar into shape (1,))
     if array.dtype.hasobject:
       raise DataError(f"cannot save a numpy array of Python objects in a pipeline state: {value!r}")
     return {"__ndarray__": base64.b64encode(array.tobytes()).decode("ascii"), "dtype": array.dtype.str,

@@ -103,10 +103,11 @@ def read_manifest(checkpoint: str | os.PathLike) -> dict:
   return manifest
 
 
-def restore(checkpoint: str | os.PathLike, template: Any) -> tuple[Any, dict]:
+def restore(checkpoint: str | os.PathLike, template: Any, prefix: str = "") -> tuple[Any, dict]:
   """Loads a checkpoint into the structure of `template`; returns (tree, metadata).
 
-  Every path, shape and dtype must match the template's; arrays take the template leaves' shardings.
+  Every path, shape and dtype must match the template's; arrays take the template leaves' shardings. With
+  `prefix` (e.g. "params"), only the saved subtree under it is loaded (e.g. a model's params from a train state).
   """
   checkpoint = Path(checkpoint)
   manifest = read_manifest(checkpoint)
@@ -115,7 +116,11 @@ def restore(checkpoint: str | os.PathLike, template: Any) -> tuple[Any, dict]:
     raise CheckpointError(f"{archive}: missing, truncated or corrupted (its sha256 differs from the manifest's); "
                           "restore an older checkpoint instead")
   template_leaves = leaves_with_paths(template)
-  saved_paths = [entry["path"] for entry in manifest["leaves"]]
+  indexed = list(enumerate(manifest["leaves"]))
+  if prefix:
+    start = prefix.rstrip("/") + "/"
+    indexed = [(i, {**e, "path": e["path"][len(start):]}) for i, e in indexed if e["path"].startswith(start)]
+  saved_paths = [entry["path"] for _, entry in indexed]
   wanted_paths = [path for path, _ in template_leaves]
   if saved_paths != wanted_paths:
     missing, extra = sorted(set(wanted_paths) - set(saved_paths)), sorted(set(saved_paths) - set(wanted_paths))
@@ -123,7 +128,7 @@ def restore(checkpoint: str | os.PathLike, template: Any) -> tuple[Any, dict]:
                           f"unexpected {extra[:5]}")
   values = []
   with np.load(archive, allow_pickle=False) as data:
-    for index, (entry, (path, like)) in enumerate(zip(manifest["leaves"], template_leaves)):
+    for (index, entry), (path, like) in zip(indexed, template_leaves):
       value = data[f"leaf_{index:06d}"]
       if entry["prng_key"]:
         value = jax.random.wrap_key_data(value, impl=entry["prng_key"])

@@ -217,3 +217,12 @@ def test_prefetch_thread_stops_when_closed_or_dropped():
   while len(prefetch_threads()) > before and time.time() < deadline:
     time.sleep(0.05)
   assert len(prefetch_threads()) == before
+
+
+def test_state_round_trip_keeps_numpy_scalars_scalar():
+  from combinax import data
+  state = {"buffer": [(np.arange(2, dtype=np.float32), np.int32(1), np.float64(2.5))]}
+  back = data.loads_state(data.dumps_state(state))["buffer"][0]
+  assert isinstance(back[1], np.int32) and np.ndim(back[1]) == 0 and back[1] == 1
+  assert isinstance(back[2], np.float64) and back[2] == 2.5
+  np.testing.assert_array_equal(back[0], np.arange(2, dtype=np.float32))

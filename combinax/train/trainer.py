@@ -1,0 +1,253 @@
+"""The training loop: `TrainTask` (data, loss, optimizer), `EvalTask` (data, metrics), `Trainer` (the loop).
+
+`Trainer.run()` resumes from the newest checkpoint in `output_dir` when there is one, and then continues exactly as
+an uninterrupted run would: params, optimizer state, step, rng and the data pipeline's position are all in the
+checkpoint. It checks for a non-finite loss only when it logs or saves (no host sync on other steps), stops with a
+`TrainingError` naming the first bad step, and never saves a state that saw one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from combinax import data as cx_data
+from combinax import layers as cl
+from combinax.layers.base import Layer
+from combinax.layers.combinators import from_stack, to_stack
+from combinax.paths import matches
+from combinax.train import checkpoints, regularization, schedules, sharding
+from combinax.train.logging import RunLogger, plot_loss_curve
+from combinax.train.step import TrainState, TrainStep
+
+for _name in ("adam", "adamw", "sgd", "adafactor", "rmsprop", "lion", "lamb", "adagrad", "nadam", "adabelief"):
+  gin.external_configurable(getattr(optax, _name), name=_name, module="optax")
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on (e.g. a non-finite loss); the message names the step and the last good checkpoint."""
+
+
+def _scale_by_pattern(multipliers: dict[str, float]) -> optax.GradientTransformation:
+  """Multiplies the updates of parameters whose path matches a pattern (first match wins) by its factor."""
+  from combinax.paths import leaves_with_paths
+
+  def factors(tree):
+    flat = leaves_with_paths(tree)
+    values = [next((f for pattern, f in multipliers.items() if matches(path, pattern)), 1.0) for path, _ in flat]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), values)
+
+  def update(updates, state, params=None):
+    return jax.tree_util.tree_map(lambda u, f: u * f, updates, factors(updates)), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+@gin.configurable(module="combinax.train")
+class TrainTask:
+  """What to train on and how: the data pipeline (a stage such as `data.Serial(...)`, called to get a stream of
+  batches), the loss layer, the optax optimizer (a factory taking `learning_rate`), the schedule, clipping, weight
+  decay (decoupled, for optimizers that take `weight_decay`), L2, accumulation, freezing and per-group rates."""
+
+  def __init__(self, data: Callable = gin.REQUIRED, loss_layer: Layer | None = None,
+               optimizer: Callable = optax.adamw, schedule: Callable | None = None, clip_norm: float | None = 1.0,
+               weight_decay: float = 0.0, l2_weight: float = 0.0, accumulate_steps: int = 1,
+               frozen: Iterable[str] = (), lr_multipliers: dict[str, float] | None = None):
+    self.data = data
+    self.loss_layer = loss_layer if loss_layer is not None else cl.WeightedCategoryCrossEntropy()
+    self.optimizer, self.schedule = optimizer, schedule if schedule is not None else schedules.constant(1e-3)
+    self.clip_norm, self.weight_decay, self.l2_weight = clip_norm, float(weight_decay), float(l2_weight)
+    self.accumulate_steps, self.frozen = accumulate_steps, tuple(frozen)
+    self.lr_multipliers = dict(lr_multipliers or {})
+
+  def make_optimizer(self, params) -> optax.GradientTransformation:
+    kwargs = {"learning_rate": self.schedule}
+    accepted = inspect.signature(self.optimizer).parameters
+    if self.weight_decay:
+      if "weight_decay" not in accepted:
+        raise ValueError(f"TrainTask: {getattr(self.optimizer, '__name__', self.optimizer)} takes no weight_decay; "
+                         "use optax.adamw (decoupled) or l2_weight (a loss penalty)")
+      kwargs["weight_decay"] = self.weight_decay
+      if "mask" in accepted:
+        kwargs["mask"] = regularization.decay_mask(params)
+    parts = [optax.clip_by_global_norm(self.clip_norm)] if self.clip_norm else []
+    parts.append(self.optimizer(**kwargs))
+    if self.lr_multipliers:
+      parts.append(_scale_by_pattern(self.lr_multipliers))
+    return optax.chain(*parts)
+
+
+@gin.configurable(module="combinax.train")
+class EvalTask:
+  """Evaluation every `eval_every` steps on `n_batches` batches of `data` (a fresh stream each time, so every
+  evaluation sees the same batches): `metrics` maps names to layers taking (outputs, *rest of the batch)."""
+
+  def __init__(self, data: Callable = gin.REQUIRED, metrics: dict[str, Layer] | None = None, eval_every: int = 100,
+               n_batches: int = 10):
+    self.data, self.eval_every, self.n_batches = data, int(eval_every), int(n_batches)
+    self.metrics = metrics if metrics is not None else {
+        "loss": cl.WeightedCategoryCrossEntropy(), "accuracy": cl.WeightedCategoryAccuracy()}
+
+
+@gin.configurable(module="combinax.train")
+class Trainer:
+  """Trains `model` (a layer, or a function of `mode` such as a gin-configured `TransformerLM`) on `task`.
+
+  Args:
+    output_dir: checkpoints (`step_XXXXXXXX/`), `config.gin`, `metrics.jsonl`, TensorBoard files, `loss_curve.png`.
+    steps: train until this many updates in total (a resumed run goes on from its checkpoint).
+    checkpoint_every, keep_checkpoints, best_metric ("eval/<name>", lower is better unless `best_mode="max"`).
+    log_every: steps between logs (the only host syncs); seed: params init, dropout and data order keys.
+    model_parallel, sharding_rules: the mesh's `model` axis size and "replicated", "fsdp", "tensor" or a rule list.
+    compute_dtype: "bfloat16" for bf16 compute with float32 master params.
+    init_checkpoint: a checkpoint directory whose params start a new run (fine-tuning), when not resuming.
+    early_stopping_patience: stop after this many evaluations without improving `best_metric`.
+  """
+
+  def __init__(self, model: Layer | Callable = gin.REQUIRED, task: TrainTask = gin.REQUIRED,
+               eval_task: EvalTask | None = None, output_dir: str | None = None, steps: int = 1000, seed: int = 0,
+               checkpoint_every: int = 500, keep_checkpoints: int = 3, best_metric: str | None = None,
+               best_mode: str = "min", log_every: int = 50, model_parallel: int = 1,
+               sharding_rules: str | list = "replicated", compute_dtype: str | None = None,
+               init_checkpoint: str | None = None, early_stopping_patience: int | None = None,
+               progress: bool | None = None):
+    if output_dir is None:
+      raise ValueError("Trainer: output_dir is required (pass --output_dir to combinax-train)")
+    self.model = model(mode="train") if not isinstance(model, Layer) else model
+    self.eval_model = model(mode="eval") if not isinstance(model, Layer) else model
+    self.task, self.eval_task, self.output_dir = task, eval_task, Path(output_dir)
+    self.steps, self.seed, self.log_every = int(steps), int(seed), int(log_every)
+    self.checkpoint_every, self.init_checkpoint = int(checkpoint_every), init_checkpoint
+    self.best_metric, self.patience, self.progress = best_metric, early_stopping_patience, progress
+    self.manager = checkpoints.CheckpointManager(self.output_dir, keep_checkpoints,
+                                                 best_metric=best_metric, mode=best_mode)
+    rules = {"replicated": [], "fsdp": sharding.fsdp_rules(), "tensor": sharding.tensor_parallel_rules()}
+    self.rules = rules[sharding_rules] if isinstance(sharding_rules, str) else list(sharding_rules)
+    self.mesh = sharding.make_mesh(model_parallel)
+    self.compute_dtype = jnp.dtype(compute_dtype) if compute_dtype else None
+
+  # --- Setup ------------------------------------------------------------------------------------------------
+
+  def _first_batch_signature(self, stream):
+    """The first batch's shapes, read without moving the stream (its position is saved and put back)."""
+    position = stream.get_state()
+    batch = next(stream)
+    stream.set_state(position)
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tuple(batch))
+
+  def _build(self, stream):
+    signature = self._first_batch_signature(stream)
+    inputs_sig = from_stack(list(signature[:self.model.n_in]), self.model.n_in)
+    abstract_params = jax.eval_shape(lambda: self.model.init(jax.random.key(0), inputs_sig)[0])
+    optimizer = self.task.make_optimizer(abstract_params)
+    self.step_fn = TrainStep(self.model, self.task.loss_layer, optimizer, mesh=self.mesh, rules=self.rules,
+                             l2_weight=self.task.l2_weight, accumulate_steps=self.task.accumulate_steps,
+                             frozen=self.task.frozen, compute_dtype=self.compute_dtype)
+    return self.step_fn.init(jax.random.key(self.seed), signature)
+
+  def _restore(self, stream, fresh: TrainState) -> TrainState:
+    latest = self.manager.latest()
+    if latest is not None:
+      state, metadata = checkpoints.restore(latest, fresh)
+      stream.set_state(cx_data.loads_state(metadata["data"]))
+      self.best_history = metadata.get("best_history", [])
+      return state
+    if self.init_checkpoint:  # fine-tuning: the params and model state of another run, nothing else
+      source = Path(self.init_checkpoint)
+      source = source if (source / "manifest.json").exists() else checkpoints.latest(source)
+      if source is None:
+        raise TrainingError(f"init_checkpoint {self.init_checkpoint}: no checkpoint there")
+      params, _ = checkpoints.restore(source, fresh.params, prefix="params")
+      model_state, _ = checkpoints.restore(source, fresh.state, prefix="state")
+      return fresh._replace(params=params, state=model_state)
+    return fresh
+
+  # --- The loop ---------------------------------------------------------------------------------------------
+
+  def _check_finite(self, train_state: TrainState):
+    bad = int(train_state.bad_step)
+    if bad >= 0:
+      latest = self.manager.latest()
+      raise TrainingError(f"step {bad + 1}: the loss or the gradients are not finite (NaN/inf); the run stopped "
+                          f"there. The last good checkpoint is {latest or 'none (no checkpoint was saved)'}.")
+
+  def _save(self, train_state: TrainState, stream, metrics: dict | None = None):
+    self._check_finite(train_state)
+    metadata = {"data": cx_data.dumps_state(stream.get_state()), "metrics": metrics or {},
+                "best_history": self.best_history}
+    self.manager.save(int(train_state.step), train_state, metadata)
+    (self.output_dir / "config.gin").write_text(gin.operative_config_str())
+
+  def evaluate(self, params, model_state) -> dict:
+    """Mean of each metric over the eval task's batches."""
+    if not hasattr(self, "_eval_fn"):
+      metrics = self.eval_task.metrics
+      model = self.eval_model
+
+      def run(params, model_state, batch):
+        outputs, _ = model.apply(params, model_state, from_stack(list(batch[:model.n_in]), model.n_in))
+        rest = list(batch[model.n_in:])
+        return {name: layer.apply({}, {}, from_stack(to_stack(outputs, model.n_out) + rest, layer.n_in))[0]
+                for name, layer in metrics.items()}
+      self._eval_fn = jax.jit(run)
+    totals, count = {}, 0
+    stream = self.eval_task.data()
+    for _, batch in zip(range(self.eval_task.n_batches), stream):
+      values = self._eval_fn(params, model_state, sharding.shard_batch(tuple(batch), self.mesh))
+      totals = {k: totals.get(k, 0.0) + float(v) for k, v in values.items()}
+      count += 1
+    if not count:
+      raise TrainingError("EvalTask: its data produced no batch")
+    return {k: v / count for k, v in totals.items()}
+
+  def run(self) -> TrainState:
+    """Trains until `steps` updates; returns the final train state."""
+    self.output_dir.mkdir(parents=True, exist_ok=True)
+    self.best_history = []
+    stream = self.task.data()
+    train_state = self._restore(stream, self._build(stream))
+    start = int(train_state.step)
+    logger = RunLogger(self.output_dir, self.steps, start, progress=self.progress)
+    if start:
+      logger.message(f"resumed from step {start} ({self.manager.latest()})")
+    try:
+      step = start
+      while step < self.steps:
+        train_state, metrics = self.step_fn(train_state, next(stream))
+        step += 1
+        if step % self.log_every == 0 or step == self.steps:
+          self._check_finite(train_state)
+          logger.log(step, {**metrics, "learning_rate": self.task.schedule(step - 1)})
+        eval_metrics = {}
+        if self.eval_task is not None and (step % self.eval_task.eval_every == 0 or step == self.steps):
+          self._check_finite(train_state)
+          eval_metrics = {f"eval/{k}": v for k, v in self.evaluate(train_state.params, train_state.state).items()}
+          logger.log(step, {k.split("/", 1)[1]: v for k, v in eval_metrics.items()}, prefix="eval")
+          if self.best_metric in eval_metrics:
+            self.best_history.append(eval_metrics[self.best_metric])
+        if step % self.checkpoint_every == 0 or step == self.steps:
+          self._save(train_state, stream, eval_metrics)
+        if self._should_stop_early():
+          logger.message(f"early stopping at step {step}: {self.best_metric} has not improved for "
+                         f"{self.patience} evaluations")
+          self._save(train_state, stream, eval_metrics)
+          break
+    finally:
+      logger.close()
+      plot_loss_curve(self.output_dir)
+    return train_state
+
+  def _should_stop_early(self) -> bool:
+    """True when the best `best_metric` so far is `patience` or more evaluations old."""
+    history = self.best_history
+    if not self.patience or not history:
+      return False
+    best_at = (np.argmin if self.manager.mode == "min" else np.argmax)(history)
+    return len(history) - 1 - int(best_at) >= self.patience

@@ -1,0 +1,120 @@
+"""The Trainer: exact resume, checkpoints, evaluation, early stopping, fine-tuning init, and non-finite stops."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from combinax import data
+from combinax import layers as cl
+from combinax.models import MLP, TransformerLM
+from combinax.train import checkpoints, schedules
+from combinax.train.trainer import EvalTask, Trainer, TrainingError, TrainTask
+
+
+def lm_data(seed=0):
+  rng = np.random.default_rng(seed)
+  # Counting sequences (start, start + 1, ... mod 14): learnable, so the loss can fall.
+  examples = [((rng.integers(0, 14) + np.arange(rng.integers(3, 12))) % 14 + 2,) for _ in range(200)]
+  examples = [(e[0].astype(np.int32),) for e in examples]
+  return data.Serial(data.FromList(examples, shuffle=True, seed=seed, repeat=True), data.Shuffle(32, seed=seed),
+                     data.PackLM(8, eos_id=1), data.Batch(8))
+
+
+def lm_trainer(output_dir, steps, **kwargs):
+  model = lambda mode: TransformerLM(16, d_model=16, d_ff=32, n_layers=2, n_heads=2, dropout=0.1, max_len=8,
+                                     mode=mode)
+  task = TrainTask(data=lm_data(), optimizer=optax.adamw, weight_decay=0.01, schedule=schedules.constant(1e-2))
+  return Trainer(model, task, output_dir=str(output_dir), steps=steps, checkpoint_every=5, log_every=5,
+                 progress=False, **kwargs)
+
+
+def classifier_trainer(output_dir, steps):
+  """Dropout (the rng), adamw with a schedule (the optimizer state) and a shuffled, repeating source (the data
+  position): everything an exact resume must restore."""
+  rng = np.random.default_rng(0)
+  examples = [(x, np.int32(x.sum() > 0)) for x in rng.normal(size=(64, 6)).astype(np.float32)]
+  pipeline = data.Serial(data.FromList(examples, shuffle=True, seed=3, repeat=True), data.Shuffle(16, seed=4),
+                         data.Batch(8))
+  model = cl.Serial(cl.Dense(16), cl.Relu(), cl.Dropout(0.3), cl.Dense(2))
+  task = TrainTask(data=pipeline, loss_layer=cl.CategoryCrossEntropy(), optimizer=optax.adamw, weight_decay=0.01,
+                   schedule=schedules.rsqrt_decay(1e-2, warmup_steps=4))
+  return Trainer(model, task, output_dir=str(output_dir), steps=steps, checkpoint_every=5, log_every=5,
+                 progress=False)
+
+
+def test_resume_is_bit_identical(tmp_path):
+  straight = classifier_trainer(tmp_path / "straight", 20).run()
+  classifier_trainer(tmp_path / "resumed", 10).run()
+  resumed = classifier_trainer(tmp_path / "resumed", 20).run()
+  assert int(resumed.step) == 20
+  for a, b in zip(jax.tree_util.tree_leaves((straight.params, straight.opt_state)),
+                  jax.tree_util.tree_leaves((resumed.params, resumed.opt_state))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  records = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [5, 10, 15, 20]
+  assert (tmp_path / "resumed" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert (tmp_path / "resumed" / "config.gin").exists()
+  assert [p.name for p in checkpoints.list_checkpoints(tmp_path / "resumed")] == [
+      "step_00000010", "step_00000015", "step_00000020"]
+
+
+def test_loss_falls_and_eval_keeps_the_best_checkpoint(tmp_path):
+  eval_task = EvalTask(data=lm_data(seed=1), eval_every=10, n_batches=2)
+  trainer = lm_trainer(tmp_path, 40, eval_task=eval_task, best_metric="eval/loss", keep_checkpoints=1)
+  trainer.run()
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  losses = [r["train/loss"] for r in records if "train/loss" in r]
+  evals = [r["eval/loss"] for r in records if "eval/loss" in r]
+  assert losses[-1] < 0.7 * losses[0] and len(evals) == 4 and "eval/accuracy" in records[-1]
+  best = trainer.manager.best()
+  assert checkpoints.read_manifest(best)["metadata"]["metrics"]["eval/loss"] == pytest.approx(min(evals))
+
+
+def regression_data(bad_batch=None):
+  rng = np.random.default_rng(0)
+  batches = []
+  for i in range(12):
+    x = rng.normal(size=(8, 4)).astype(np.float32)
+    y = x @ np.arange(4, dtype=np.float32)[:, None]
+    if i == bad_batch:
+      x[0, 0] = np.inf
+    batches.append((x, y, np.ones_like(y)))
+  return data.Serial(data.FromList(batches, repeat=True))
+
+
+def regression_trainer(output_dir, steps, bad_batch=None, **kwargs):
+  task = TrainTask(data=regression_data(bad_batch), loss_layer=cl.L2Loss(), optimizer=optax.sgd,
+                   schedule=schedules.constant(0.05), clip_norm=None)
+  return Trainer(MLP((8, 1), flatten=False), task, output_dir=str(output_dir), steps=steps, checkpoint_every=2,
+                 log_every=1, progress=False, **kwargs)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  with pytest.raises(TrainingError, match=r"step 6: the loss or the gradients are not finite.*step_00000004"):
+    regression_trainer(tmp_path, 10, bad_batch=5).run()
+  assert checkpoints.latest(tmp_path).name == "step_00000004"
+  good = regression_trainer(tmp_path / "clean", 4).run()
+  restored, _ = checkpoints.restore(checkpoints.latest(tmp_path), good)
+  np.testing.assert_array_equal(restored.params["Dense_0"]["kernel"], good.params["Dense_0"]["kernel"])
+
+
+def test_fine_tuning_starts_from_another_runs_params(tmp_path):
+  first = regression_trainer(tmp_path / "a", 4).run()
+  task = TrainTask(data=regression_data(), loss_layer=cl.L2Loss(), optimizer=optax.adam, clip_norm=None,
+                   schedule=schedules.constant(0.0), frozen=["Dense_0/*"])
+  tuned = Trainer(MLP((8, 1), flatten=False), task, output_dir=str(tmp_path / "b"), steps=2, progress=False,
+                  init_checkpoint=str(tmp_path / "a"), log_every=1).run()
+  jax.tree_util.tree_map(np.testing.assert_array_equal, tuned.params, first.params)
+
+
+def test_early_stopping(tmp_path):
+  eval_task = EvalTask(data=regression_data(), metrics={"loss": cl.L2Loss()}, eval_every=1, n_batches=1)
+  task = TrainTask(data=regression_data(), loss_layer=cl.L2Loss(), optimizer=optax.sgd, clip_norm=None,
+                   schedule=schedules.constant(0.0))   # nothing changes, so nothing improves
+  state = Trainer(MLP((8, 1), flatten=False), task, eval_task=eval_task, output_dir=str(tmp_path), steps=50,
+                  best_metric="eval/loss", early_stopping_patience=3, progress=False, log_every=10).run()
+  assert int(state.step) == 4
