@@ -98,7 +98,12 @@ class CharTokenizer(Tokenizer):
     return np.fromiter((get(c, UNK_ID) for c in text), np.int32, len(text))
 
   def decode(self, ids) -> str:
-    return "".join(self.chars[i - 3] for i in self._ids(ids) if i >= 3)
+    ids = self._ids(ids)
+    bad = [i for i in ids if i >= self.vocab_size or i < 0]
+    if bad:
+      raise DataError(f"CharTokenizer: id {bad[0]} is outside its {self.vocab_size} ids (a model with a larger "
+                      "vocabulary than its tokenizer?)")
+    return "".join(self.chars[i - 3] for i in ids if i >= 3)
 
   def save(self, path) -> None:
     _atomic_write(path, json.dumps({"type": "char", "chars": self.chars}).encode("utf-8"))

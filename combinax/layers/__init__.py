@@ -14,7 +14,7 @@ from combinax.layers.core import (ArgMax, Dense, Dropout, Embedding, Flatten, Lo
                                   StopGradient, Sum, TiedLogits, ToFloat, Weights)
 from combinax.layers.losses import (BinaryCrossEntropy, CategoryCrossEntropy, L2Loss,
                                     WeightedCategoryCrossEntropy)
-from combinax.layers.metrics import SequenceAccuracy, WeightedCategoryAccuracy
+from combinax.layers.metrics import Accuracy, SequenceAccuracy, WeightedCategoryAccuracy
 from combinax.layers.normalization import BatchNorm, LayerNorm, RMSNorm
 from combinax.layers.positional import LearnedPositionalEncoding, PositionalEncoding, rotary, sinusoids
 from combinax.layers.repeat import Repeat

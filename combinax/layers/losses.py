@@ -5,6 +5,7 @@ Weighted losses return `sum(weights * loss) / sum(weights)` (0 when every weight
 
 from __future__ import annotations
 
+import gin
 import jax
 import jax.numpy as jnp
 
@@ -49,6 +50,7 @@ def _check_smoothing(layer: Layer, label_smoothing):
     raise LayerError(layer, "label_smoothing must lie in [0, 1)", expected="0 <= s < 1", actual=label_smoothing)
 
 
+@gin.configurable(module="combinax.layers")
 class WeightedCategoryCrossEntropy(Layer):
   """Mean cross-entropy over positions with non-zero weight: (logits, targets, weights) -> scalar.
 
@@ -68,6 +70,7 @@ class WeightedCategoryCrossEntropy(Layer):
     return weighted_mean(category_cross_entropy(logits, targets, self.label_smoothing or 0.0), weights), state
 
 
+@gin.configurable(module="combinax.layers")
 class CategoryCrossEntropy(Layer):
   """Mean cross-entropy: (logits, targets) -> scalar."""
 
@@ -82,6 +85,7 @@ class CategoryCrossEntropy(Layer):
     return jnp.mean(category_cross_entropy(logits, targets, self.label_smoothing or 0.0)), state
 
 
+@gin.configurable(module="combinax.layers")
 class BinaryCrossEntropy(Layer):
   """Mean binary cross-entropy of 0/1 targets under sigmoid(logits): (logits, targets) -> scalar."""
 
@@ -96,6 +100,7 @@ class BinaryCrossEntropy(Layer):
     return -jnp.mean(t * jax.nn.log_sigmoid(z) + (1.0 - t) * jax.nn.log_sigmoid(-z)), state
 
 
+@gin.configurable(module="combinax.layers")
 class L2Loss(Layer):
   """Weighted mean squared error: (outputs, targets, weights) -> sum(w * (y - t)^2) / sum(w)."""
 

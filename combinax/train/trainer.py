@@ -183,7 +183,7 @@ class Trainer:
     metadata = {"data": cx_data.dumps_state(stream.get_state()), "metrics": metrics or {},
                 "best_history": self.best_history}
     self.manager.save(int(train_state.step), train_state, metadata)
-    (self.output_dir / "config.gin").write_text(gin.operative_config_str())
+    (self.output_dir / "operative_config.gin").write_text(gin.operative_config_str())
 
   def evaluate(self, params, model_state) -> dict:
     """Mean of each metric over the eval task's batches."""

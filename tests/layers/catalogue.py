@@ -115,5 +115,6 @@ CATALOGUE = {
     "BinaryCrossEntropy": (cl.BinaryCrossEntropy, (S(4,), S(4,))),
     "L2Loss": (cl.L2Loss, (S(2, 3), S(2, 3), S(2, 3))),
     "WeightedCategoryAccuracy": (cl.WeightedCategoryAccuracy, (S(2, 3, 5), S(2, 3, dtype=I), S(2, 3))),
+    "Accuracy": (cl.Accuracy, (S(2, 3, 5), S(2, 3, dtype=I))),
     "SequenceAccuracy": (cl.SequenceAccuracy, (S(2, 3, 5), S(2, 3, dtype=I), S(2, 3))),
 }

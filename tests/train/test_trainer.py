@@ -57,7 +57,7 @@ def test_resume_is_bit_identical(tmp_path):
   records = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == [5, 10, 15, 20]
   assert (tmp_path / "resumed" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert (tmp_path / "resumed" / "config.gin").exists()
+  assert (tmp_path / "resumed" / "operative_config.gin").exists()
   assert [p.name for p in checkpoints.list_checkpoints(tmp_path / "resumed")] == [
       "step_00000010", "step_00000015", "step_00000020"]
 

@@ -1,0 +1,76 @@
+"""Ready-made pipelines for the recipes in `configs/`: language modelling, classification and translation on the
+bundled corpora (or any corpus of the same shape). Each is gin-configurable with keyword arguments only, so a config
+file can say `TrainTask.data = @train/lm_pipeline()` and `train/lm_pipeline.split = "train"`.
+
+Batches follow the Trainer's convention: the model's inputs first, then what the loss takes besides the outputs.
+"""
+
+from __future__ import annotations
+
+import gin
+import numpy as np
+
+from combinax.data.base import Serial
+from combinax.data.batching import Batch, BucketByLength
+from combinax.data.lm import PackLM
+from combinax.data.sources import Corpus
+from combinax.data.tokenizers import Tokenizer, tokenizer_for
+from combinax.data.transforms import AddLossWeights, Map, Shuffle, Tokenize, TruncateToLength
+
+
+@gin.configurable(module="combinax.data")
+def corpus_tokenizer(corpus: str = "kjv", kind: str = "sentencepiece", vocab_size: int = 8192) -> Tokenizer:
+  """`tokenizer_for(corpus, kind, vocab_size)`, under a name that config files bind."""
+  return tokenizer_for(corpus, kind, vocab_size)
+
+
+@gin.configurable(module="combinax.data")
+def lm_pipeline(corpus: str = "kjv", split: str = "train", text_key: str = "text", tokenizer: Tokenizer | None = None,
+                length: int = 128, batch_size: int = 16, shuffle_buffer: int = 1024, seed: int = 0,
+                repeat: bool = True) -> Serial:
+  """Language-model batches `(tokens, tokens, weights)` of `length` tokens: the corpus's texts, tokenized with an
+  EOS after each, shuffled, and packed back to back (no token lost; weights 0 only on final padding)."""
+  tokenizer = tokenizer or tokenizer_for(corpus)
+  return Serial(
+      Corpus(corpus, keys=(text_key,), split=split, shuffle=True, seed=seed, repeat=repeat),
+      Tokenize(tokenizer, keys=0, append_eos=True),
+      Shuffle(shuffle_buffer, seed=seed),
+      PackLM(length, eos_id=None),
+      Batch(batch_size, drop_remainder=True))
+
+
+@gin.configurable(module="combinax.data")
+def classification_pipeline(corpus: str = "imdb_sentiment", split: str = "train", text_key: str = "text",
+                            label_key: str = "label", tokenizer: Tokenizer | None = None, max_length: int = 256,
+                            batch_size: int = 32, shuffle_buffer: int = 1024, seed: int = 0,
+                            repeat: bool = True) -> Serial:
+  """Classification batches `(token ids (padded with 0), labels int32)`, texts cut to `max_length` tokens."""
+  tokenizer = tokenizer or tokenizer_for(corpus)
+  return Serial(
+      Corpus(corpus, keys=(text_key, label_key), split=split, shuffle=True, seed=seed, repeat=repeat),
+      Tokenize(tokenizer, keys=0),
+      TruncateToLength(max_length, keys=(0,)),
+      Map(lambda example: (example[0], np.int32(example[1]))),
+      Shuffle(shuffle_buffer, seed=seed),
+      Batch(batch_size, drop_remainder=True))
+
+
+@gin.configurable(module="combinax.data")
+def translation_pipeline(corpus: str = "bible_en_es", split: str = "train", source_key: str = "en",
+                         target_key: str = "es", tokenizer: Tokenizer | None = None, max_length: int = 64,
+                         boundaries=(16, 32, 64), batch_sizes=(64, 32, 16), shuffle_buffer: int = 1024, seed: int = 0,
+                         repeat: bool = True) -> Serial:
+  """Translation batches `(source ids, target ids, target ids, target weights)` for an encoder-decoder, bucketed by
+  length (a batch size per boundary; the last boundary >= `max_length`), both sides cut to `max_length` tokens (an
+  EOS ends every uncut text)."""
+  if max(boundaries) < max_length:
+    raise ValueError(f"translation_pipeline: the last boundary {max(boundaries)} must be >= max_length {max_length}")
+  tokenizer = tokenizer or tokenizer_for(corpus)
+  return Serial(
+      Corpus(corpus, keys=(source_key, target_key), split=split, shuffle=True, seed=seed, repeat=repeat),
+      Tokenize(tokenizer, keys=(0, 1), append_eos=True),
+      TruncateToLength(max_length, keys=(0, 1)),
+      Shuffle(shuffle_buffer, seed=seed),
+      Map(lambda example: (example[0], example[1], example[1])),    # source, target (model input), target (loss)
+      BucketByLength(list(boundaries), list(batch_sizes), length_keys=(0, 1)),
+      AddLossWeights(key=2))
