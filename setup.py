@@ -21,6 +21,8 @@ setup(
         "tqdm>=4.60",
         "tensorboardX>=2.6",
     ],
+    entry_points={"console_scripts": ["combinax-train = combinax.train.cli:train",
+                                      "combinax-decode = combinax.train.cli:decode"]},
     extras_require={
         "test": ["pytest>=8"],
         "tfds": ["tensorflow-datasets>=4.9.4", "importlib_resources", "array_record>=0.5"],
