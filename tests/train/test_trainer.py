@@ -118,3 +118,20 @@ def test_early_stopping(tmp_path):
   state = Trainer(MLP((8, 1), flatten=False), task, eval_task=eval_task, output_dir=str(tmp_path), steps=50,
                   best_metric="eval/loss", early_stopping_patience=3, progress=False, log_every=10).run()
   assert int(state.step) == 4
+
+
+def test_per_group_learning_rates_and_tensorboard_files(tmp_path):
+  def trainer(output_dir, multipliers):
+    task = TrainTask(data=regression_data(), loss_layer=cl.L2Loss(), optimizer=optax.sgd, clip_norm=None,
+                     schedule=schedules.constant(0.05), lr_multipliers=multipliers)
+    return Trainer(MLP((8, 1), flatten=False), task, output_dir=str(output_dir), steps=3, progress=False,
+                   log_every=1)
+  plain = trainer(tmp_path / "plain", None).run()
+  slow = trainer(tmp_path / "slow", {"Dense_0/*": 0.5, "Dense_1/*": 0.0}).run()
+  initial = Trainer(MLP((8, 1), flatten=False), TrainTask(data=regression_data(), loss_layer=cl.L2Loss()),
+                    output_dir=str(tmp_path / "init"), steps=0, progress=False).run()
+  np.testing.assert_array_equal(slow.params["Dense_1"]["kernel"], initial.params["Dense_1"]["kernel"])
+  moved_plain = np.abs(np.asarray(plain.params["Dense_0"]["kernel"] - initial.params["Dense_0"]["kernel"])).sum()
+  moved_slow = np.abs(np.asarray(slow.params["Dense_0"]["kernel"] - initial.params["Dense_0"]["kernel"])).sum()
+  assert 0 < moved_slow < moved_plain
+  assert list((tmp_path / "plain" / "tensorboard").glob("events.out.tfevents.*"))
