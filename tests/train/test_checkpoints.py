@@ -1,7 +1,6 @@
 """Checkpoints: round trip (incl. PRNG keys and shardings), atomic writes, keep-last-N and best, damage detection."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
