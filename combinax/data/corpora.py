@@ -1,4 +1,4 @@
-"""Small real corpora shipped inside combinax: Bible prose, IMDB sentiment, English-Spanish verse pairs.
+"""Small real corpora shipped inside combinax: Bible prose, IMDB sentiment, English-Spanish verse pairs, 8x8 digits.
 
 Each corpus is one gzip JSONL file in `combinax/data/corpora/`, read (and checked against its sha256) the first time
 it is loaded; `combinax/data/corpora/DATA.md` says where every file comes from and how `tools/build_corpora.py`
@@ -6,7 +6,7 @@ rebuilds it. Importing this module reads nothing.
 
 >>> from combinax.data import corpora
 >>> corpora.names()
-['bible_en_es', 'imdb_sentiment', 'kjv']
+['bible_en_es', 'digits', 'imdb_sentiment', 'kjv']
 >>> corpora.info("imdb_sentiment")["splits"]
 {'train': 5000, 'test': 2000}
 >>> corpora.load("kjv", "train")[0]
@@ -40,6 +40,18 @@ _CORPORA = {
     split_rule=_BIBLE_SPLIT,
     file="bible_en_es.jsonl.gz",
     sha256="7ea2e95078ea6c7e5224ebe40bc29f4706606036f57fdbf317da20943d9b7002",
+  ),
+  "digits": dict(
+    description=("8x8 images of handwritten digits, 1,797 of them (the UCI optical digits data that scikit-learn "
+                 "bundles): 64 pixel counts 0..16 per image, and its digit"),
+    license=("CC BY 4.0 (UCI Machine Learning Repository: E. Alpaydin and C. Kaynak, 'Optical Recognition of "
+             "Handwritten Digits', 1998); the CSV comes from scikit-learn 1.9.1 (BSD-3-Clause)"),
+    source="sklearn/datasets/data/digits.csv.gz in the wheel of scikit-learn 1.9.1",
+    fields=("image", "label", "index"),
+    splits={"train": 1438, "test": 359},
+    split_rule="by row: row i (0-based, in the source's order) is 'test' when i % 5 == 4, the rest 'train'",
+    file="digits.jsonl.gz",
+    sha256="1983848a5f0bfab5214538b3eca4f4fc4f765906055a3306f5f0763435b037c5",
   ),
   "imdb_sentiment": dict(
     description=("IMDb movie reviews labelled by sentiment (Maas et al., 2011, 'Learning Word Vectors for Sentiment "

@@ -74,3 +74,21 @@ def translation_pipeline(corpus: str = "bible_en_es", split: str = "train", sour
       Map(lambda example: (example[0], example[1], example[1])),    # source, target (model input), target (loss)
       BucketByLength(list(boundaries), list(batch_sizes), length_keys=(0, 1)),
       AddLossWeights(key=2))
+
+
+@gin.configurable(module="combinax.data")
+def image_pipeline(corpus: str = "digits", split: str = "train", image_key: str = "image", label_key: str = "label",
+                   shape=(8, 8, 1), scale: float = 1 / 16, batch_size: int = 64, shuffle_buffer: int = 512,
+                   seed: int = 0, repeat: bool = True) -> Serial:
+  """Image classification batches `(images float32 (batch, *shape), labels int32)` from a corpus of flat pixel
+  lists (the bundled 8x8 `digits`), pixels multiplied by `scale`."""
+  shape = tuple(shape)
+
+  def to_arrays(example):
+    return np.asarray(example[0], np.float32).reshape(shape) * np.float32(scale), np.int32(example[1])
+
+  return Serial(
+      Corpus(corpus, keys=(image_key, label_key), split=split, shuffle=True, seed=seed, repeat=repeat),
+      Map(to_arrays),
+      Shuffle(shuffle_buffer, seed=seed),
+      Batch(batch_size, drop_remainder=True))

@@ -10,14 +10,14 @@ import pytest
 
 from combinax.data import corpora
 
-NAMES = ["bible_en_es", "imdb_sentiment", "kjv"]
+NAMES = ["bible_en_es", "digits", "imdb_sentiment", "kjv"]
 DATA_MD = corpora.DIRECTORY / "DATA.md"
 
 
 def key(name, example):
   """What identifies an example, to check that splits share none."""
   return {"kjv": lambda e: (e["book"], e["chapter"], e["verse"]), "bible_en_es": lambda e: e["ref"],
-          "imdb_sentiment": lambda e: e["text"]}[name](example)
+          "imdb_sentiment": lambda e: e["text"], "digits": lambda e: e["index"]}[name](example)
 
 
 @pytest.fixture
@@ -43,8 +43,10 @@ def test_loads_documented_fields_and_counts(name):
     for example in examples:
       assert tuple(example) == info["fields"]
       for field, value in example.items():
-        if field in ("label", "chapter", "verse"):
+        if field in ("label", "chapter", "verse", "index"):
           assert type(value) is int and value >= 0
+        elif field == "image":
+          assert len(value) == 64 and all(type(v) is int and 0 <= v <= 16 for v in value)
         else:
           assert isinstance(value, str) and value == value.strip() and value, (name, example)
           value.encode("utf-8")   # no lone surrogates
@@ -119,7 +121,7 @@ def test_load_returns_fresh_copies():
 
 @pytest.mark.parametrize("call", [corpora.info, corpora.path, corpora.load])
 def test_unknown_name_names_the_corpora(call):
-  with pytest.raises(ValueError, match=r"unknown corpus 'wiki'.*\['bible_en_es', 'imdb_sentiment', 'kjv'\]"):
+  with pytest.raises(ValueError, match=r"unknown corpus 'wiki'.*\['bible_en_es', 'digits', 'imdb_sentiment', 'kjv'\]"):
     call("wiki")
 
 

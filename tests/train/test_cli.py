@@ -14,6 +14,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.gin")
 COMMON = ["Trainer.steps = 3", "Trainer.log_every = 1", "Trainer.checkpoint_every = 3", "EvalTask.n_batches = 1",
           "EvalTask.eval_every = 3", "corpus_tokenizer.kind = 'char'"]
 TINY = {
+    "digits_cnn": ["train/image_pipeline.batch_size = 16", "eval/image_pipeline.batch_size = 16"],
     "transformer_lm_kjv": ["TransformerLM.d_model = 16", "TransformerLM.d_ff = 32", "TransformerLM.n_layers = 1",
                            "train/lm_pipeline.length = 16", "train/lm_pipeline.batch_size = 8",
                            "eval/lm_pipeline.length = 16", "eval/lm_pipeline.batch_size = 8", "VOCAB = 256"],
