@@ -17,11 +17,13 @@ import sys
 import threading
 from typing import Any
 
+import gin
 import jax
 
 from combinax import shapes
 
 _LAYERS_DIR = os.path.dirname(os.path.abspath(__file__))
+_GIN_DIR = os.path.dirname(os.path.abspath(gin.__file__))  # gin's wrappers of configurable layers
 _local = threading.local()
 
 
@@ -34,9 +36,10 @@ def _frames() -> list:
 
 
 def _construction_site() -> str:
-  """`file:line` of the first caller outside `combinax/layers`: where the user built the layer."""
+  """`file:line` of the first caller outside `combinax/layers` (and gin): where the user built the layer."""
   frame = sys._getframe(1)
-  while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _LAYERS_DIR:
+  while frame is not None and (os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _LAYERS_DIR or
+                               os.path.abspath(frame.f_code.co_filename).startswith(_GIN_DIR)):
     frame = frame.f_back
   if frame is None:
     return "<unknown>"

@@ -5,6 +5,7 @@ Extra leading axes before the batch axis are folded into it and restored afterwa
 
 from __future__ import annotations
 
+import gin
 import math
 from typing import Sequence
 
@@ -32,6 +33,7 @@ def _fold_leading(x, n_spatial: int):
   return x.reshape((-1,) + x.shape[len(lead):]), lead
 
 
+@gin.configurable(module="combinax.layers")
 class Conv(Layer):
   """Convolution with `filters` output channels and a `kernel_size` window (its length fixes 1-, 2- or 3-D).
 
@@ -80,6 +82,7 @@ class Conv(Layer):
     return y.reshape(lead + y.shape[1:]), state
 
 
+@gin.configurable(module="combinax.layers")
 class CausalConv(Conv):
   """1-D convolution over (batch, time, channels) where output t sees only inputs up to t (left padding)."""
 
@@ -114,6 +117,7 @@ class _Pool(Layer):
     return y.reshape(lead + y.shape[1:]), state
 
 
+@gin.configurable(module="combinax.layers")
 class MaxPool(_Pool):
   """Largest entry of each window."""
 
@@ -121,6 +125,7 @@ class MaxPool(_Pool):
     return self._window(x, np.array(-np.inf, x.dtype), lax.max)
 
 
+@gin.configurable(module="combinax.layers")
 class SumPool(_Pool):
   """Sum of each window."""
 
@@ -128,6 +133,7 @@ class SumPool(_Pool):
     return self._window(x, np.array(0, x.dtype), lax.add)
 
 
+@gin.configurable(module="combinax.layers")
 class AvgPool(_Pool):
   """Mean of each window; with "SAME" padding, only the entries inside the input are averaged."""
 

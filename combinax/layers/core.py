@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gin
 from typing import Sequence
 
 import jax
@@ -15,6 +16,7 @@ from combinax.layers.combinators import Fn
 from combinax.layers.scopes import Combinator
 
 
+@gin.configurable(module="combinax.layers")
 class Dense(Layer):
   """A fully connected layer on the last axis: `x @ kernel + bias`.
 
@@ -46,6 +48,7 @@ class Dense(Layer):
     return y, state
 
 
+@gin.configurable(module="combinax.layers")
 class Embedding(Layer):
   """Maps integer ids to learned vectors of size `d_feature`.
 
@@ -72,6 +75,7 @@ class Embedding(Layer):
     return jnp.take(params["embedding"], x, axis=0), state
 
 
+@gin.configurable(module="combinax.layers")
 class TiedLogits(Combinator):
   """Logits from an `Embedding`'s own table: x (..., d_feature) -> x @ table.T (..., vocab_size).
 
@@ -104,6 +108,7 @@ class TiedLogits(Combinator):
     return jnp.dot(x, table.T.astype(x.dtype)), state
 
 
+@gin.configurable(module="combinax.layers")
 class Dropout(Layer):
   """Zeroes each entry with probability `rate` and scales the rest by 1 / (1 - rate) when `train=True`;
   the identity otherwise. `shared_axes` share one mask along those axes (e.g. the time axis).
@@ -130,6 +135,7 @@ class Dropout(Layer):
     return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x)), state
 
 
+@gin.configurable(module="combinax.layers")
 class Flatten(Layer):
   """Keeps the first `n_axes_to_keep` axes and flattens the rest into one."""
 
@@ -142,6 +148,7 @@ class Flatten(Layer):
     return x.reshape(x.shape[:self.n_axes_to_keep] + (-1,)), state
 
 
+@gin.configurable(module="combinax.layers")
 class Weights(Layer):
   """Learned weights as a layer: takes nothing, pushes an array of `shape` (Trax's `Weights`)."""
 
@@ -156,38 +163,46 @@ class Weights(Layer):
     return params["weights"], state
 
 
+@gin.configurable(module="combinax.layers")
 def LogSoftmax(axis: int = -1) -> Layer:
   """Log-probabilities along `axis`."""
   return Fn("LogSoftmax", lambda x: jax.nn.log_softmax(x, axis=axis))
 
 
+@gin.configurable(module="combinax.layers")
 def Softmax(axis: int = -1) -> Layer:
   """Probabilities along `axis`."""
   return Fn("Softmax", lambda x: jax.nn.softmax(x, axis=axis))
 
 
+@gin.configurable(module="combinax.layers")
 def Mean(axis=-1, keepdims: bool = False) -> Layer:
   return Fn("Mean", lambda x: jnp.mean(x, axis=axis, keepdims=keepdims))
 
 
+@gin.configurable(module="combinax.layers")
 def Sum(axis=None, keepdims: bool = False) -> Layer:
   return Fn("Sum", lambda x: jnp.sum(x, axis=axis, keepdims=keepdims))
 
 
+@gin.configurable(module="combinax.layers")
 def Max(axis=-1, keepdims: bool = False) -> Layer:
   return Fn("Max", lambda x: jnp.max(x, axis=axis, keepdims=keepdims))
 
 
+@gin.configurable(module="combinax.layers")
 def ArgMax(axis: int = -1) -> Layer:
   """Index of the largest entry along `axis` (int32)."""
   return Fn("ArgMax", lambda x: jnp.argmax(x, axis=axis).astype(jnp.int32))
 
 
+@gin.configurable(module="combinax.layers")
 def StopGradient() -> Layer:
   """The identity, with no gradient flowing back."""
   return Fn("StopGradient", jax.lax.stop_gradient)
 
 
+@gin.configurable(module="combinax.layers")
 def ToFloat() -> Layer:
   """Casts to float32."""
   return Fn("ToFloat", lambda x: x.astype(np.float32))

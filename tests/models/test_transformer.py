@@ -210,8 +210,13 @@ def test_models_are_gin_configurable():
         TransformerLM.d_ff = 16
         TransformerLM.n_heads = 2
         TransformerLM.n_layers = 3
+        TransformerLM.ff_activation = @Gelu
+        Dense.use_bias = False
     """)
-    params, _ = TransformerLM(12).init(KEY, cx.ShapeDtype((1, 4), jnp.int32))
+    model = TransformerLM(12)
+    params, _ = model.init(KEY, cx.ShapeDtype((1, 4), jnp.int32))
     assert params["blocks"]["attention"]["q"]["kernel"].shape == (3, 8, 8)
+    assert "Gelu" in str(model) and "Relu" not in str(model)
+    assert "bias" not in params["logits"]   # a layer's own binding reaches the layers inside models
   finally:
     gin.clear_config()
