@@ -33,11 +33,17 @@ class TrainState(NamedTuple):
   bad_step: jax.Array      # int32 scalar: the first step whose loss or gradients were not finite, or -1
 
 
-def _split(model: Layer, batch: tuple):
+def split_batch(model: Layer, batch: tuple):
+  """(the model's inputs, the rest of the batch): the first `model.n_in` items go to the model."""
   batch = tuple(batch)
   if len(batch) < model.n_in:
     raise ValueError(f"{model.name} takes {model.n_in} input(s) but the batch has only {len(batch)} item(s)")
   return from_stack(list(batch[:model.n_in]), model.n_in), batch[model.n_in:]
+
+
+def loss_inputs(layer: Layer, model: Layer, outputs, rest):
+  """What a loss or metric `layer` takes: the model's outputs, then the rest of the batch."""
+  return from_stack(to_stack(outputs, model.n_out) + list(rest), layer.n_in)
 
 
 def _cast(tree, dtype):
@@ -83,7 +89,7 @@ class TrainStep:
 
   def init(self, rng: jax.Array, batch) -> TrainState:
     """A fresh train state for batches like `batch` (arrays or signatures), created directly in its shardings."""
-    inputs_sig, _ = _split(self.model, shapes.signature(tuple(batch)))
+    inputs_sig, _ = split_batch(self.model, shapes.signature(tuple(batch)))
     def create(rng):
       init_rng, run_rng = jax.random.split(rng)
       params, state = self.model.init(init_rng, inputs_sig)
@@ -96,16 +102,14 @@ class TrainStep:
 
   def loss(self, params, model_state, batch, rng):
     """The training loss of one (micro-)batch, the model's new state, and the loss before regularization."""
-    inputs, rest = _split(self.model, batch)
+    inputs, rest = split_batch(self.model, batch)
     run_params = params if self.compute_dtype is None else _cast(params, self.compute_dtype)
     if self.compute_dtype is not None:
       inputs = _cast(inputs, self.compute_dtype)
     outputs, new_state = self.model.apply(run_params, model_state, inputs, rng=rng, train=True)
-    outputs = to_stack(outputs, self.model.n_out)
     if self.compute_dtype is not None:
       outputs = _cast(outputs, jnp.float32)
-    loss_inputs = from_stack(list(outputs) + list(rest), self.loss_layer.n_in)
-    loss, _ = self.loss_layer.apply({}, {}, loss_inputs)
+    loss, _ = self.loss_layer.apply({}, {}, loss_inputs(self.loss_layer, self.model, outputs, rest))
     total = loss
     if self.l2_weight:
       total = total + regularization.l2_penalty(params, self.l2_weight, exclude=self.l2_exclude)

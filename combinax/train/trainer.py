@@ -21,11 +21,10 @@ import optax
 from combinax import data as cx_data
 from combinax import layers as cl
 from combinax.layers.base import Layer
-from combinax.layers.combinators import from_stack, to_stack
 from combinax.paths import matches
 from combinax.train import checkpoints, regularization, schedules, sharding
 from combinax.train.logging import RunLogger, plot_loss_curve
-from combinax.train.step import TrainState, TrainStep
+from combinax.train.step import TrainState, TrainStep, loss_inputs, split_batch
 
 for _name in ("adam", "adamw", "sgd", "adafactor", "rmsprop", "lion", "lamb", "adagrad", "nadam", "adabelief"):
   gin.external_configurable(getattr(optax, _name), name=_name, module="optax")
@@ -144,7 +143,7 @@ class Trainer:
 
   def _build(self, stream):
     signature = self._first_batch_signature(stream)
-    inputs_sig = from_stack(list(signature[:self.model.n_in]), self.model.n_in)
+    inputs_sig, _ = split_batch(self.model, signature)
     abstract_params = jax.eval_shape(lambda: self.model.init(jax.random.key(0), inputs_sig)[0])
     optimizer = self.task.make_optimizer(abstract_params)
     self.step_fn = TrainStep(self.model, self.task.loss_layer, optimizer, mesh=self.mesh, rules=self.rules,
@@ -192,9 +191,9 @@ class Trainer:
       model = self.eval_model
 
       def run(params, model_state, batch):
-        outputs, _ = model.apply(params, model_state, from_stack(list(batch[:model.n_in]), model.n_in))
-        rest = list(batch[model.n_in:])
-        return {name: layer.apply({}, {}, from_stack(to_stack(outputs, model.n_out) + rest, layer.n_in))[0]
+        inputs, rest = split_batch(model, batch)
+        outputs, _ = model.apply(params, model_state, inputs)
+        return {name: layer.apply({}, {}, loss_inputs(layer, model, outputs, rest))[0]
                 for name, layer in metrics.items()}
       self._eval_fn = jax.jit(run)
     totals, count = {}, 0
