@@ -46,10 +46,26 @@ def _check_model(model: Layer, n_positions: int, inputs):
                        f"but {layer.name} has max_len={limit}")
 
 
-def _init_state(model: Layer, batch: int, inputs, dtype=jnp.int32):
+def _as_prompt(prompt, inputs, batch_size: int):
+  """The prompt as int32 (batch, length); no prompt is an empty one for each input (or `batch_size` of them)."""
+  if prompt is None:
+    batch = batch_size if inputs is None else jax.tree_util.tree_leaves(inputs)[0].shape[0]
+    prompt = np.zeros((batch, 0), np.int32)
+  return jnp.asarray(prompt, jnp.int32)
+
+
+def _state_signature(batch: int, inputs):
+  """What a decoder is initialised with for `batch` sequences: one token each (after the encoder's inputs)."""
+  ids = shapes.ShapeDtype((batch, 1), jnp.int32)
+  if inputs is None:
+    return ids
+  resized = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct((batch,) + x.shape[1:], x.dtype), inputs)
+  return (shapes.signature(resized), ids)
+
+
+def _init_state(model: Layer, batch: int, inputs):
   """The model's zero decoding state for `batch` sequences (params are not computed: XLA drops them)."""
-  ids = shapes.ShapeDtype((batch, 1), dtype)
-  sig = ids if inputs is None else (shapes.signature(inputs), ids)
+  sig = _state_signature(batch, inputs)
   return jax.jit(lambda: model.init(jax.random.key(0), sig)[1])()
 
 
@@ -93,10 +109,7 @@ def autoregressive_sample(model: Layer, params, prompt=None, max_length: int = 1
     temperature, top_k, top_p: sampling (temperature 0 is greedy); eos_id: where a sequence ends.
     rng: needed unless greedy. inputs: the encoder's inputs for an encoder-decoder.
   """
-  if prompt is None:
-    batch = batch_size if inputs is None else jax.tree_util.tree_leaves(inputs)[0].shape[0]
-    prompt = np.zeros((batch, 0), np.int32)
-  prompt = jnp.asarray(prompt, jnp.int32)
+  prompt = _as_prompt(prompt, inputs, batch_size)
   batch, width = prompt.shape
   lengths = np.full((batch,), width) if prompt_lengths is None else np.asarray(prompt_lengths)
   if lengths.shape != (batch,) or lengths.min() < 0 or lengths.max() > width:
@@ -144,11 +157,7 @@ def _batch_axes(model: Layer, batch: int, inputs) -> tuple:
   """For each leaf of the decoding state (in `tree_leaves` order), the axis that indexes the batch, or None:
   found by asking for the state of one more sequence and seeing which axis grows."""
   def abstract(n):
-    sig_inputs = None if inputs is None else jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct((n,) + x.shape[1:], x.dtype), inputs)
-    ids = shapes.ShapeDtype((n, 1), jnp.int32)
-    sig = ids if sig_inputs is None else (shapes.signature(sig_inputs), ids)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), sig)[1])
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), _state_signature(n, inputs))[1])
 
   def axis(a, b):
     changed = [i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
@@ -167,10 +176,7 @@ def beam_search(model: Layer, params, prompt=None, max_length: int = 100, beam_s
   ends at `eos_id` (kept, then `pad_id`). Prompts share one length. Returns (sequences int32 (batch, beam_size,
   max_length), scores (batch, beam_size)), best first. With beam_size 1 and length_penalty 0 it is greedy decoding.
   """
-  if prompt is None:
-    batch = batch_size if inputs is None else jax.tree_util.tree_leaves(inputs)[0].shape[0]
-    prompt = np.zeros((batch, 0), np.int32)
-  prompt = jnp.asarray(prompt, jnp.int32)
+  prompt = _as_prompt(prompt, inputs, batch_size)
   batch = prompt.shape[0]
   _check_model(model, prompt.shape[1] + max_length, inputs)
   wide_inputs = None if inputs is None else jax.tree_util.tree_map(lambda x: jnp.repeat(x, beam_size, axis=0),
