@@ -26,5 +26,8 @@ setup(
     extras_require={
         "test": ["pytest>=8"],
         "tfds": ["tensorflow-datasets>=4.9.4", "importlib_resources", "array_record>=0.5"],
+        # Readers of pretrained weights (safetensors, GGUF, Keras HDF5); the weights themselves come with
+        # `python -m combinax.pretrained download NAME`.
+        "pretrained": ["safetensors>=0.4", "gguf>=0.10", "h5py>=3.8"],
     },
 )

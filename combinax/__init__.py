@@ -7,7 +7,7 @@
 ShapeDtype((8, 2), float32)
 """
 
-from combinax import data, decoding, layers, models
+from combinax import data, decoding, layers, models, pretrained
 from combinax.layers.base import LayerError
 from combinax.paths import count_params, leaves_with_paths, mask, matches, paths, select
 from combinax.shapes import ShapeDtype, signature

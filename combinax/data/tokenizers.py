@@ -229,10 +229,14 @@ def load_tokenizer(path) -> Tokenizer:
 KINDS = {"sentencepiece": ".model", "bpe": ".json", "wordpiece": ".json", "char": ".json"}
 
 
+def cache_root() -> Path:
+  """combinax's cache: `$COMBINAX_CACHE`, else `~/.cache/combinax`."""
+  return Path(os.environ.get("COMBINAX_CACHE") or Path.home() / ".cache" / "combinax")
+
+
 def cache_dir() -> Path:
-  """Where trained vocabularies are cached: `$COMBINAX_CACHE/tokenizers`, else `~/.cache/combinax/tokenizers`."""
-  root = os.environ.get("COMBINAX_CACHE") or Path.home() / ".cache" / "combinax"
-  return Path(root) / "tokenizers"
+  """Where trained vocabularies are cached: `<cache_root()>/tokenizers`."""
+  return cache_root() / "tokenizers"
 
 
 TEXT_FIELDS = {"kjv": ("text",), "imdb_sentiment": ("text",), "bible_en_es": ("en", "es")}

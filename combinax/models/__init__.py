@@ -4,5 +4,5 @@ from combinax.models.mlp import MLP
 from combinax.models.resnet import (BasicBlock, BottleneckBlock, DigitsCNN, GlobalAvgPool, PreActBlock, ResNet,
                                     Resnet50, WideResnet)
 from combinax.models.rnn import GRULM, RNNLM, LSTMSeq2SeqAttn
-from combinax.models.transformer import (DecoderBlock, EncoderBlock, FeedForward, Norm, Transformer, TransformerDecoder,
-                                         TransformerEncoder, TransformerLM)
+from combinax.models.transformer import (DecoderBlock, EncoderBlock, FeedForward, Norm, Pool, Transformer,
+                                         TransformerDecoder, TransformerEncoder, TransformerLM)

@@ -179,8 +179,9 @@ def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, n_layer
       cl.TiedLogits(embed) if tie_embeddings else cl.Dense(vocab_size, name="logits"))   # logits
 
 
-def _pool(pool: str) -> cl.Layer:
-  """(x (batch, length, d), padding mask (batch, 1, 1, length)) -> (batch, d)."""
+def Pool(pool: str = "mean") -> cl.Layer:
+  """(x (batch, length, d), padding mask (batch, 1, 1, length)) -> (batch, d): the mean of the non-padding
+  positions (`"mean"`) or the first position (`"cls"`)."""
   if pool == "cls":
     return cl.Fn("FirstToken", lambda x, mask: x[:, 0])
 
@@ -228,7 +229,7 @@ def TransformerEncoder(vocab_size: int, n_classes: int | None = 10, d_model: int
       _after_embedding(positions, max_len, dropout, mode, norm, norm_epsilon, embed_norm),  # x, mask
       _blocks(block, n_layers, scan_layers, remat),                        # x, mask
       [Norm(norm, norm_epsilon, "final_norm")] if pre_norm else [],        # x, mask
-      [_pool(pool), cl.Dense(n_classes, name="classifier")] if n_classes else cl.Select([0], n_in=2))
+      [Pool(pool), cl.Dense(n_classes, name="classifier")] if n_classes else cl.Select([0], n_in=2))
 
 
 @gin.configurable(module="combinax.models")

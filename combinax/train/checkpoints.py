@@ -109,6 +109,21 @@ def restore(checkpoint: str | os.PathLike, template: Any, prefix: str = "") -> t
   Every path, shape and dtype must match the template's; arrays take the template leaves' shardings. With
   `prefix` (e.g. "params"), only the saved subtree under it is loaded (e.g. a model's params from a train state).
   """
+  tree, metadata, _ = _restore(checkpoint, template, prefix, partial=False)
+  return tree, metadata
+
+
+def restore_matching(checkpoint: str | os.PathLike, template: Any, prefix: str = "") -> tuple[Any, list[str]]:
+  """Loads the leaves of `template` that the checkpoint has; the others keep the template's (concrete) values.
+
+  For fine-tuning: a pretrained body into a model with a new head or adapters. Every saved leaf under `prefix` must
+  exist in the template with its shape and dtype. Returns (tree, the paths that kept their template values).
+  """
+  tree, _, kept = _restore(checkpoint, template, prefix, partial=True)
+  return tree, kept
+
+
+def _restore(checkpoint, template, prefix: str, partial: bool):
   checkpoint = Path(checkpoint)
   manifest = read_manifest(checkpoint)
   archive = checkpoint / "arrays.npz"
@@ -120,15 +135,19 @@ def restore(checkpoint: str | os.PathLike, template: Any, prefix: str = "") -> t
   if prefix:
     start = prefix.rstrip("/") + "/"
     indexed = [(i, {**e, "path": e["path"][len(start):]}) for i, e in indexed if e["path"].startswith(start)]
-  saved_paths = [entry["path"] for _, entry in indexed]
+  saved = {entry["path"]: (index, entry) for index, entry in indexed}
   wanted_paths = [path for path, _ in template_leaves]
-  if saved_paths != wanted_paths:
-    missing, extra = sorted(set(wanted_paths) - set(saved_paths)), sorted(set(saved_paths) - set(wanted_paths))
+  missing, extra = sorted(set(wanted_paths) - set(saved)), sorted(set(saved) - set(wanted_paths))
+  if extra or (missing and not partial) or (not partial and list(saved) != wanted_paths):
     raise CheckpointError(f"{checkpoint}: the checkpoint does not fit this model/optimizer: missing {missing[:5]}, "
                           f"unexpected {extra[:5]}")
   values = []
   with np.load(archive, allow_pickle=False) as data:
-    for (index, entry), (path, like) in zip(indexed, template_leaves):
+    for path, like in template_leaves:
+      if path not in saved:
+        values.append(like)
+        continue
+      index, entry = saved[path]
       value = data[f"leaf_{index:06d}"]
       if entry["prng_key"]:
         value = jax.random.wrap_key_data(value, impl=entry["prng_key"])
@@ -140,7 +159,7 @@ def restore(checkpoint: str | os.PathLike, template: Any, prefix: str = "") -> t
       sharding = getattr(like, "sharding", None)
       values.append(jax.device_put(value, sharding) if sharding is not None else jax.numpy.asarray(value))
   treedef = jax.tree_util.tree_structure(template)
-  return jax.tree_util.tree_unflatten(treedef, values), manifest["metadata"]
+  return jax.tree_util.tree_unflatten(treedef, values), manifest["metadata"], missing
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:

