@@ -67,3 +67,21 @@ def mask(tree: Any, patterns: str | Iterable[str]) -> Any:
 def count_params(tree: Any) -> int:
   """The number of scalars in all leaves of `tree`."""
   return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+  """The nested dicts that `{path: leaf}` describes (the inverse of `dict(leaves_with_paths(tree))` for dicts).
+
+  >>> unflatten({"a/kernel": 1, "a/bias": 2, "b": 3})
+  {'a': {'kernel': 1, 'bias': 2}, 'b': 3}
+  """
+  out: dict = {}
+  for path, leaf in flat.items():
+    node = out
+    *parents, name = path.split("/")
+    for part in parents:
+      node = node.setdefault(part, {})
+      if not isinstance(node, dict):
+        raise ValueError(f"unflatten: {path!r} goes through a leaf")
+    node[name] = leaf
+  return out

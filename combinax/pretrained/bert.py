@@ -18,6 +18,7 @@ from combinax import layers as cl
 from combinax.data.hf_tokenizers import WordPieceTokenizer
 from combinax.layers.attention import PaddingMask
 from combinax.models.transformer import Pool, TransformerEncoder
+from combinax.paths import unflatten
 from combinax.pretrained.families import Imported, PretrainedError, check_params, safetensors_numpy
 
 FAMILY = "bert"
@@ -134,19 +135,7 @@ def convert(tensors: dict[str, np.ndarray], config: dict) -> dict:
     if sorted(rows) != list(range(n_layers)):
       raise PretrainedError(f"bert weights: blocks/{path} has layers {sorted(rows)}, the config says {n_layers}")
     flat[f"blocks/{path}"] = np.stack([rows[i] for i in range(n_layers)])
-  return nest({path: np.asarray(value, np.float32) for path, value in flat.items()})
-
-
-def nest(flat: dict[str, np.ndarray]) -> dict:
-  """{"a/b/c": x} -> {"a": {"b": {"c": x}}}."""
-  out: dict = {}
-  for path, value in flat.items():
-    node = out
-    *parents, leaf = path.split("/")
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return out
+  return unflatten({path: np.asarray(value, np.float32) for path, value in flat.items()})
 
 
 def import_files(folder) -> Imported:

@@ -21,7 +21,7 @@ import numpy as np
 from combinax import layers as cl
 from combinax.data.hf_tokenizers import BPETokenizer, _tokenizers
 from combinax.models.transformer import TransformerLM
-from combinax.pretrained.bert import nest
+from combinax.paths import unflatten
 from combinax.pretrained.families import Imported, PretrainedError, check_params
 from combinax.shapes import ShapeDtype
 
@@ -128,7 +128,7 @@ def read_params(reader, config: dict) -> dict:
     if sorted(rows) != list(range(n_layers)):
       raise PretrainedError(f"GGUF file: blocks/{path} has layers {sorted(rows)}, the metadata says {n_layers}")
     flat[f"blocks/{path}"] = np.stack([rows[i] for i in range(n_layers)])
-  return nest(flat)
+  return unflatten(flat)
 
 
 def read_tokenizer(reader, config: dict) -> BPETokenizer:

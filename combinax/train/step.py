@@ -61,15 +61,18 @@ class TrainStep:
     accumulate_steps: split each batch into this many micro-batches, run them one after another (a scan) and apply
       the mean gradient once: the update of the whole batch with the memory of one micro-batch (exact when the
       micro-batches carry equal loss weight, e.g. unweighted means).
-    frozen: glob patterns of parameters that never change (bit-identical).
+    frozen: glob patterns of parameters that never change (bit-identical); trainable: if given, every parameter
+      that matches none of these patterns is frozen too (e.g. `["*_lora_*"]` trains only LoRA adapters). Frozen
+      parameters get no gradient (XLA drops its computation) and do not count in the gradient norm or clipping.
     compute_dtype: e.g. jnp.bfloat16: run the model in that dtype, keep float32 master params and updates.
   """
 
   def __init__(self, model: Layer, loss_layer: Layer, optimizer: optax.GradientTransformation,
                mesh: Mesh | None = None, rules: Iterable = (), l2_weight: float = 0.0,
                l2_exclude: Iterable[str] = regularization.DEFAULT_EXCLUDE, accumulate_steps: int = 1,
-               frozen: Iterable[str] = (), compute_dtype=None):
+               frozen: Iterable[str] = (), compute_dtype=None, trainable: Iterable[str] | None = None):
     self.model, self.loss_layer, self.optimizer = model, loss_layer, optimizer
+    self.trainable = None if trainable is None else tuple(trainable)
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
     self.rules, self.l2_weight, self.l2_exclude = list(rules), float(l2_weight), tuple(l2_exclude)
     self.accumulate_steps, self.frozen, self.compute_dtype = int(accumulate_steps), tuple(frozen), compute_dtype
@@ -139,11 +142,25 @@ class TrainStep:
         one, (zeros, jnp.float32(0.0), jnp.float32(0.0), model_state), (micro_batches, jnp.arange(k)))
     return total / k, loss / k, jax.tree_util.tree_map(lambda g: g / k, grads), model_state
 
+  def _frozen_mask(self, params):
+    """True for each parameter that must not change (None when all train)."""
+    if not self.frozen and self.trainable is None:
+      return None
+    frozen = path_mask(params, self.frozen) if self.frozen else jax.tree_util.tree_map(lambda _: False, params)
+    if self.trainable is not None:
+      trainable = path_mask(params, self.trainable)
+      if not any(jax.tree_util.tree_leaves(trainable)):
+        raise ValueError(f"TrainStep: no parameter matches trainable={list(self.trainable)}")
+      frozen = jax.tree_util.tree_map(lambda f, t: f or not t, frozen, trainable)
+    return frozen
+
   def _step(self, train_state: TrainState, batch):
     rng = jax.random.fold_in(train_state.rng, train_state.step)
     total, loss, grads, model_state = self._gradients(train_state.params, train_state.state, batch, rng)
+    frozen = self._frozen_mask(train_state.params)
+    if frozen is not None:
+      grads = jax.tree_util.tree_map(lambda g, keep: jnp.zeros_like(g) if keep else g, grads, frozen)
     updates, opt_state = self.optimizer.update(grads, train_state.opt_state, train_state.params)
-    frozen = path_mask(train_state.params, self.frozen) if self.frozen else None
     params = optax.apply_updates(train_state.params, updates)
     if frozen is not None:
       params = jax.tree_util.tree_map(lambda new, old, keep: old if keep else new, params, train_state.params,

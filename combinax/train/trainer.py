@@ -53,17 +53,20 @@ def _scale_by_pattern(multipliers: dict[str, float]) -> optax.GradientTransforma
 class TrainTask:
   """What to train on and how: the data pipeline (a stage such as `data.Serial(...)`, called to get a stream of
   batches), the loss layer, the optax optimizer (a factory taking `learning_rate`), the schedule, clipping, weight
-  decay (decoupled, for optimizers that take `weight_decay`), L2, accumulation, freezing and per-group rates."""
+  decay (decoupled, for optimizers that take `weight_decay`), L2, accumulation, freezing (`frozen` patterns, or
+  only the `trainable` ones train) and per-group rates (`lr_multipliers`)."""
 
   def __init__(self, data: Callable = gin.REQUIRED, loss_layer: Layer | None = None,
                optimizer: Callable = optax.adamw, schedule: Callable | None = None, clip_norm: float | None = 1.0,
                weight_decay: float = 0.0, l2_weight: float = 0.0, accumulate_steps: int = 1,
-               frozen: Iterable[str] = (), lr_multipliers: dict[str, float] | None = None):
+               frozen: Iterable[str] = (), lr_multipliers: dict[str, float] | None = None,
+               trainable: Iterable[str] | None = None):
     self.data = data
     self.loss_layer = loss_layer if loss_layer is not None else cl.WeightedCategoryCrossEntropy()
     self.optimizer, self.schedule = optimizer, schedule if schedule is not None else schedules.constant(1e-3)
     self.clip_norm, self.weight_decay, self.l2_weight = clip_norm, float(weight_decay), float(l2_weight)
     self.accumulate_steps, self.frozen = accumulate_steps, tuple(frozen)
+    self.trainable = None if trainable is None else tuple(trainable)
     self.lr_multipliers = dict(lr_multipliers or {})
 
   def make_optimizer(self, params) -> optax.GradientTransformation:
@@ -148,7 +151,8 @@ class Trainer:
     optimizer = self.task.make_optimizer(abstract_params)
     self.step_fn = TrainStep(self.model, self.task.loss_layer, optimizer, mesh=self.mesh, rules=self.rules,
                              l2_weight=self.task.l2_weight, accumulate_steps=self.task.accumulate_steps,
-                             frozen=self.task.frozen, compute_dtype=self.compute_dtype)
+                             frozen=self.task.frozen, compute_dtype=self.compute_dtype,
+                             trainable=self.task.trainable)
     return self.step_fn.init(jax.random.key(self.seed), signature)
 
   def _restore(self, stream, fresh: TrainState) -> TrainState:
