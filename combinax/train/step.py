@@ -50,6 +50,20 @@ def _cast(tree, dtype):
   return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+def frozen_mask(params, frozen: Iterable[str] = (), trainable: Iterable[str] | None = None):
+  """True for each parameter that must not change: it matches `frozen`, or (with `trainable`) matches none of
+  `trainable`. None when every parameter trains."""
+  if not frozen and trainable is None:
+    return None
+  mask = path_mask(params, tuple(frozen)) if frozen else jax.tree_util.tree_map(lambda _: False, params)
+  if trainable is not None:
+    allowed = path_mask(params, tuple(trainable))
+    if not any(jax.tree_util.tree_leaves(allowed)):
+      raise ValueError(f"no parameter matches trainable={list(trainable)}")
+    mask = jax.tree_util.tree_map(lambda f, t: bool(f or not t), mask, allowed)
+  return mask
+
+
 class TrainStep:
   """Builds and runs the jitted training step for a model, a loss layer and an optax optimizer.
 
@@ -143,16 +157,7 @@ class TrainStep:
     return total / k, loss / k, jax.tree_util.tree_map(lambda g: g / k, grads), model_state
 
   def _frozen_mask(self, params):
-    """True for each parameter that must not change (None when all train)."""
-    if not self.frozen and self.trainable is None:
-      return None
-    frozen = path_mask(params, self.frozen) if self.frozen else jax.tree_util.tree_map(lambda _: False, params)
-    if self.trainable is not None:
-      trainable = path_mask(params, self.trainable)
-      if not any(jax.tree_util.tree_leaves(trainable)):
-        raise ValueError(f"TrainStep: no parameter matches trainable={list(self.trainable)}")
-      frozen = jax.tree_util.tree_map(lambda f, t: f or not t, frozen, trainable)
-    return frozen
+    return frozen_mask(params, self.frozen, self.trainable)
 
   def _step(self, train_state: TrainState, batch):
     rng = jax.random.fold_in(train_state.rng, train_state.step)

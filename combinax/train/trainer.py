@@ -24,7 +24,7 @@ from combinax.layers.base import Layer
 from combinax.paths import matches
 from combinax.train import checkpoints, regularization, schedules, sharding
 from combinax.train.logging import RunLogger, plot_loss_curve
-from combinax.train.step import TrainState, TrainStep, loss_inputs, split_batch
+from combinax.train.step import TrainState, TrainStep, frozen_mask, loss_inputs, split_batch
 
 for _name in ("adam", "adamw", "sgd", "adafactor", "rmsprop", "lion", "lamb", "adagrad", "nadam", "adabelief"):
   gin.external_configurable(getattr(optax, _name), name=_name, module="optax")
@@ -78,12 +78,16 @@ class TrainTask:
                          "use optax.adamw (decoupled) or l2_weight (a loss penalty)")
       kwargs["weight_decay"] = self.weight_decay
       if "mask" in accepted:
-        kwargs["mask"] = regularization.decay_mask(params)
+        kwargs["mask"] = regularization.decay_mask  # a function: it also sees the trainable subset below
     parts = [optax.clip_by_global_norm(self.clip_norm)] if self.clip_norm else []
     parts.append(self.optimizer(**kwargs))
     if self.lr_multipliers:
       parts.append(_scale_by_pattern(self.lr_multipliers))
-    return optax.chain(*parts)
+    frozen = frozen_mask(params, self.frozen, self.trainable)
+    if frozen is None:
+      return optax.chain(*parts)
+    # Frozen params get no optimizer state and no update work (e.g. LoRA: Adam moments of the adapters only).
+    return optax.masked(optax.chain(*parts), jax.tree_util.tree_map(lambda f: not f, frozen))
 
 
 @gin.configurable(module="combinax.train")
