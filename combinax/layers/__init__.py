@@ -17,6 +17,7 @@ from combinax.layers.losses import (BinaryCrossEntropy, CategoryCrossEntropy, L2
                                     WeightedCategoryCrossEntropy)
 from combinax.layers.metrics import Accuracy, SequenceAccuracy, WeightedCategoryAccuracy
 from combinax.layers.normalization import BatchNorm, LayerNorm, RMSNorm
+from combinax.layers.pooling import AttentionWeightedAverage
 from combinax.layers.positional import LearnedPositionalEncoding, PositionalEncoding, rotary, sinusoids
 from combinax.layers.repeat import Repeat
 from combinax.layers.rnn import GRU, LSTM, GRUCell, LSTMCell

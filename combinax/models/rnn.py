@@ -134,3 +134,41 @@ def LSTMSeq2SeqAttn(input_vocab_size: int = 256, target_vocab_size: int = 256, d
       cl.Select([0], n_in=2),                                           # dec
       [LSTM(d_model, mode=mode) for _ in range(n_decoder_layers)],      # dec
       cl.Dense(target_vocab_size, name="logits"))                       # logits
+
+
+@gin.configurable(module="combinax.models")
+def TextGenRNN(vocab_size: int = 465, d_embedding: int = 100, n_units: int = 128, n_layers: int = 2,
+               mode: str = "train") -> cl.Layer:
+  """textgenrnn's character model: a window of ids (batch, length) -> logits of the next id (batch, vocab_size).
+
+  The embeddings and the outputs of every stacked LSTM are concatenated (skip connections to the top), averaged
+  over the window by an `AttentionWeightedAverage`, and a Dense layer gives the logits (textgenrnn ends in a softmax;
+  apply one to the logits for its probabilities). Params: `embedding/embedding`, `rnn_{1..n_layers}/...` (LSTMs),
+  `attention/weights`, `output/{kernel, bias}`; the pretrained weights are in `combinax.pretrained.textgenrnn`.
+
+  Args:
+    vocab_size: the number of ids (embedding rows and logits); textgenrnn's 464 characters plus padding id 0.
+    d_embedding: the width of the character embeddings.
+    n_units: the width of every LSTM.
+    n_layers: the number of stacked LSTMs.
+    mode: "train", "eval" or "predict". The model reads its whole window on every call (the attention averages
+      over it), so "predict" builds the same layer as "eval": a decoder feeds the last `length` ids each step.
+
+  >>> model = TextGenRNN(vocab_size=12, d_embedding=4, n_units=8)
+  >>> model.output_signature(ShapeDtype((2, 40), jnp.int32))
+  ShapeDtype((2, 12), float32)
+  >>> params, _ = model.init(jax.random.key(0), ShapeDtype((2, 40), jnp.int32))
+  >>> [path for path in cx.paths(params) if not path.startswith("rnn_2")]
+  ['attention/weights', 'embedding/embedding', 'output/bias', 'output/kernel', 'rnn_1/input/bias',
+   'rnn_1/input/kernel', 'rnn_1/recurrent/kernel']
+  """
+  rnn_mode = "eval" if mode == "predict" else mode  # no carries across calls: each call reads a whole window
+  return cl.Serial(                                                       # ids (batch, length)
+      cl.Embedding(vocab_size, d_embedding, name="embedding"),            # e
+      [cl.Branch(LSTM(n_units, mode=rnn_mode, name=f"rnn_{i + 1}"), None)  # r_i, ..., r_1, e
+       for i in range(n_layers)],                                         # each LSTM reads the one below it
+      cl.Select(list(reversed(range(n_layers + 1)))),                     # e, r_1, ..., r_n
+      cl.Concatenate(n_layers + 1),                                       # (batch, length, d_emb + n * n_units)
+      cl.AttentionWeightedAverage(name="attention"),                      # (batch, d_emb + n * n_units)
+      cl.Dense(vocab_size, name="output"),                                # logits (batch, vocab_size)
+      name="TextGenRNN")

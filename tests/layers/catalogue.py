@@ -53,6 +53,8 @@ CATALOGUE = {
     "Repeat_unrolled_remat": (lambda: cl.Repeat(cl.Residual(cl.Dense(5)), 2, scan=False, remat=True), S(2, 5)),
     "Repeat_predict_state": (lambda: cl.Repeat(cl.CausalAttention(4, 2, mode="predict", max_len=6), 2), S(2, 3, 4)),
     "Cache": (lambda: cl.Cache(cl.Dense(3)), S(2, 5)),
+    "LoRA": (lambda: cl.LoRA(cl.Serial(cl.Dense(4, name="up"), cl.Dense(3, name="down")), targets="*/kernel", rank=2),
+             S(2, 5)),
     "Cache_predict": (lambda: cl.Cache(cl.Serial(cl.Dense(3), cl.Dup()), mode="predict"), S(2, 5)),
     # Attention and positions.
     "PaddingMask": (cl.PaddingMask, S(2, 5, dtype=I)),
@@ -108,6 +110,7 @@ CATALOGUE = {
     "MaxPool": (lambda: cl.MaxPool((2, 2)), S(2, 4, 4, 3)),
     "AvgPool": (lambda: cl.AvgPool((3, 3), strides=(1, 1), padding="SAME"), S(2, 4, 4, 3)),
     "SumPool": (lambda: cl.SumPool((2,)), S(2, 6, 3)),
+    "AttentionWeightedAverage": (cl.AttentionWeightedAverage, S(2, 5, 3)),
     # Losses and metrics.
     "WeightedCategoryCrossEntropy": (lambda: cl.WeightedCategoryCrossEntropy(label_smoothing=0.1),
                                      (S(2, 3, 5), S(2, 3, dtype=I), S(2, 3))),
