@@ -55,9 +55,9 @@ def main():
   args = parser.parse_args()
 
   model, params, tokenizer = cx.pretrained.load("smollm2-135m-instruct", max_len=args.length)
-  held_out = list(zip(range(args.eval_batches), lm_pipeline("kjv", "test", tokenizer=tokenizer, length=args.length,
-                                                            batch_size=args.batch_size, repeat=False)))
-  held_out = [batch for _, batch in held_out]
+  test_stream = lm_pipeline("kjv", "test", tokenizer=tokenizer, length=args.length, batch_size=args.batch_size,
+                            repeat=False)()
+  held_out = [batch for _, batch in zip(range(args.eval_batches), test_stream)]
   before = perplexity(model, params, held_out)
   print(f"held-out perplexity before: {before:.2f} ({len(held_out)} batches of {args.batch_size}x{args.length})")
 
