@@ -19,7 +19,7 @@ from combinax.data.hf_tokenizers import WordPieceTokenizer
 from combinax.layers.attention import PaddingMask
 from combinax.models.transformer import Pool, TransformerEncoder
 from combinax.paths import unflatten
-from combinax.pretrained.families import Imported, PretrainedError, check_params, safetensors_numpy
+from combinax.pretrained.families import Imported, PretrainedError, check_params, safetensors_numpy, stack_layers
 
 FAMILY = "bert"
 _ACTIVATIONS = {"gelu": cl.Gelu, "gelu_new": cl.FastGelu, "gelu_pytorch_tanh": cl.FastGelu, "relu": cl.Relu}
@@ -131,10 +131,7 @@ def convert(tensors: dict[str, np.ndarray], config: dict) -> dict:
       unused.append(name)  # the pooler, position ids, task heads of other checkpoints
     else:
       raise PretrainedError(f"bert weights: unknown tensor {name!r}")
-  for path, rows in blocks.items():
-    if sorted(rows) != list(range(n_layers)):
-      raise PretrainedError(f"bert weights: blocks/{path} has layers {sorted(rows)}, the config says {n_layers}")
-    flat[f"blocks/{path}"] = np.stack([rows[i] for i in range(n_layers)])
+  flat.update(stack_layers(blocks, n_layers, "bert weights"))
   return unflatten({path: np.asarray(value, np.float32) for path, value in flat.items()})
 
 

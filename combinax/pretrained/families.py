@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from combinax.data.tokenizers import Tokenizer
 
 
@@ -47,3 +49,14 @@ def safetensors_numpy(path) -> dict:
   except ImportError:
     raise ImportError("reading .safetensors needs the safetensors package: pip install 'combinax[pretrained]'") from None
   return load_file(str(path))
+
+
+def stack_layers(blocks: dict, n_layers: int, source: str) -> dict:
+  """{path: {layer index: array}} -> {"blocks/<path>": (n_layers, ...) array}: per-layer tensors stacked for
+  `Repeat`'s scanned blocks; every path must have exactly layers 0..n_layers-1."""
+  stacked = {}
+  for path, rows in blocks.items():
+    if sorted(rows) != list(range(n_layers)):
+      raise PretrainedError(f"{source}: blocks/{path} has layers {sorted(rows)}, the model has {n_layers}")
+    stacked[f"blocks/{path}"] = np.stack([rows[i] for i in range(n_layers)])
+  return stacked

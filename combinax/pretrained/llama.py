@@ -22,7 +22,7 @@ from combinax import layers as cl
 from combinax.data.hf_tokenizers import BPETokenizer, _tokenizers
 from combinax.models.transformer import TransformerLM
 from combinax.paths import unflatten
-from combinax.pretrained.families import Imported, PretrainedError, check_params
+from combinax.pretrained.families import Imported, PretrainedError, check_params, stack_layers
 from combinax.shapes import ShapeDtype
 
 FAMILY = "llama"
@@ -124,10 +124,7 @@ def read_params(reader, config: dict) -> dict:
       flat[path] = value.T if transpose else value
     elif tensor.name != "rope_freqs.weight":
       raise PretrainedError(f"GGUF file: unknown tensor {tensor.name!r}")
-  for path, rows in blocks.items():
-    if sorted(rows) != list(range(n_layers)):
-      raise PretrainedError(f"GGUF file: blocks/{path} has layers {sorted(rows)}, the metadata says {n_layers}")
-    flat[f"blocks/{path}"] = np.stack([rows[i] for i in range(n_layers)])
+  flat.update(stack_layers(blocks, n_layers, "GGUF file"))
   return unflatten(flat)
 
 
