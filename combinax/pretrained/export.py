@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from combinax.paths import leaves_with_paths, unflatten
-from combinax.pretrained.families import PretrainedError, safetensors_numpy
+from combinax.pretrained.families import PretrainedError, check_fits, safetensors_numpy
 
 
 def save_safetensors(params, path, metadata: dict[str, str] | None = None) -> Path:
@@ -42,9 +42,5 @@ def load_safetensors(path, template=None):
   every path and shape must match it."""
   params = unflatten(safetensors_numpy(path))
   if template is not None:
-    want = {p: tuple(x.shape) for p, x in leaves_with_paths(template)}
-    have = {p: tuple(x.shape) for p, x in leaves_with_paths(params)}
-    if want != have:
-      diff = sorted(set(want.items()) ^ set(have.items()))
-      raise PretrainedError(f"{path}: the saved params do not fit the template: {diff[:6]}")
+    check_fits(params, template, path)
   return params

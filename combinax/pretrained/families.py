@@ -29,9 +29,15 @@ def check_params(params, model, input_signature, source) -> None:
   """Raises a `PretrainedError` naming each path whose presence or shape differs from what `model.init` makes."""
   import jax
 
+  check_fits(params, jax.eval_shape(lambda: model.init(jax.random.key(0), input_signature)[0]), source)
+
+
+def check_fits(params, expected, source) -> None:
+  """Raises a `PretrainedError` naming each path of `params` missing from, extra to, or shaped unlike `expected`
+  (a params tree or its `eval_shape`)."""
   from combinax.paths import leaves_with_paths
 
-  expected = dict(leaves_with_paths(jax.eval_shape(lambda: model.init(jax.random.key(0), input_signature)[0])))
+  expected = dict(leaves_with_paths(expected))
   actual = dict(leaves_with_paths(params))
   problems = [f"{p}: missing" for p in sorted(set(expected) - set(actual))]
   problems += [f"{p}: not in the model" for p in sorted(set(actual) - set(expected))]

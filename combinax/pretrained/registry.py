@@ -151,12 +151,13 @@ def config(name: str) -> dict:
 def tokenizer(name: str = gin.REQUIRED):
   """The tokenizer `name` was trained with."""
   folder = Path(checkpoint(name)).parent
-  kind = _metadata(name)["tokenizer"]
+  metadata = _metadata(name)
   module = family(name)
+  kind = metadata["tokenizer"]
   loaded = getattr(module, kind).load(folder / "tokenizer.json") if hasattr(module, kind) else \
       load_tokenizer(folder / "tokenizer.json")
   if hasattr(module, "configure_tokenizer"):
-    module.configure_tokenizer(loaded, config(name))
+    module.configure_tokenizer(loaded, metadata["config"])
   return loaded
 
 

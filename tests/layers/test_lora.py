@@ -71,6 +71,7 @@ def test_bad_targets_are_named():
 
 def test_training_only_the_adapters_lowers_the_loss_and_keeps_the_base(tmp_path):
   from combinax.pretrained.export import load_safetensors, save_safetensors
+  from combinax.pretrained.families import PretrainedError
   from combinax.train.step import TrainStep
   import optax
   lm = cm.TransformerLM(16, d_model=16, d_ff=32, n_layers=2, n_heads=2, dropout=0.0)
@@ -91,5 +92,9 @@ def test_training_only_the_adapters_lowers_the_loss_and_keeps_the_base(tmp_path)
   merged = lora.merged_params(state.params)
   file = save_safetensors(merged, tmp_path / "adapted.safetensors")
   reloaded = load_safetensors(file, template=base)
+  other = cm.TransformerLM(16, d_model=8, d_ff=32, n_layers=2, n_heads=2).init(jax.random.key(0), tokens)[0]
+  wrong = r"blocks/attention/k/kernel: shape \(2, 16, 16\), the model wants \(2, 8, 8\)"
+  with pytest.raises(PretrainedError, match=wrong):
+    load_safetensors(file, template=other)
   out, _ = lm.apply(reloaded, {}, tokens)
   np.testing.assert_allclose(out, lora.apply(state.params, {}, tokens)[0], atol=1e-5)
