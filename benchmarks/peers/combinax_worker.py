@@ -1,0 +1,57 @@
+"""combinax worker for `benchmarks/compare.py`: the work of `work.py` with combinax models and the real
+`TrainStep` (the jitted, donated step `combinax-train` runs), AdamW without clipping, as the peers."""
+
+import os
+import sys
+
+import protocol
+import work
+
+args = protocol.parse_args(__doc__)
+if args.threads:  # as flax_worker.py: XLA sizes its CPU thread pools by the CPUs the process may run on
+  os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
+  if args.threads == 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+import combinax as cx  # noqa: E402
+from combinax import layers as cl  # noqa: E402
+from combinax.models import TransformerLM  # noqa: E402
+from combinax.train.step import TrainStep  # noqa: E402
+
+
+def model_for(name: str, config: dict) -> cl.Layer:
+  if name == "transformer":
+    return TransformerLM(config["vocab"], d_model=config["d_model"], d_ff=config["d_ff"],
+                         n_layers=config["n_layers"], n_heads=config["n_heads"], dropout=config["dropout"],
+                         max_len=config["seq"])
+  return cl.Serial(cl.ShiftRight(), cl.Embedding(config["vocab"], config["d_embed"]),
+                   *[cl.LSTM(config["d_hidden"]) for _ in range(config["n_layers"])], cl.Dense(config["vocab"]))
+
+
+def main():
+  config = work.WORKS[args.work]
+  model = model_for(args.work, config)
+  optimizer = optax.adamw(config["lr"], weight_decay=config["weight_decay"])
+  step_fn = TrainStep(model, cl.CategoryCrossEntropy(), optimizer)
+  # The LM shifts its inputs right inside: the targets are its inputs.
+  batches = [jax.device_put(b[:, 1:]) for b in work.batches(args.work)]
+  batches = [(b, b) for b in batches]
+  train_state = step_fn.init(jax.random.key(0), batches[0])
+  holder = {"state": train_state}
+
+  def step(i):
+    holder["state"], metrics = step_fn(holder["state"], batches[i % len(batches)])
+    return float(metrics["loss"])
+
+  a = jax.random.normal(jax.random.key(1), (protocol.MATMUL_SIZE,) * 2)
+  matmul = jax.jit(jnp.dot)
+  protocol.serve(step, args.warmup, cx.count_params(train_state.params), f"combinax (JAX {jax.__version__})",
+                 matmul=lambda: matmul(a, a).block_until_ready())
+
+
+if __name__ == "__main__":
+  sys.exit(main())
