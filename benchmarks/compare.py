@@ -24,6 +24,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -36,12 +37,14 @@ FRAMEWORKS = ("combinax", "torch", "flax", "trax")
 class Worker:
   """One framework's worker process, spoken to over its stdin/stdout (see peers/protocol.py)."""
 
-  def __init__(self, name: str, python: str, work_name: str, warmup: int, threads: int):
+  def __init__(self, name: str, python: str, work_name: str, warmup: int, threads: int, huge_pages: bool):
     self.name = name
     command = [python, str(HERE / "peers" / f"{name}_worker.py"), "--work", work_name, "--warmup", str(warmup)]
     if threads:
       command += ["--threads", str(threads)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if huge_pages:  # the same allocator setting for every framework (combinax-train sets it for itself)
+      env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1"]))
     self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     self.ready = self._read()
     self.times: list[float] = []
@@ -95,10 +98,12 @@ def measure(work_name: str, names: list[str], args) -> list[dict]:
   try:
     for name in names:
       print(f"  starting {name} ...", file=sys.stderr, flush=True)
-      workers.append(Worker(name, find_python(name, args), work_name, args.warmup, args.threads))
+      workers.append(Worker(name, find_python(name, args), work_name, args.warmup, args.threads,
+                            args.huge_pages))
     for r in range(args.rounds):
       order = workers[r % len(workers):] + workers[:r % len(workers)]
       for worker in order:
+        time.sleep(0.5)  # let the last framework's spinning threads go to sleep
         worker.run(args.steps)
       print(f"  round {r + 1}/{args.rounds}: " + ", ".join(
           f"{w.name} {statistics.median(w.times[-args.steps:]) * 1e3:.0f} ms" for w in workers),
@@ -195,6 +200,8 @@ def main():
   parser.add_argument("--steps", type=int, default=5, help="steps per framework per round")
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--threads", type=int, default=0, help="intra-op threads for every framework (0: default)")
+  parser.add_argument("--huge-pages", action=argparse.BooleanOptionalAction, default=True,
+                      help="run every worker with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, as combinax-train runs")
   parser.add_argument("--trax-python", default=str(HERE.parent / ".venv-trax" / "bin" / "python"),
                       help="the interpreter of Trax's virtual environment (benchmarks/setup_trax.sh)")
   parser.add_argument("--all", action="store_true", help="also run the compile, Trainer, decoding and data benchmarks")
@@ -208,7 +215,8 @@ def main():
     else:
       print(f"skipping {name}: not installed (see the top of this file)", file=sys.stderr)
   sections = [f"Measured {datetime.date.today()} on {machine()}; `python benchmarks/compare.py "
-              f"--rounds {args.rounds} --steps {args.steps}`."]
+              f"--rounds {args.rounds} --steps {args.steps}{'' if args.huge_pages else ' --no-huge-pages'}` "
+              f"(every framework {'with' if args.huge_pages else 'without'} `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`)."]
   for work_name in args.works:
     print(f"{work_name}:", file=sys.stderr, flush=True)
     rows = measure(work_name, names, args)

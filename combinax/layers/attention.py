@@ -10,7 +10,7 @@ from jax import lax
 from combinax import shapes
 from combinax.layers.base import Layer, LayerError, check_mode
 from combinax.layers.combinators import Branch, Parallel, Select, Serial
-from combinax.layers.core import Dense
+from combinax.layers.core import Dense, dropout_mask
 from combinax.layers.positional import ROTARY_LAYOUTS, rotary
 
 
@@ -91,8 +91,8 @@ def attend(q, k, v, mask, *, dropout: float = 0.0, rng=None, fast: bool = True):
     logits = jnp.where(mask, logits, _NEG)
   weights = jax.nn.softmax(logits, axis=-1)
   if dropout:
-    keep = jax.random.bernoulli(rng, 1.0 - dropout, weights.shape)
-    weights = jnp.where(keep, weights / (1.0 - dropout), 0.0)
+    keep, scale = dropout_mask(rng, dropout, weights.shape)
+    weights = jnp.where(keep, weights * jnp.asarray(scale, weights.dtype), 0.0)
   out = jnp.einsum("bkgts,bskd->btkgd", weights.astype(v.dtype), v)
   return out.reshape(b, tq, h, d)
 

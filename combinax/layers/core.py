@@ -108,6 +108,51 @@ class TiedLogits(Combinator):
     return jnp.dot(x, table.T.astype(x.dtype)), state
 
 
+_ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
+
+
+def threefry2x32(key0, key1, x0, x1):
+  """The Threefry-2x32 block cipher (Salmon et al. 2011; 20 rounds, as `jax.random`'s), written out in jnp.
+
+  JAX's own lowering runs the rounds as a loop that writes the whole state to memory every 4 rounds; written out,
+  XLA fuses the 20 rounds into whatever consumes the bits (a dropout mask never reaches memory).
+  Bit-identical to `jax.extend.random.threefry_2x32` (tested).
+  """
+  keys = (key0, key1, key0 ^ key1 ^ jnp.uint32(0x1BD11BDA))
+  x0, x1 = x0 + keys[0], x1 + keys[1]
+  for i in range(20):
+    r = _ROTATIONS[i % 8]
+    x0 = x0 + x1
+    x1 = ((x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r))) ^ x0
+    if i % 4 == 3:
+      j = i // 4 + 1
+      x0, x1 = x0 + keys[j % 3], x1 + keys[(j + 1) % 3] + jnp.uint32(j)
+  return x0, x1
+
+
+def dropout_mask(rng, rate: float, shape: Sequence[int]) -> tuple[jax.Array, float]:
+  """(keep, scale): a boolean mask of `shape`, each entry independently True with probability 1 - rate, and
+  1 / (1 - rate), the factor that keeps `where(keep, x * scale, 0)` unbiased.
+
+  Each entry's 32 random bits are Threefry-2x32 (as `jax.random`'s) of its position, keyed by two words drawn from
+  `rng`; written out (`threefry2x32`), the hash fuses into the layer that applies the mask. Deterministic for a
+  given rng and shape, whatever the device count or sharding: an entry's bits depend only on its position.
+
+  >>> keep, scale = dropout_mask(jax.random.key(0), 0.5, (1000,))
+  >>> 400 < int(keep.sum()) < 600, scale
+  (True, 2.0)
+  """
+  shape = tuple(shape)
+  size = int(np.prod(shape, dtype=np.int64))
+  if size >= 1 << 32:
+    raise ValueError(f"dropout_mask: {shape} is too large for 32-bit counters")
+  threshold = min(round(rate * 2.0 ** 32), (1 << 32) - 1)
+  key = jax.random.bits(rng, (2,), jnp.uint32)
+  counts = jax.lax.iota(jnp.uint32, size).reshape(shape)
+  bits, _ = threefry2x32(key[0], key[1], counts, jnp.zeros_like(counts))
+  return bits >= jnp.uint32(threshold), 1.0 / (1.0 - rate)
+
+
 @gin.configurable(module="combinax.layers")
 class Dropout(Layer):
   """Zeroes each entry with probability `rate` and scales the rest by 1 / (1 - rate) when `train=True`;
@@ -131,8 +176,8 @@ class Dropout(Layer):
       raise LayerError(self, "train=True needs an rng: call apply(..., rng=key, train=True)",
                        expected="an rng", actual="rng=None")
     mask_shape = tuple(1 if i in {a % x.ndim for a in self.shared_axes} else d for i, d in enumerate(x.shape))
-    keep = jax.random.bernoulli(rng, 1.0 - self.rate, mask_shape)
-    return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x)), state
+    keep, scale = dropout_mask(rng, self.rate, mask_shape)
+    return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros_like(x)), state
 
 
 @gin.configurable(module="combinax.layers")

@@ -11,14 +11,19 @@ from combinax.layers.base import Layer, LayerError, child_rng
 from combinax.layers.scopes import Combinator
 
 
+REMAT = (False, "dots", True)
+
+
 class Repeat(Combinator):
   """Runs `n_layers` copies of `block` one after another, each with its own weights.
 
   The block's params (and state) are stacked on a leading axis of size `n_layers` and sit directly under this layer's
   key, so paths read `blocks/attention/q/kernel` with shape `(n_layers, ...)`. With `scan=True` the copies run as one
   `lax.scan` (compile time independent of depth); with `scan=False` as an unrolled loop over the same params. The
-  block must map its inputs to outputs of the same signature. `remat=True` recomputes each block's activations in
-  the backward pass.
+  block must map its inputs to outputs of the same signature. `remat` chooses what the backward pass keeps of each
+  block's forward pass: `False` everything, `"dots"` only the outputs of its matmuls (layer norms, activations,
+  dropout masks and softmaxes are recomputed: on CPU this is faster than storing and reloading them, and it saves
+  memory), `True` nothing (each block runs twice: the least memory).
 
   >>> blocks = Repeat(cl.Serial(cl.Dense(4), cl.Relu()), 3, name="blocks")
   >>> params, _ = blocks.init(jax.random.key(0), ShapeDtype((2, 4)))
@@ -26,9 +31,12 @@ class Repeat(Combinator):
   (3, 4, 4)
   """
 
-  def __init__(self, block: Layer, n_layers: int, scan: bool = True, remat: bool = False, name: str | None = None):
+  def __init__(self, block: Layer, n_layers: int, scan: bool = True, remat: bool | str = False,
+               name: str | None = None):
     super().__init__([block], block.n_in, block.n_out, name)
     self.block, self.n_layers, self.scan, self.remat = block, int(n_layers), scan, remat
+    if remat not in REMAT:
+      raise LayerError(self, "unknown remat", expected=f"one of {REMAT}", actual=remat)
     if block.n_in != block.n_out:
       raise LayerError(self, "the repeated block must have as many outputs as inputs",
                        expected=f"n_out == {block.n_in}", actual=f"n_out == {block.n_out}")
@@ -55,7 +63,9 @@ class Repeat(Combinator):
       return self.block.apply(layer_params, layer_state, inputs, rng=layer_rng, train=train)
 
     if self.remat:
-      one_block = jax.checkpoint(one_block)
+      # In a scan, XLA cannot merge the recomputation back into the forward pass, so CSE may stay on.
+      policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if self.remat == "dots" else None
+      one_block = jax.checkpoint(one_block, policy=policy, prevent_cse=not self.scan)
     if self.scan:
       def step(carry, per_layer):
         return one_block(carry, *per_layer)

@@ -6,6 +6,11 @@ pre-/post-LayerNorm (`pre_norm`), LayerNorm or RMSNorm (`norm`), ReLU/GELU or ga
 (`ff_activation`, `gated_ff`), biases (`use_bias`), tied output embeddings (`tie_embeddings`), sinusoidal, learned or
 rotary positions (`positions`), and BERT-style token types (`type_vocab_size`).
 
+Identical blocks are stacked and run as one `lax.scan` (`scan_layers=True`: compile time independent of depth).
+`remat` sets what training keeps of each block for the backward pass (see `Repeat`): by default `"dots"`, only the
+matmul outputs, recomputing norms, activations, dropout masks and softmaxes (faster on CPU, less memory); `False`
+keeps everything, `True` nothing.
+
 Parameter paths: `embed/embedding`, `positions/embedding` (learned), `blocks/attention/q/kernel` (stacked, one row per
 layer), `blocks/attention_norm/scale`, `blocks/ff/in/kernel` (or `ff/gate`, `ff/up`, `ff/down` when gated),
 `final_norm/scale`, `logits/kernel`; encoder-decoders put these under `encoder/` and `decoder/`, with the decoder's
@@ -115,7 +120,7 @@ def DecoderBlock(d_model, d_ff, n_heads, dropout, mode, ff_activation, *, n_kv_h
       _sublayer(Norm(norm, norm_epsilon, "ff_norm"), [ff], dropout, pre_norm))              # x [, enc, mask]
 
 
-def _blocks(block: cl.Layer, n_layers: int, scan_layers: bool, remat: bool) -> cl.Layer:
+def _blocks(block: cl.Layer, n_layers: int, scan_layers: bool, remat: bool | str) -> cl.Layer:
   return Repeat(block, n_layers, scan=scan_layers, remat=remat, name="blocks")
 
 
@@ -135,7 +140,7 @@ def TransformerDecoder(vocab_size: int | None = None, d_model: int = 512, d_ff: 
                        ff_activation: Callable = cl.Relu, *, n_kv_heads: int | None = None,
                        positions: str = "sinusoidal", rotary_base: float = 10000.0, norm: str = "layer",
                        norm_epsilon: float = 1e-6, pre_norm: bool = True, gated_ff: bool = False,
-                       use_bias: bool = True, scan_layers: bool = True, remat: bool = False,
+                       use_bias: bool = True, scan_layers: bool = True, remat: bool | str = "dots",
                        embedding: cl.Layer | None = None) -> cl.Layer:
   """A stack of causal blocks: token ids (batch, length) -> activations (batch, length, d_model).
 
@@ -199,7 +204,7 @@ def TransformerEncoder(vocab_size: int, n_classes: int | None = 10, d_model: int
                        n_layers: int = 6, n_heads: int = 8, dropout: float = 0.1, max_len: int = 2048,
                        mode: str = "train", ff_activation: Callable = cl.Relu, *, pool: str = "mean",
                        type_vocab_size: int = 0, pad_id: int = 0, positions: str = "sinusoidal",
-                       embed_norm: bool = False, scan_layers: bool = True, remat: bool = False,
+                       embed_norm: bool = False, scan_layers: bool = True, remat: bool | str = "dots",
                        **options) -> cl.Layer:
   """A bidirectional encoder: token ids (batch, length) -> class logits (batch, n_classes), pooling the non-padding
   positions (`pool="mean"`) or taking the first token (`"cls"`). With `n_classes=None` it returns the activations
@@ -237,7 +242,7 @@ def Transformer(input_vocab_size: int, output_vocab_size: int | None = None, d_m
                 d_ff: int = 2048, n_encoder_layers: int = 6, n_decoder_layers: int = 6, n_heads: int = 8,
                 dropout: float = 0.1, max_len: int = 2048, mode: str = "train", ff_activation: Callable = cl.Relu,
                 *, pad_id: int = 0, positions: str = "sinusoidal", tie_embeddings: bool = False,
-                scan_layers: bool = True, remat: bool = False, **options) -> cl.Layer:
+                scan_layers: bool = True, remat: bool | str = "dots", **options) -> cl.Layer:
   """An encoder-decoder (e.g. for translation): (source ids, target ids) -> logits (batch, target length, vocab).
 
   Without `output_vocab_size` source and target share one vocabulary and one embedding. In predict mode the encoder

@@ -190,3 +190,24 @@ def test_bad_attention_inputs_name_the_layer():
   with pytest.raises(cx.LayerError, match="multiple of n_kv_heads"):
     cl.DotProductAttention(4, n_kv_heads=3)
   assert layer.output_signature(cx.ShapeDtype((1, 2, 8))).shape == (1, 2, 8)
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_repeat_remat_policies_give_the_same_values_and_gradients(scan):
+  block = cl.Residual(cl.LayerNorm(), cl.Dense(6), cl.Relu(), cl.Dropout(0.3))
+  x = normal(2, 6)
+  params, state = cl.Repeat(block, 3, scan=scan).init(KEY, x)
+
+  def loss_and_grads(remat):
+    layer = cl.Repeat(block, 3, scan=scan, remat=remat)
+    loss = lambda p: jnp.sum(layer.apply(p, state, x, rng=jax.random.key(1), train=True)[0] ** 2)
+    return jax.value_and_grad(loss)(params)
+
+  reference = loss_and_grads(False)
+  for remat in ("dots", True):
+    value, grads = loss_and_grads(remat)
+    np.testing.assert_allclose(value, reference[0], rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(reference[1])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  with pytest.raises(cx.LayerError, match="unknown remat"):
+    cl.Repeat(block, 2, remat="everything")

@@ -262,3 +262,37 @@ def _grad_check(layer, inputs, train=False):
 def test_gradients_match_finite_differences(make, inputs, train):
   inputs = jax.tree_util.tree_map(jnp.asarray, inputs)
   _grad_check(make(), inputs, train)
+
+
+def test_threefry_written_out_is_jax_threefry_bit_for_bit():
+  from jax.extend.random import threefry_2x32
+  from combinax.layers.core import threefry2x32
+  key = jnp.array([0x13198A2E, 0x03707344], jnp.uint32)
+  counts = jnp.arange(64, dtype=jnp.uint32) * jnp.uint32(2654435761)
+  want = threefry_2x32(key, counts)                       # hashes (counts[:32], counts[32:]) as pairs
+  low, high = threefry2x32(key[0], key[1], counts[:32], counts[32:])
+  np.testing.assert_array_equal(jnp.concatenate([low, high]), want)
+  # The known-answer vector of the Threefry-2x32-20 paper (Random123): key and counter all ones.
+  ones = jnp.uint32(0xFFFFFFFF)
+  assert [int(v) for v in threefry2x32(ones, ones, ones, ones)] == [0x1CB996FC, 0xBB002BE7]
+
+
+def test_dropout_masks_are_independent_reproducible_and_sharding_invariant():
+  from combinax.layers.core import dropout_mask
+  keep, scale = dropout_mask(jax.random.key(3), 0.25, (400, 500))
+  assert scale == pytest.approx(4 / 3)
+  keep = np.asarray(keep)
+  assert keep.mean() == pytest.approx(0.75, abs=0.004)
+  # Neighbours (along either axis) are uncorrelated, and a new key gives a new mask.
+  for a, b in ((keep[:, 1:], keep[:, :-1]), (keep[1:], keep[:-1])):
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] == pytest.approx(0.0, abs=0.01)
+  other = np.asarray(dropout_mask(jax.random.key(4), 0.25, (400, 500))[0])
+  assert np.corrcoef(keep.ravel(), other.ravel())[0, 1] == pytest.approx(0.0, abs=0.01)
+  np.testing.assert_array_equal(dropout_mask(jax.random.key(3), 0.25, (400, 500))[0], keep)
+  # Computed on 8 devices, each building its own rows, the mask is the same.
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  sharded = jax.jit(lambda k: dropout_mask(k, 0.25, (400, 500))[0], out_shardings=rows)(jax.random.key(3))
+  assert len(sharded.addressable_shards) == 8
+  np.testing.assert_array_equal(sharded, keep)
+  assert bool(dropout_mask(KEY, 0.0, (3,))[0].all())

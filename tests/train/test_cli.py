@@ -92,3 +92,13 @@ def test_bad_configuration_is_a_clear_error(binding, message, tmp_path):
   with pytest.raises(SystemExit) as info:
     run(cli.train_main, f"--config_file={config}", f"--output_dir={tmp_path}", f"--config={binding}")
   assert "bad gin configuration" in str(info.value.code) and message in str(info.value.code)
+
+
+def test_combinax_train_restarts_once_on_huge_pages_where_it_can():
+  env = cli.huge_pages_environment({"PATH": "/bin"}, "madvise")
+  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  assert cli.huge_pages_environment(env, "madvise") is None                        # the restarted process
+  assert cli.huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "always") == {
+      "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
+  assert cli.huge_pages_environment({}, "never") is None
+  assert cli.huge_pages_environment({"COMBINAX_HUGE_PAGES": "0"}, "always") is None

@@ -115,3 +115,35 @@ def test_batch_must_split_over_the_devices():
   state = step.init(KEY, mlp_batch(0, n=16))
   with pytest.raises(ValueError, match="multiple of the 8 data-parallel devices"):
     step(state, mlp_batch(0, n=12))
+
+
+@pytest.mark.parametrize("loss_layer", [cl.WeightedCategoryCrossEntropy(label_smoothing=0.1),
+                                        cl.CategoryCrossEntropy()])
+def test_fused_logits_loss_trains_exactly_like_the_plain_path(loss_layer):
+  tokens = jax.random.randint(KEY, (8, 12), 0, 40, jnp.int32)
+  weights = (jax.random.uniform(jax.random.key(1), tokens.shape) > 0.2).astype(jnp.float32)
+  batches = [(tokens, tokens, weights)] * 3
+  model = TransformerLM(40, d_model=16, d_ff=32, n_layers=2, n_heads=2, dropout=0.1)
+  # SGD: Adam would turn the rounding noise of the key bias's zero gradient into full-size steps.
+  fused = TrainStep(model, loss_layer, optax.sgd(0.1), l2_weight=0.01)
+  plain = TrainStep(model, loss_layer, optax.sgd(0.1), l2_weight=0.01, fuse_loss=False)
+  assert fused.fused is not None and fused.fused.key == "logits" and plain.fused is None
+  a, metrics_a = run(fused, batches)
+  b, metrics_b = run(plain, batches)
+  np.testing.assert_allclose(metrics_a["total_loss"], metrics_b["total_loss"], rtol=1e-5)
+  assert_trees_close(a.params, b.params, rtol=1e-4, atol=1e-5)
+
+
+def test_fusion_applies_only_where_it_is_exact():
+  from combinax.train.fused_head import fused_head
+  lm = dict(d_model=8, d_ff=16, n_layers=1, n_heads=2)
+  assert fused_head(TransformerLM(16, **lm), cl.CategoryCrossEntropy()) is not None
+  assert fused_head(TransformerLM(16, tie_embeddings=True, **lm), cl.CategoryCrossEntropy()) is None
+  assert fused_head(TransformerLM(16, **lm), cl.L2Loss()) is None
+  dense = cl.Dense(4)
+  assert fused_head(cl.Serial(dense, cl.Relu(), dense), cl.CategoryCrossEntropy()) is None   # shared weights
+  assert fused_head(cl.Serial(cl.Dense(4), cl.Softmax()), cl.CategoryCrossEntropy()) is None
+  # A (batch, features) classifier has the fusable shape but takes the plain path inside (no length axis).
+  batches = [mlp_batch(i) for i in range(2)]
+  make = lambda fuse: TrainStep(MLP((16, 2)), cl.CategoryCrossEntropy(), optax.sgd(0.5), fuse_loss=fuse)
+  assert_trees_close(run(make(True), batches)[0].params, run(make(False), batches)[0].params)

@@ -1,0 +1,70 @@
+"""Training-time fusion of a model's final `Dense` (the logits) with its softmax cross-entropy loss.
+
+A language model's last layer projects to the vocabulary, and the loss then reads those (batch, length, vocab)
+logits once for the softmax and once more for its gradient. `TrainStep` recognises a model that is a `Serial`
+ending in a plain `Dense`, trained with `CategoryCrossEntropy` or `WeightedCategoryCrossEntropy`, and computes that
+pair with `projected_cross_entropy`: the same loss and gradients, a chunk of positions at a time, so the full
+logits are never built (faster on CPU, far less memory). Nothing about the model changes: its params, paths and
+`apply` are as they were, and evaluation runs it whole. `TrainStep(fuse_loss=False)` turns this off.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+
+from combinax.layers.base import Layer
+from combinax.layers.combinators import Serial
+from combinax.layers.core import Dense
+from combinax.layers.losses import (CategoryCrossEntropy, WeightedCategoryCrossEntropy, check_categorical,
+                                    projected_cross_entropy)
+
+
+class FusedHead(NamedTuple):
+  body: Layer             # the model without its final Dense; same params (minus the Dense's), same rng
+  head: Dense
+  key: str                # where the final Dense's params live in the model's params
+  loss_layer: Layer
+
+
+def _layers(layers):
+  for layer in layers:
+    yield layer
+    yield from _layers(getattr(layer, "sublayers", ()))
+
+
+def fused_head(model: Layer, loss_layer: Layer) -> FusedHead | None:
+  """The fusion plan for `model` and `loss_layer`, or None when the pair does not have the fusable shape."""
+  if type(loss_layer) not in (CategoryCrossEntropy, WeightedCategoryCrossEntropy):
+    return None
+  if not isinstance(model, Serial) or len(model.sublayers) < 2 or model.n_out != 1:
+    return None
+  head, key = model.sublayers[-1], model.child_slots[-1]
+  if type(head) is not Dense or not isinstance(key, str):
+    return None
+  if any(layer is head for layer in _layers(model.sublayers[:-1])):  # shared weights: leave it alone
+    return None
+  body = Serial(*model.sublayers[:-1])
+  if body.n_in != model.n_in or body.n_out != 1:
+    return None
+  return FusedHead(body, head, key, loss_layer)
+
+
+def fused_loss(plan: FusedHead, params, state, inputs, rest, rng):
+  """(loss, new model state) of `plan`'s model and loss on one batch, as `loss_layer(model(inputs), *rest)`."""
+  body_params = {k: v for k, v in params.items() if k != plan.key}
+  x, new_state = plan.body.apply(body_params, state, inputs, rng=rng, train=True)
+  head_params = params[plan.key]
+  weighted = isinstance(plan.loss_layer, WeightedCategoryCrossEntropy)
+  targets = rest[0] if rest else None
+  weights = rest[1] if weighted and len(rest) > 1 else None
+  if x.ndim != 3 or targets is None or (weighted and weights is None) or targets.shape != x.shape[:2]:
+    # Not the (batch, length, d) -> (batch, length) case: the plain path, with its own checks and errors.
+    logits, _ = plan.head.apply(head_params, {}, x)
+    return plan.loss_layer.apply({}, {}, (logits, *rest[:plan.loss_layer.n_in - 1]))[0], new_state
+  logits = jax.ShapeDtypeStruct(x.shape[:2] + (head_params["kernel"].shape[1],), x.dtype)
+  check_categorical(plan.loss_layer, logits, targets, weights)
+  loss = projected_cross_entropy(x, head_params["kernel"], head_params.get("bias"), targets, weights,
+                                 plan.loss_layer.label_smoothing or 0.0)
+  return loss, new_state
