@@ -198,7 +198,7 @@ def main():
   parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
   parser.add_argument("--rounds", type=int, default=6)
   parser.add_argument("--steps", type=int, default=5, help="steps per framework per round")
-  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--warmup", type=int, default=10)
   parser.add_argument("--threads", type=int, default=0, help="intra-op threads for every framework (0: default)")
   parser.add_argument("--huge-pages", action=argparse.BooleanOptionalAction, default=True,
                       help="run every worker with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, as combinax-train runs")

@@ -3,7 +3,8 @@
 A sequence layer is a stack program: one `Dense` projects the inputs of *every* time step at once (a single large
 matmul), and `Scan` runs only the recurrent part, `h @ recurrent_kernel` and the gates, step by step. The initial
 carries are zeros; with `mode="predict"` the `Scan` keeps its carries in `state`, so decoding one token per call
-continues where the last call stopped.
+continues where the last call stopped. In training and evaluation the LSTM's recurrence is `lstm_recurrence`, the
+same scan with a hand-written (cuDNN-style) gradient: the recurrent kernel's gradient is one matmul over all steps.
 
 Parameter layout, the same for a cell and its sequence layer (so a cell's params run the sequence layer as they are):
 
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 
 from combinax import shapes
 from combinax.layers import initializers
-from combinax.layers.base import Layer, LayerError
+from combinax.layers.base import Layer, LayerError, child_rng
 from combinax.layers.combinators import Fn, Select, Serial
 from combinax.layers.control import Scan
 from combinax.layers.core import Dense
@@ -81,6 +82,94 @@ class _LSTMRecurrence(Layer):
     c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
     return (h, c, h), state
+
+
+def _lstm_forward(projected, kernel, c0, h0):
+  """Runs the recurrence over time-major `projected` (T, batch, 4n); returns (hs, cs, gates), all time-major, gates
+  after their nonlinearities (i, f, g, o)."""
+  def step(carry, z_in):
+    c, h = carry
+    i, f, g, o = jnp.split(z_in + jnp.dot(h, kernel), 4, axis=-1)
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    return (c, h), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
+  _, (hs, cs, gates) = jax.lax.scan(step, (c0, h0), projected)
+  return hs, cs, gates
+
+
+@jax.custom_vjp
+def lstm_recurrence(projected, kernel, c0, h0):
+  """The LSTM recurrence over a whole sequence: projected inputs x_t W + b, time-major (T, batch, 4n), the
+  recurrent kernel (n, 4n) and the initial carries (batch, n) -> (hs (T, batch, n), c_T, h_T).
+
+  Its gradient is written by hand, cuDNN-style: the backward scan only carries dh and dc and emits each step's
+  gate gradient; the recurrent kernel's gradient is then one matmul over all steps, not a rank-`batch` update per
+  step as autodiff of the scan would make (checked against autodiff in the tests).
+  """
+  hs, cs, _ = _lstm_forward(projected, kernel, c0, h0)
+  return hs, cs[-1], hs[-1]
+
+
+def _lstm_recurrence_forward(projected, kernel, c0, h0):
+  hs, cs, gates = _lstm_forward(projected, kernel, c0, h0)
+  return (hs, cs[-1], hs[-1]), (kernel, c0, h0, hs, cs, gates)
+
+
+def _lstm_recurrence_backward(residuals, cotangents):
+  kernel, c0, h0, hs, cs, gates = residuals
+  d_hs, d_c_last, d_h_last = cotangents
+  c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)
+  h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+
+  def step(carry, per_step):
+    d_h_next, d_c_next = carry
+    d_h_out, c, c_before, gate = per_step
+    i, f, g, o = jnp.split(gate, 4, axis=-1)
+    d_h = d_h_out + d_h_next
+    tanh_c = jnp.tanh(c)
+    d_c = d_c_next + d_h * o * (1.0 - tanh_c * tanh_c)
+    d_z = jnp.concatenate([d_c * g * i * (1.0 - i), d_c * c_before * f * (1.0 - f), d_c * i * (1.0 - g * g),
+                           d_h * tanh_c * o * (1.0 - o)], axis=-1)
+    return (jnp.dot(d_z, kernel_t), d_c * f), d_z
+
+  kernel_t = jnp.transpose(kernel)
+  (d_h0, d_c0), d_z = jax.lax.scan(step, (d_h_last, d_c_last), (d_hs, cs, c_prev, gates), reverse=True)
+  d_kernel = jnp.einsum("tbn,tbg->ng", h_prev, d_z)
+  return d_z, d_kernel, d_c0, d_h0
+
+
+lstm_recurrence.defvjp(_lstm_recurrence_forward, _lstm_recurrence_backward)
+
+
+class _LSTMSequenceRecurrence(Layer):
+  """The recurrent half of an LSTM over a whole sequence (training and evaluation; predict mode scans the cell):
+  (xs W + b (batch, length, 4n), c0, h0) -> (hs, c_last, h_last); params {"kernel": (n, 4n)}, as `_LSTMRecurrence`'s,
+  initialised as the scanned cell's would be."""
+
+  def __init__(self, n_units: int, recurrent_initializer, name: str = "recurrent"):
+    super().__init__(3, 3, name)
+    self.cell = _LSTMRecurrence(n_units, recurrent_initializer, name)
+    self.n_units = n_units
+
+  def _check(self, projected, c0, h0):
+    if len(projected.shape) != 3:
+      raise LayerError(self, "projected inputs must be (batch, length, 4 * n_units)",
+                       expected=f"(batch, length, {4 * self.n_units})", actual=shapes.describe(projected))
+    _check_carries(self, jax.ShapeDtypeStruct(projected.shape[:1] + projected.shape[2:], projected.dtype),
+                   (c0, h0), 4)
+
+  def init_params_and_state(self, rng, input_signature):
+    self._check(*input_signature)
+    projected, c0, h0 = input_signature
+    step = (shapes.ShapeDtype(projected.shape[:1] + projected.shape[2:], projected.dtype), c0, h0)
+    return self.cell.init(child_rng(rng, 0), step)   # the rng a Scan would give its cell
+
+  def forward(self, params, state, inputs, *, rng, train):
+    projected, c0, h0 = inputs
+    self._check(projected, c0, h0)
+    hs, c_last, h_last = lstm_recurrence(jnp.swapaxes(projected, 0, 1), params["kernel"], c0, h0)
+    return (jnp.swapaxes(hs, 0, 1), c_last, h_last), state
 
 
 class _GRURecurrence(Layer):
@@ -200,7 +289,8 @@ class LSTM(_Sequence):
     super().__init__(
         Dense(4 * n, kernel_initializer, _forget_bias_initializer(n, forget_bias), name="input"),  # xs W + b
         _ZeroCarries(n, 2),                                                           # xs W + b, c0=0, h0=0
-        Scan(_LSTMRecurrence(n, recurrent_initializer), axis=1, n_carry=2, mode=mode),  # hs, c_last, h_last
+        Scan(_LSTMRecurrence(n, recurrent_initializer), axis=1, n_carry=2, mode=mode) if mode == "predict"
+        else _LSTMSequenceRecurrence(n, recurrent_initializer),                       # hs, c_last, h_last
         Select([0], n_in=3),                                                          # hs (batch, length, n)
         name=name)
     self.n_units, self.mode = n, mode

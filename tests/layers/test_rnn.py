@@ -257,3 +257,27 @@ def test_cell_carries_of_the_wrong_size():
     LSTMCell(N).init(KEY, (S((B, D)), S((B, N + 1)), S((B, N))))
   assert info.value.path == "LSTMCell/recurrent[1]"
   assert f"({B}, {N + 1}) float32" in str(info.value)
+
+
+def test_lstm_recurrence_gradient_is_autodiff_of_the_scanned_cell():
+  from jax.test_util import check_grads
+  from combinax.layers.rnn import _lstm_forward, lstm_recurrence
+  k = jax.random.split(jax.random.key(7), 4)
+  projected, kernel = jax.random.normal(k[0], (6, 3, 16)), 0.5 * jax.random.normal(k[1], (4, 16))
+  c0, h0 = jax.random.normal(k[2], (3, 4)), jax.random.normal(k[3], (3, 4))
+  weights = [jax.random.normal(jax.random.key(i), s) for i, s in enumerate([(6, 3, 4), (3, 4), (3, 4)])]
+
+  def loss(recurrence, *args):   # uses every output: the sequence and both final carries
+    return sum(jnp.sum(w * y) for w, y in zip(weights, recurrence(*args)))
+
+  def by_autodiff(projected, kernel, c0, h0):
+    hs, cs, _ = _lstm_forward(projected, kernel, c0, h0)
+    return hs, cs[-1], hs[-1]
+
+  args = (projected, kernel, c0, h0)
+  want = jax.value_and_grad(lambda *a: loss(by_autodiff, *a), argnums=(0, 1, 2, 3))(*args)
+  got = jax.value_and_grad(lambda *a: loss(lstm_recurrence, *a), argnums=(0, 1, 2, 3))(*args)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  for a, b in zip(got[1], want[1]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  check_grads(lambda *a: loss(lstm_recurrence, *a), args, order=1, modes=["rev"], eps=1e-2, atol=3e-2, rtol=3e-2)
