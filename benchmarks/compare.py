@@ -42,10 +42,8 @@ class Worker:
     command = [python, str(HERE / "peers" / f"{name}_worker.py"), "--work", work_name, "--warmup", str(warmup)]
     if threads:
       command += ["--threads", str(threads)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if huge_pages:  # the same allocator setting for every framework (combinax-train sets it for itself)
-      env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1"]))
-    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                    env=worker_environment(huge_pages))
     self.ready = self._read()
     self.times: list[float] = []
     self.loss = float("nan")
@@ -165,7 +163,14 @@ def machine() -> str:
           f"Python {platform.python_version()}")
 
 
-def other_benchmarks() -> list[tuple[str, str]]:
+def worker_environment(huge_pages: bool) -> dict:
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  if huge_pages:  # the same allocator setting for every framework (combinax-train sets it for itself)
+    env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1"]))
+  return env
+
+
+def other_benchmarks(huge_pages: bool) -> list[tuple[str, str]]:
   """(title, printed output) of the other benchmark scripts, each run in a fresh process."""
   runs = [("Compile time of the training step, 4/12/24 layers, scanned vs unrolled", ["compile_time.py"]),
           ("Trainer overhead: the `combinax-train` loop vs its bare step", ["trainer_overhead.py"]),
@@ -174,7 +179,8 @@ def other_benchmarks() -> list[tuple[str, str]]:
   results = []
   for title, script in runs:
     print(f"running {script[0]} ...", file=sys.stderr, flush=True)
-    done = subprocess.run([sys.executable, str(HERE / script[0]), *script[1:]], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(HERE / script[0]), *script[1:]], capture_output=True, text=True,
+                          env=worker_environment(huge_pages))
     results.append((title, done.stdout.strip() if done.returncode == 0 else f"failed:\n{done.stderr[-2000:]}"))
   return results
 
@@ -223,7 +229,7 @@ def main():
     sections.append(table(work_name, rows))
     print("\n" + sections[-1] + "\n", flush=True)
   if args.all:
-    for title, output in other_benchmarks():
+    for title, output in other_benchmarks(args.huge_pages):
       sections.append(f"**{title}**\n\n```\n{output}\n```")
       print(sections[-1] + "\n", flush=True)
   if args.write:

@@ -10,6 +10,8 @@ memory and run back to back. The two alternate `--rounds` times; the overhead is
 """
 
 import argparse
+import contextlib
+import io
 import statistics
 import sys
 import tempfile
@@ -46,7 +48,7 @@ def loop_rate(steps: int, log_every: int) -> float:
   """Median steps/s the Trainer logs, after its first logging interval."""
   task = TrainTask(data=pipeline(), optimizer=optax.adamw, schedule=schedules.constant(CONFIG["lr"]),
                    weight_decay=CONFIG["weight_decay"], clip_norm=None)
-  with tempfile.TemporaryDirectory() as output_dir:
+  with tempfile.TemporaryDirectory() as output_dir, contextlib.redirect_stdout(io.StringIO()):
     Trainer(model(), task, output_dir=output_dir, steps=steps, log_every=log_every,
             checkpoint_every=10 ** 9, progress=False).run()
     rates = [r["steps_per_sec"] for r in read_metrics(output_dir) if "steps_per_sec" in r]
