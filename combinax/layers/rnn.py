@@ -63,6 +63,14 @@ def _check_carries(layer: Layer, projected, carries, n_gates: int):
                      actual=shapes.describe((projected, *carries)))
 
 
+def _lstm_step(projected, c, h, kernel):
+  """One LSTM step from x W + b and the carries: (c_new, h_new, gates after their nonlinearities (i, f, g, o))."""
+  i, f, g, o = jnp.split(projected + jnp.dot(h, kernel), 4, axis=-1)
+  i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+  c = f * c + i * g
+  return c, o * jnp.tanh(c), (i, f, g, o)
+
+
 class _LSTMRecurrence(Layer):
   """The recurrent half of an LSTM step: (x W + b, c, h) -> (h_new, c_new, h_new); params {"kernel": (n, 4n)}."""
 
@@ -78,9 +86,7 @@ class _LSTMRecurrence(Layer):
   def forward(self, params, state, inputs, *, rng, train):
     projected, c, h = inputs
     _check_carries(self, projected, (c, h), 4)
-    i, f, g, o = jnp.split(projected + jnp.dot(h, params["kernel"]), 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    c, h, _ = _lstm_step(projected, c, h, params["kernel"])
     return (h, c, h), state
 
 
@@ -88,12 +94,8 @@ def _lstm_forward(projected, kernel, c0, h0):
   """Runs the recurrence over time-major `projected` (T, batch, 4n); returns (hs, cs, gates), all time-major, gates
   after their nonlinearities (i, f, g, o)."""
   def step(carry, z_in):
-    c, h = carry
-    i, f, g, o = jnp.split(z_in + jnp.dot(h, kernel), 4, axis=-1)
-    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
-    c = f * c + i * g
-    h = o * jnp.tanh(c)
-    return (c, h), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
+    c, h, gates = _lstm_step(z_in, *carry, kernel)
+    return (c, h), (h, c, jnp.concatenate(gates, axis=-1))
   _, (hs, cs, gates) = jax.lax.scan(step, (c0, h0), projected)
   return hs, cs, gates
 

@@ -51,8 +51,9 @@ def fused_head(model: Layer, loss_layer: Layer) -> FusedHead | None:
   return FusedHead(body, head, key, loss_layer)
 
 
-def fused_loss(plan: FusedHead, params, state, inputs, rest, rng):
-  """(loss, new model state) of `plan`'s model and loss on one batch, as `loss_layer(model(inputs), *rest)`."""
+def fused_loss(plan: FusedHead, params, state, inputs, rest, rng, plain_loss):
+  """(loss, new model state) of `plan`'s model and loss on one batch, as `loss_layer(model(inputs), *rest)`.
+  `plain_loss(logits)` is the unfused loss, for batches without the (batch, length) shape the fusion needs."""
   body_params = {k: v for k, v in params.items() if k != plan.key}
   x, new_state = plan.body.apply(body_params, state, inputs, rng=rng, train=True)
   head_params = params[plan.key]
@@ -61,8 +62,7 @@ def fused_loss(plan: FusedHead, params, state, inputs, rest, rng):
   weights = rest[1] if weighted and len(rest) > 1 else None
   if x.ndim != 3 or targets is None or (weighted and weights is None) or targets.shape != x.shape[:2]:
     # Not the (batch, length, d) -> (batch, length) case: the plain path, with its own checks and errors.
-    logits, _ = plan.head.apply(head_params, {}, x)
-    return plan.loss_layer.apply({}, {}, (logits, *rest[:plan.loss_layer.n_in - 1]))[0], new_state
+    return plain_loss(plan.head.apply(head_params, {}, x)[0]), new_state
   logits = jax.ShapeDtypeStruct(x.shape[:2] + (head_params["kernel"].shape[1],), x.dtype)
   check_categorical(plan.loss_layer, logits, targets, weights)
   loss = projected_cross_entropy(x, head_params["kernel"], head_params.get("bias"), targets, weights,

@@ -125,22 +125,25 @@ class TrainStep:
   def loss(self, params, model_state, batch, rng):
     """The training loss of one (micro-)batch, the model's new state, and the loss before regularization."""
     inputs, rest = split_batch(self.model, batch)
+    loss, new_state = self._data_loss(params, model_state, inputs, rest, rng)
+    total = loss
+    if self.l2_weight:
+      total = total + regularization.l2_penalty(params, self.l2_weight, exclude=self.l2_exclude)
+    return total, (new_state, loss)
+
+  def _data_loss(self, params, model_state, inputs, rest, rng):
+    """`loss_layer(model(inputs), *rest)` and the model's new state: fused (`fused_head.py`) where it applies."""
+    plain_loss = lambda outputs: self.loss_layer.apply(
+        {}, {}, loss_inputs(self.loss_layer, self.model, outputs, rest))[0]
     if self.fused is not None:
-      loss, new_state = fused_loss(self.fused, params, model_state, inputs, rest, rng)
-      total = loss + (regularization.l2_penalty(params, self.l2_weight, exclude=self.l2_exclude)
-                      if self.l2_weight else 0.0)
-      return total, (new_state, loss)
+      return fused_loss(self.fused, params, model_state, inputs, rest, rng, plain_loss)
     run_params = params if self.compute_dtype is None else _cast(params, self.compute_dtype)
     if self.compute_dtype is not None:
       inputs = _cast(inputs, self.compute_dtype)
     outputs, new_state = self.model.apply(run_params, model_state, inputs, rng=rng, train=True)
     if self.compute_dtype is not None:
       outputs = _cast(outputs, jnp.float32)
-    loss, _ = self.loss_layer.apply({}, {}, loss_inputs(self.loss_layer, self.model, outputs, rest))
-    total = loss
-    if self.l2_weight:
-      total = total + regularization.l2_penalty(params, self.l2_weight, exclude=self.l2_exclude)
-    return total, (new_state, loss)
+    return plain_loss(outputs), new_state
 
   def _gradients(self, params, model_state, batch, rng):
     grad_fn = jax.value_and_grad(self.loss, has_aux=True)
