@@ -90,13 +90,13 @@ def percentile(values: list[float], q: float) -> float:
   return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def measure(work_name: str, names: list[str], args) -> list[dict]:
+def measure(work_name: str, pythons: dict[str, str], args) -> list[dict]:
   """Runs every framework's worker on one work, interleaved; returns one row of results per framework."""
   workers = []
   try:
-    for name in names:
+    for name, python in pythons.items():
       print(f"  starting {name} ...", file=sys.stderr, flush=True)
-      workers.append(Worker(name, find_python(name, args), work_name, args.warmup, args.threads,
+      workers.append(Worker(name, python, work_name, args.warmup, args.threads,
                             args.huge_pages))
     for r in range(args.rounds):
       order = workers[r % len(workers):] + workers[:r % len(workers)]
@@ -214,18 +214,18 @@ def main():
   parser.add_argument("--write", default=None, help="write the results (markdown) to this file, e.g. RESULTS.md")
   args = parser.parse_args()
 
-  names = []
+  pythons = {}
   for name in args.frameworks:
-    if find_python(name, args):
-      names.append(name)
-    else:
+    pythons[name] = find_python(name, args)
+    if pythons[name] is None:
       print(f"skipping {name}: not installed (see the top of this file)", file=sys.stderr)
+      del pythons[name]
   sections = [f"Measured {datetime.date.today()} on {machine()}; `python benchmarks/compare.py "
               f"--rounds {args.rounds} --steps {args.steps}{'' if args.huge_pages else ' --no-huge-pages'}` "
               f"(every framework {'with' if args.huge_pages else 'without'} `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`)."]
   for work_name in args.works:
     print(f"{work_name}:", file=sys.stderr, flush=True)
-    rows = measure(work_name, names, args)
+    rows = measure(work_name, pythons, args)
     sections.append(table(work_name, rows))
     print("\n" + sections[-1] + "\n", flush=True)
   if args.all:

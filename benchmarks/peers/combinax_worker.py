@@ -1,20 +1,15 @@
 """combinax worker for `benchmarks/compare.py`: the work of `work.py` with combinax models and the real
 `TrainStep` (the jitted, donated step `combinax-train` runs), AdamW without clipping, as the peers."""
 
-import os
 import sys
 
 import protocol
 import work
 
 args = protocol.parse_args(__doc__)
-if args.threads:  # as flax_worker.py: XLA sizes its CPU thread pools by the CPUs the process may run on
-  os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
-  if args.threads == 1:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+protocol.limit_xla_threads(args.threads)
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import combinax as cx  # noqa: E402
@@ -47,10 +42,8 @@ def main():
     holder["state"], metrics = step_fn(holder["state"], batches[i % len(batches)])
     return float(metrics["loss"])
 
-  a = jax.random.normal(jax.random.key(1), (protocol.MATMUL_SIZE,) * 2)
-  matmul = jax.jit(jnp.dot)
   protocol.serve(step, args.warmup, cx.count_params(train_state.params), f"combinax (JAX {jax.__version__})",
-                 matmul=lambda: matmul(a, a).block_until_ready())
+                 matmul=protocol.jax_matmul())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """Flax NNX worker for `benchmarks/compare.py`: the work of `work.py`, written with `flax.nnx` modules and optax."""
 
-import os
 
 import numpy as np
 
@@ -9,11 +8,7 @@ import work
 
 # Parsed before JAX is imported: XLA sizes its CPU thread pool when the backend starts.
 ARGS = protocol.parse_args(__doc__)
-if ARGS.threads:
-  # XLA has no thread-count option; its CPU client sizes its pools by the CPUs this process may run on.
-  os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:ARGS.threads])
-  if ARGS.threads == 1:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+protocol.limit_xla_threads(ARGS.threads)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -113,10 +108,8 @@ def main():
 
   n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   import flax
-  a = jax.random.normal(jax.random.key(1), (protocol.MATMUL_SIZE,) * 2)
-  matmul = jax.jit(jnp.dot)
   protocol.serve(step, ARGS.warmup, n_params, f"Flax NNX {flax.__version__} (JAX {jax.__version__})",
-                 matmul=lambda: matmul(a, a).block_until_ready())
+                 matmul=protocol.jax_matmul())
 
 
 if __name__ == "__main__":

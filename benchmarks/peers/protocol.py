@@ -12,6 +12,7 @@ Only this file and numpy are shared, so a worker runs in any virtual environment
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -25,6 +26,24 @@ def parse_args(description: str):
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: the framework's default)")
   return parser.parse_args()
+
+
+def limit_xla_threads(threads: int):
+  """For the JAX-based workers, before JAX is imported: XLA has no thread-count option, its CPU client sizes its
+  pools by the CPUs the process may run on, so the process is limited to the first `threads` of them."""
+  if threads:
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
+    if threads == 1:
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+
+
+def jax_matmul():
+  """`matmul()` for `serve`, with jax.numpy under jit (imported here: the Trax environment has no need of it)."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(1), (MATMUL_SIZE, MATMUL_SIZE))
+  dot = jax.jit(jnp.dot)
+  return lambda: dot(a, a).block_until_ready()
 
 
 def _say(message: dict):

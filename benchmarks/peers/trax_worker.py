@@ -12,11 +12,7 @@ import work
 
 # Parsed before JAX is imported: XLA sizes its CPU thread pool when the backend starts.
 ARGS = protocol.parse_args(__doc__)
-if ARGS.threads:
-  # XLA has no thread-count option; its CPU client sizes its pools by the CPUs this process may run on.
-  os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:ARGS.threads])
-  if ARGS.threads == 1:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+protocol.limit_xla_threads(ARGS.threads)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # `import trax` loads TensorFlow (unused here): keep it quiet
 
 import jax  # noqa: E402
