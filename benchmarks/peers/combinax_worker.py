@@ -6,8 +6,9 @@ import sys
 import protocol
 import work
 
-args = protocol.parse_args(__doc__)
-protocol.limit_xla_threads(args.threads)
+if __name__ == "__main__":  # (profile_step.py imports model_for)
+  args = protocol.parse_args(__doc__)
+  protocol.limit_xla_threads(args.threads)
 
 import jax  # noqa: E402
 import optax  # noqa: E402

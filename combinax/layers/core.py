@@ -16,6 +16,17 @@ from combinax.layers.combinators import Fn
 from combinax.layers.scopes import Combinator
 
 
+def dense_dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`x (..., k) @ kernel (k, n) -> (..., n)`, computed as one 2-D matmul over the flattened leading axes.
+
+  The same numbers as `jnp.dot(x, kernel)`, but the weight gradient autodiff derives from it contracts one axis,
+  not all the leading ones; XLA:CPU sends contractions over several axes to a slower matmul (a Transformer's
+  training step ran ~10% faster this way; benchmarks/RESULTS.md).
+  """
+  rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+  return jnp.dot(x.reshape(rows, x.shape[-1]), kernel).reshape(x.shape[:-1] + kernel.shape[1:])
+
+
 @gin.configurable(module="combinax.layers")
 class Dense(Layer):
   """A fully connected layer on the last axis: `x @ kernel + bias`.
@@ -42,7 +53,7 @@ class Dense(Layer):
   def forward(self, params, state, x, *, rng, train):
     check_rank(self, x, 1, "(..., features)")
     check_last_dim(self, x, params["kernel"].shape[0])
-    y = jnp.dot(x, params["kernel"])
+    y = dense_dot(x, params["kernel"])
     if self.use_bias:
       y = y + params["bias"].reshape((1,) * (y.ndim - 1) + (-1,))
     return y, state
@@ -105,7 +116,7 @@ class TiedLogits(Combinator):
     table = self.child_view(params, 0)["embedding"]
     check_rank(self, x, 1, "(..., d_feature)")
     check_last_dim(self, x, table.shape[1])
-    return jnp.dot(x, table.T.astype(x.dtype)), state
+    return dense_dot(x, table.T.astype(x.dtype)), state
 
 
 _ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)

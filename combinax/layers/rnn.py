@@ -137,7 +137,8 @@ def _lstm_recurrence_backward(residuals, cotangents):
 
   kernel_t = jnp.transpose(kernel)
   (d_h0, d_c0), d_z = jax.lax.scan(step, (d_h_last, d_c_last), (d_hs, cs, c_prev, gates), reverse=True)
-  d_kernel = jnp.einsum("tbn,tbg->ng", h_prev, d_z)
+  # One 2-D matmul over all steps (flattened: XLA:CPU is slower at contracting two axes).
+  d_kernel = jnp.dot(h_prev.reshape(-1, h_prev.shape[-1]).T, d_z.reshape(-1, d_z.shape[-1]))
   return d_z, d_kernel, d_c0, d_h0
 
 

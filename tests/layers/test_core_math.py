@@ -28,6 +28,19 @@ def test_dense_is_affine():
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("leading", [(), (3,), (2, 3), (2, 1, 3), (0, 3)])
+def test_dense_dot_is_dot_for_any_leading_axes_and_so_is_its_gradient(leading):
+  from combinax.layers.core import dense_dot
+  x = jax.random.normal(KEY, leading + (4,))
+  kernel = jax.random.normal(jax.random.key(1), (4, 5))
+  np.testing.assert_allclose(dense_dot(x, kernel), np.asarray(x) @ np.asarray(kernel), rtol=1e-5, atol=1e-6)
+  cotangent = jax.random.normal(jax.random.key(2), leading + (5,))
+  ours = jax.vjp(dense_dot, x, kernel)[1](cotangent)
+  plain = jax.vjp(jnp.dot, x, kernel)[1](cotangent)
+  for a, b in zip(ours, plain):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_initializers_are_selectable_per_layer():
   params, _ = cl.Dense(3, kernel_initializer="zeros", bias_initializer=initializers.ones()).init(
       KEY, cx.ShapeDtype((1, 2)))
