@@ -178,18 +178,29 @@ class TrainStep:
     frozen = self._frozen_mask(train_state.params)
     if frozen is not None:
       grads = jax.tree_util.tree_map(lambda g, keep: jnp.zeros_like(g) if keep else g, grads, frozen)
-    updates, opt_state = self.optimizer.update(grads, train_state.opt_state, train_state.params)
-    params = optax.apply_updates(train_state.params, updates)
-    if frozen is not None:
-      params = jax.tree_util.tree_map(lambda new, old, keep: old if keep else new, params, train_state.params,
-                                      frozen)
     grad_norm = optax.tree.norm(grads)
     # A non-finite loss or gradient freezes the state and records the step; the host then stops the run.
     finite = jnp.isfinite(total) & jnp.isfinite(grad_norm) & (train_state.bad_step < 0)
-    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    def update(params, opt_state, grads, new_model_state, old_model_state):
+      updates, opt_state = self.optimizer.update(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      if frozen is not None:
+        new_params = jax.tree_util.tree_map(lambda new, old, keep: old if keep else new, new_params, params, frozen)
+      # the same dtypes as before (a bfloat16 run may compute statistics in bfloat16): both branches must agree
+      new_model_state = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), new_model_state,
+                                               old_model_state)
+      return new_params, opt_state, new_model_state
+
+    def keep(params, opt_state, grads, new_model_state, old_model_state):
+      return params, opt_state, old_model_state
+
+    # A cond, not a select of new and old: XLA then updates the donated buffers in place (a select needs the old
+    # optimizer state beside the new, and copies it: ~12 ms a step for 10M parameters on a CPU).
+    params, opt_state, model_state = jax.lax.cond(
+        finite, update, keep, train_state.params, train_state.opt_state, grads, model_state, train_state.state)
     bad_step = jnp.where(finite | (train_state.bad_step >= 0), train_state.bad_step, train_state.step)
-    new = TrainState(keep(params, train_state.params), keep(model_state, train_state.state),
-                     keep(opt_state, train_state.opt_state), jnp.where(finite, train_state.step + 1, train_state.step),
+    new = TrainState(params, model_state, opt_state, jnp.where(finite, train_state.step + 1, train_state.step),
                      train_state.rng, bad_step)
     return new, {"loss": loss, "total_loss": total, "grad_norm": grad_norm}
 

@@ -86,15 +86,18 @@ def test_tensor_parallel_transformer_matches_data_parallel():
 
 def test_a_non_finite_loss_freezes_the_state_and_names_the_step():
   good, bad = mlp_batch(0), (mlp_batch(1)[0].at[0, 0].set(jnp.nan), mlp_batch(1)[1])
-  step = TrainStep(MLP((16, 2)), cl.CategoryCrossEntropy(), optax.sgd(0.1))
+  # Adam's moments and batch-norm statistics must freeze as well as the weights.
+  model = cl.Serial(cl.Dense(16), cl.BatchNorm(), cl.Relu(), cl.Dense(2))
+  step = TrainStep(model, cl.CategoryCrossEntropy(), optax.adam(0.1))
   state = step.init(KEY, good)
   state, _ = step(state, good)
-  after_good = jax.tree_util.tree_map(np.asarray, state.params)
+  after_good = jax.tree_util.tree_map(np.asarray, (state.params, state.opt_state, state.state))
   state, metrics = step(state, bad)
   state, _ = step(state, good)   # stays frozen after the first bad step
   assert int(state.bad_step) == 1 and int(state.step) == 1
   assert not np.isfinite(float(metrics["loss"]))
-  jax.tree_util.tree_map(np.testing.assert_array_equal, state.params, after_good)
+  assert jax.tree_util.tree_leaves(state.state)  # the model does have state
+  jax.tree_util.tree_map(np.testing.assert_array_equal, (state.params, state.opt_state, state.state), after_good)
 
 
 def test_l2_and_mixed_precision():
