@@ -91,55 +91,60 @@ class _LSTMRecurrence(Layer):
 
 
 def _lstm_forward(projected, kernel, c0, h0):
-  """Runs the recurrence over time-major `projected` (T, batch, 4n); returns (hs, cs, gates), all time-major, gates
-  after their nonlinearities (i, f, g, o)."""
-  def step(carry, z_in):
-    c, h, gates = _lstm_step(z_in, *carry, kernel)
+  """Runs the recurrence over batch-major `projected` (batch, T, 4n), reading each step where it lies (no
+  time-major copy of the projections); returns hs (batch, T, n) and, time-major, cs and the gates after their
+  nonlinearities (i, f, g, o)."""
+  def step(carry, t):
+    c, h, gates = _lstm_step(jax.lax.dynamic_index_in_dim(projected, t, 1, keepdims=False), *carry, kernel)
     return (c, h), (h, c, jnp.concatenate(gates, axis=-1))
-  _, (hs, cs, gates) = jax.lax.scan(step, (c0, h0), projected)
-  return hs, cs, gates
+  _, (hs, cs, gates) = jax.lax.scan(step, (c0, h0), jnp.arange(projected.shape[1]))
+  return jnp.swapaxes(hs, 0, 1), cs, gates
 
 
 @jax.custom_vjp
 def lstm_recurrence(projected, kernel, c0, h0):
-  """The LSTM recurrence over a whole sequence: projected inputs x_t W + b, time-major (T, batch, 4n), the
-  recurrent kernel (n, 4n) and the initial carries (batch, n) -> (hs (T, batch, n), c_T, h_T).
+  """The LSTM recurrence over a whole sequence: projected inputs x_t W + b (batch, T, 4n), the recurrent kernel
+  (n, 4n) and the initial carries (batch, n) -> (hs (batch, T, n), c_T, h_T).
 
-  Its gradient is written by hand, cuDNN-style: the backward scan only carries dh and dc and emits each step's
-  gate gradient; the recurrent kernel's gradient is then one matmul over all steps, not a rank-`batch` update per
-  step as autodiff of the scan would make (checked against autodiff in the tests).
+  Its gradient is written by hand, cuDNN-style: the backward scan only carries dh and dc and writes each step's
+  gate gradient into place; the recurrent kernel's gradient is then one matmul over all steps, not a rank-`batch`
+  update per step as autodiff of the scan would make (checked against autodiff in the tests).
   """
   hs, cs, _ = _lstm_forward(projected, kernel, c0, h0)
-  return hs, cs[-1], hs[-1]
+  return hs, cs[-1], hs[:, -1]
 
 
 def _lstm_recurrence_forward(projected, kernel, c0, h0):
   hs, cs, gates = _lstm_forward(projected, kernel, c0, h0)
-  return (hs, cs[-1], hs[-1]), (kernel, c0, h0, hs, cs, gates)
+  return (hs, cs[-1], hs[:, -1]), (kernel, c0, h0, hs, cs, gates)
 
 
 def _lstm_recurrence_backward(residuals, cotangents):
   kernel, c0, h0, hs, cs, gates = residuals
   d_hs, d_c_last, d_h_last = cotangents
   c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)
-  h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
 
   def step(carry, per_step):
-    d_h_next, d_c_next = carry
-    d_h_out, c, c_before, gate = per_step
+    d_h_next, d_c_next, d_projected = carry
+    t, c, c_before, gate = per_step
     i, f, g, o = jnp.split(gate, 4, axis=-1)
-    d_h = d_h_out + d_h_next
+    d_h = jax.lax.dynamic_index_in_dim(d_hs, t, 1, keepdims=False) + d_h_next
     tanh_c = jnp.tanh(c)
     d_c = d_c_next + d_h * o * (1.0 - tanh_c * tanh_c)
     d_z = jnp.concatenate([d_c * g * i * (1.0 - i), d_c * c_before * f * (1.0 - f), d_c * i * (1.0 - g * g),
                            d_h * tanh_c * o * (1.0 - o)], axis=-1)
-    return (jnp.dot(d_z, kernel_t), d_c * f), d_z
+    d_projected = jax.lax.dynamic_update_index_in_dim(d_projected, d_z.astype(d_projected.dtype), t, 1)
+    return (jnp.dot(d_z, kernel_t), d_c * f, d_projected), None
 
   kernel_t = jnp.transpose(kernel)
-  (d_h0, d_c0), d_z = jax.lax.scan(step, (d_h_last, d_c_last), (d_hs, cs, c_prev, gates), reverse=True)
+  batch, length = hs.shape[:2]
+  d_projected = jnp.zeros((batch, length, gates.shape[-1]), gates.dtype)
+  (d_h0, d_c0, d_projected), _ = jax.lax.scan(step, (d_h_last, d_c_last, d_projected),
+                                              (jnp.arange(length), cs, c_prev, gates), reverse=True)
   # One 2-D matmul over all steps (flattened: XLA:CPU is slower at contracting two axes).
-  d_kernel = jnp.dot(h_prev.reshape(-1, h_prev.shape[-1]).T, d_z.reshape(-1, d_z.shape[-1]))
-  return d_z, d_kernel, d_c0, d_h0
+  h_prev = jnp.concatenate([h0[:, None], hs[:, :-1]], axis=1)
+  d_kernel = jnp.dot(h_prev.reshape(-1, h_prev.shape[-1]).T, d_projected.reshape(-1, d_projected.shape[-1]))
+  return d_projected, d_kernel, d_c0, d_h0
 
 
 lstm_recurrence.defvjp(_lstm_recurrence_forward, _lstm_recurrence_backward)
@@ -171,8 +176,7 @@ class _LSTMSequenceRecurrence(Layer):
   def forward(self, params, state, inputs, *, rng, train):
     projected, c0, h0 = inputs
     self._check(projected, c0, h0)
-    hs, c_last, h_last = lstm_recurrence(jnp.swapaxes(projected, 0, 1), params["kernel"], c0, h0)
-    return (jnp.swapaxes(hs, 0, 1), c_last, h_last), state
+    return lstm_recurrence(projected, params["kernel"], c0, h0), state
 
 
 class _GRURecurrence(Layer):

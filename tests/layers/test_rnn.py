@@ -263,16 +263,16 @@ def test_lstm_recurrence_gradient_is_autodiff_of_the_scanned_cell():
   from jax.test_util import check_grads
   from combinax.layers.rnn import _lstm_forward, lstm_recurrence
   k = jax.random.split(jax.random.key(7), 4)
-  projected, kernel = jax.random.normal(k[0], (6, 3, 16)), 0.5 * jax.random.normal(k[1], (4, 16))
+  projected, kernel = jax.random.normal(k[0], (3, 6, 16)), 0.5 * jax.random.normal(k[1], (4, 16))
   c0, h0 = jax.random.normal(k[2], (3, 4)), jax.random.normal(k[3], (3, 4))
-  weights = [jax.random.normal(jax.random.key(i), s) for i, s in enumerate([(6, 3, 4), (3, 4), (3, 4)])]
+  weights = [jax.random.normal(jax.random.key(i), s) for i, s in enumerate([(3, 6, 4), (3, 4), (3, 4)])]
 
   def loss(recurrence, *args):   # uses every output: the sequence and both final carries
     return sum(jnp.sum(w * y) for w, y in zip(weights, recurrence(*args)))
 
   def by_autodiff(projected, kernel, c0, h0):
     hs, cs, _ = _lstm_forward(projected, kernel, c0, h0)
-    return hs, cs[-1], hs[-1]
+    return hs, cs[-1], hs[:, -1]
 
   args = (projected, kernel, c0, h0)
   want = jax.value_and_grad(lambda *a: loss(by_autodiff, *a), argnums=(0, 1, 2, 3))(*args)
