@@ -4,8 +4,12 @@
     python benchmarks/profile_step.py --work transformer --steps 5 [--top 40]
 
 Prints the step's median time, then each HLO instruction the trace saw (fusions, dots, loops' bodies), with its
-share of the traced time, what it computes (the `op_name` of its source) and, for dots, its GFLOP/s. Run it with
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` as `combinax-train` runs.
+share of the traced time, what it computes (the `op_name` of its source) and, for matmuls, their GFLOP/s. Run it
+with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` as `combinax-train` runs.
+
+Read it with two cautions: XLA:CPU runs independent ops side by side, so durations may overlap (the traced total can
+exceed the step); and a plain `dot` (one YNNPACK does not take) runs on Eigen's thread pool, where the trace sees
+only its dispatch, so its time is not its cost and its rate says "async".
 """
 
 import argparse
@@ -41,34 +45,43 @@ import combinax_worker  # noqa: E402  (its model_for; importing it parses no arg
 import work  # noqa: E402
 
 
+def _dot_flops(line: str, name: str, shapes: dict) -> int:
+  """2 * output size * contracted size of a `dot` instruction line, or 0 when the line is no dot."""
+  operands = re.search(r"\bdot\(%?([\w.\-]+)", line)
+  contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
+  if not operands or not contracting or operands.group(1) not in shapes:
+    return 0
+  contracted = 1
+  for d in contracting.group(1).split(","):
+    contracted *= shapes[operands.group(1)][int(d)]
+  out = 1
+  for d in shapes[name]:
+    out *= d
+  return 2 * out * contracted
+
+
 def hlo_instructions(path: str) -> dict:
-  """name -> (opcode line, op_name metadata, dot FLOPs or 0) for every instruction of an optimized HLO module."""
-  text = open(path).read()
-  shapes = {}
-  found = {}
-  for line in text.splitlines():
+  """name -> (opcode, op_name metadata, dot FLOPs or 0) for every instruction of an optimized HLO module; a fusion
+  counts the FLOPs of the dots in the computation it calls (instruction names are unique in a module)."""
+  shapes, lines, computation_flops, computation = {}, {}, collections.Counter(), None
+  for line in open(path).read().splitlines():
+    head = re.match(r"^(?:ENTRY )?%([\w.\-]+) \(", line)
+    if head:
+      computation = head.group(1)
     m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\]", line)
     if not m:
       continue
-    name, _, dims = m.groups()
+    name, dims = m.group(1), m.group(3)
     shapes[name] = [int(d) for d in dims.split(",") if d]
+    lines[name] = line
+    computation_flops[computation] += _dot_flops(line, name, shapes)
+  found = {}
+  for name, line in lines.items():
     op = re.search(r'op_name="([^"]*)"', line)
-    flops = 0
-    if re.search(r"\bdot\(", line) or "custom-call" in line and "matmul" in line:
-      operands = re.search(r"dot\(([^)]*)\)", line)
-      contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
-      if operands and contracting:
-        lhs = operands.group(1).split(",")[0].strip().lstrip("%").split(" ")[-1].lstrip("%")
-        lhs_shape = shapes.get(lhs)
-        if lhs_shape:
-          k = 1
-          for d in contracting.group(1).split(","):
-            k *= lhs_shape[int(d)]
-          out = 1
-          for d in shapes[name]:
-            out *= d
-          flops = 2 * out * k
     kind = re.search(r"= [\w\[\],{}:\d ]*?\s(\w[\w-]*)\(", line)
+    called = re.search(r"calls=%([\w.\-]+)", line)
+    flops = computation_flops[called.group(1)] if kind and kind.group(1) == "fusion" and called else \
+        _dot_flops(line, name, shapes)
     found[name] = (kind.group(1) if kind else "?", op.group(1) if op else "", flops)
   return found
 
@@ -115,7 +128,7 @@ def main():
   print(f"\n{'ms':>7} {'runs':>5} {'GFLOP/s':>7}  instruction  (source op)")
   for name, us in spent.most_common(args.top):
     kind, op, flops = instructions[name]
-    rate = f"{flops * count[name] / us / 1e3:.0f}" if flops else ""
+    rate = "" if not flops else "async" if kind == "dot" else f"{flops * count[name] / us / 1e3:.0f}"
     print(f"{us / 1e3:7.1f} {count[name]:5.0f} {rate:>7}  {name} [{kind}]  {op[-90:]}")
 
 
