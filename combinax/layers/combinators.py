@@ -44,10 +44,15 @@ def _as_branch(arg) -> Layer:
   if isinstance(arg, Layer):
     return arg
   if arg is None or (isinstance(arg, (list, tuple)) and not arg):
-    return _hidden(Select([0], name="Identity"))
+    return _identity()
   if isinstance(arg, (list, tuple)):
     return _hidden(Serial(*arg))
   raise TypeError(f"expected a layer, None or a list of layers, got {type(arg).__name__} ({arg!r})")
+
+
+def _identity() -> Layer:
+  """The 1 -> 1 identity that None, [] and an empty `Serial` stand for (hidden: it prints as nothing)."""
+  return _hidden(Select([0], name="Identity"))
 
 
 def _hidden(layer: Layer) -> Layer:
@@ -61,10 +66,13 @@ class Serial(Combinator):
 
   >>> Serial(Dup(), Dup()).n_out  # 1 item in, 3 out
   3
+  >>> Serial().n_in, Serial().n_out, Branch(Serial(), Dup()).n_out  # empty: the identity, as in Trax
+  (1, 1, 3)
   """
 
   def __init__(self, *layers, name: str | None = None):
-    layers = _flatten(layers)
+    # As in Trax, a Serial of nothing is the 1 -> 1 identity, so `Branch([], PaddingMask())` keeps its input.
+    layers = _flatten(layers) or [_identity()]
     n_in = height = 0
     for layer in layers:
       if height < layer.n_in:
@@ -199,7 +207,7 @@ class Residual(Serial):
   def __init__(self, *layers, shortcut: Layer | None = None, name: str | None = None):
     main = _flatten(layers)
     body = main[0] if len(main) == 1 else _hidden(Serial(*main))
-    shortcut_layer = shortcut if shortcut is not None else _hidden(Select([0], name="Identity"))
+    shortcut_layer = shortcut if shortcut is not None else _identity()
     super().__init__(_hidden(Branch(shortcut_layer, body)), Add(), name=name)
     self.main, self.shortcut = tuple(main), shortcut
 

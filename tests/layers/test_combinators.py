@@ -24,9 +24,20 @@ def test_serial_arity_follows_from_its_layers():
   assert (cl.Serial(cl.Dup(), cl.Dup()).n_in, cl.Serial(cl.Dup(), cl.Dup()).n_out) == (1, 3)
   assert (cl.Serial(cl.Add(), cl.Add()).n_in, cl.Serial(cl.Add(), cl.Add()).n_out) == (3, 1)
   assert (cl.Serial(cl.Drop(), cl.Dup()).n_in, cl.Serial(cl.Drop(), cl.Dup()).n_out) == (2, 2)
-  assert (cl.Serial().n_in, cl.Serial().n_out) == (0, 0)
   out = run(cl.Serial(cl.Dup(), cl.Dup()), arr(1, 2))
   assert len(out) == 3 and all(np.array_equal(o, [1, 2]) for o in out)
+
+
+def test_an_empty_serial_is_the_identity_as_in_trax():
+  """Trax: "a special-case (but useful) 1-input 1-output no-op"; Trax code leans on it inside Branch."""
+  for empty in (cl.Serial(), cl.Serial([], None), cl.Serial([[]])):
+    assert (empty.n_in, empty.n_out) == (1, 1)
+    np.testing.assert_array_equal(run(empty, arr(1, 2)), [1, 2])
+    assert str(empty) == "Serial" and empty.init(jax.random.key(0), arr(1, 2)) == ({}, {})
+  for branch in (cl.Branch(cl.Serial(), cl.Dup()), cl.Branch([], cl.Dup()), cl.Branch(None, cl.Dup())):
+    assert (branch.n_in, branch.n_out) == (1, 3)
+    assert all(np.array_equal(o, [1, 2]) for o in run(branch, arr(1, 2)))
+  np.testing.assert_array_equal(run(cl.Residual(cl.Serial()), arr(1, 2)), [2, 4])   # x + identity(x)
 
 
 def test_serial_runs_on_top_of_the_stack_and_passes_the_rest():
