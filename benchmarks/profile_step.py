@@ -90,7 +90,7 @@ def main():
   config = work.WORKS[args.work]
   model = combinax_worker.model_for(args.work, config)
   step_fn = TrainStep(model, cl.CategoryCrossEntropy(),
-                      optax.adamw(config["lr"], weight_decay=config["weight_decay"]))
+                      optax.adamw(config["lr"], weight_decay=config["weight_decay"]), fuse_loss=True)
   batches = [(b[:, 1:], b[:, 1:]) for b in (jax.device_put(b) for b in work.batches(args.work))]
   state = step_fn.init(jax.random.key(0), batches[0])
   for i in range(3):

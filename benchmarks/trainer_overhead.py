@@ -47,7 +47,7 @@ def pipeline():
 def loop_rate(steps: int, log_every: int) -> float:
   """Median steps/s the Trainer logs, after its first logging interval."""
   task = TrainTask(data=pipeline(), optimizer=optax.adamw, schedule=schedules.constant(CONFIG["lr"]),
-                   weight_decay=CONFIG["weight_decay"], clip_norm=None)
+                   weight_decay=CONFIG["weight_decay"], clip_norm=None, fuse_loss=True)
   with tempfile.TemporaryDirectory() as output_dir, contextlib.redirect_stdout(io.StringIO()):
     Trainer(model(), task, output_dir=output_dir, steps=steps, log_every=log_every,
             checkpoint_every=10 ** 9, progress=False).run()
@@ -58,7 +58,7 @@ def loop_rate(steps: int, log_every: int) -> float:
 def bare_rate(steps: int, chunk: int) -> float:
   """Median steps/s of the bare TrainStep over chunks of `chunk` steps (one host sync per chunk)."""
   step = TrainStep(model(), cl.WeightedCategoryCrossEntropy(),
-                   optax.adamw(CONFIG["lr"], weight_decay=CONFIG["weight_decay"]))
+                   optax.adamw(CONFIG["lr"], weight_decay=CONFIG["weight_decay"]), fuse_loss=True)
   stream = pipeline()()
   batches = [next(stream) for _ in range(16)]
   state = step.init(jax.random.key(0), batches[0])

@@ -32,7 +32,7 @@ def main():
   config = work.WORKS[args.work]
   model = model_for(args.work, config)
   optimizer = optax.adamw(config["lr"], weight_decay=config["weight_decay"])
-  step_fn = TrainStep(model, cl.CategoryCrossEntropy(), optimizer)
+  step_fn = TrainStep(model, cl.CategoryCrossEntropy(), optimizer, fuse_loss=True)   # both works end in a Dense
   # The LM shifts its inputs right inside: the targets are its inputs.
   batches = [jax.device_put(b[:, 1:]) for b in work.batches(args.work)]
   batches = [(b, b) for b in batches]

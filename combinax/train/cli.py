@@ -8,14 +8,13 @@ to the checkpoints; `combinax-decode` reads `config.gin` back, so it builds the 
 Multi-host: start the same command on every host with `--multihost` (and JAX's coordinator environment variables,
 or a cluster JAX detects); it calls `jax.distributed.initialize()` before anything else.
 
-On Linux, `combinax-train` restarts itself once with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (unless
-GLIBC_TUNABLES already names it, or COMBINAX_HUGE_PAGES=0): XLA:CPU allocates its scratch buffer (hundreds of MB)
-afresh for every step, and with 4 KiB pages the kernel faults in every page of it every step; on transparent huge
-pages a training step is ~10% faster (benchmarks/RESULTS.md).
+`--help` prints what each command does and its flags; the console shows combinax's own lines only (JAX's note
+that it found no TPU is kept out). `combinax-train` restarts itself once on Linux, and says so (see `TRAIN_HELP`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -33,6 +32,26 @@ flags.DEFINE_integer("max_length", 60, "combinax-decode: tokens to generate")
 flags.DEFINE_float("temperature", 0.8, "combinax-decode: 0 is greedy")
 flags.DEFINE_integer("top_k", 40, "combinax-decode: sample among the k likeliest tokens (0: all)")
 flags.DEFINE_integer("seed", 0, "combinax-decode: sampling seed")
+
+
+TRAIN_HELP = """combinax-train: trains the model a gin config describes; rerunning it resumes from the newest checkpoint.
+
+  combinax-train --config_file=configs/transformer_lm_kjv.gin --output_dir=runs/lm [--config='Trainer.steps = 100']
+
+Writes checkpoints, config.gin, operative_config.gin, metrics.jsonl and TensorBoard files to --output_dir.
+
+Huge pages: on Linux, combinax-train restarts itself once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (and prints a
+line saying so), unless GLIBC_TUNABLES already names it or the environment has COMBINAX_HUGE_PAGES=0. XLA:CPU
+allocates its scratch buffer (hundreds of MB) afresh for every step; on 4 KiB pages the kernel faults in every page of
+it every step, and on transparent huge pages a training step is ~10% faster (benchmarks/RESULTS.md).
+"""
+
+DECODE_HELP = """combinax-decode: samples from the language model that combinax-train trained in --output_dir.
+
+  combinax-decode --output_dir=runs/lm --prompt="In the beginning" [--max_length=60 --temperature=0.8 --top_k=40]
+
+Builds the model and tokenizer from --output_dir/config.gin and loads the newest checkpoint's params.
+"""
 
 
 class ConfigError(SystemExit):
@@ -125,7 +144,19 @@ def decode_main(argv):
     print(tokenizer.decode(np.asarray([i for i in given if i != eos] + ids, np.int32)))
 
 
+def _shown_help(help_text: str) -> bool:
+  """Prints `help_text` and this module's flags if the command line asks for help (absl's own --help would show
+  only the flags of the console script's stub)."""
+  if not {"--help", "-h", "-help", "--helpshort"} & set(sys.argv[1:]):
+    return False
+  print(help_text + "\nflags:\n" + FLAGS.module_help(__name__))
+  return True
+
+
 def _run(main):
+  """Runs `main` under absl, JAX's startup notes kept quiet; a ConfigError exits with its message (code 2)."""
+  # "Unable to initialize backend 'tpu'" and its like are INFO lines of JAX's backend discovery, not ours.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   try:
     app.run(main)
   except ConfigError as e:
@@ -157,8 +188,13 @@ def _thp_mode() -> str | None:
 
 def train():
   """Entry point of `combinax-train`."""
+  if _shown_help(TRAIN_HELP):
+    return
   environment = huge_pages_environment(os.environ, _thp_mode())
   if environment is not None:
+    print(f"combinax-train: restarting with GLIBC_TUNABLES={environment['GLIBC_TUNABLES']} (transparent huge pages "
+          "for XLA's per-step scratch buffers; COMBINAX_HUGE_PAGES=0 turns this off; --help says more)",
+          file=sys.stderr, flush=True)
     os.execve(sys.executable, [sys.executable, "-c", "from combinax.train.cli import train; train()",
                                *sys.argv[1:]], environment)
   _run(train_main)
@@ -166,4 +202,5 @@ def train():
 
 def decode():
   """Entry point of `combinax-decode`."""
-  _run(decode_main)
+  if not _shown_help(DECODE_HELP):
+    _run(decode_main)

@@ -1,11 +1,12 @@
-"""Training-time fusion of a model's final `Dense` (the logits) with its softmax cross-entropy loss.
+"""Training-time fusion of a model's final `Dense` (the logits) with its softmax cross-entropy loss, on request.
 
 A language model's last layer projects to the vocabulary, and the loss then reads those (batch, length, vocab)
-logits once for the softmax and once more for its gradient. `TrainStep` recognises a model that is a `Serial`
-ending in a plain `Dense`, trained with `CategoryCrossEntropy` or `WeightedCategoryCrossEntropy`, and computes that
-pair with `projected_cross_entropy`: the same loss and gradients, a chunk of positions at a time, so the full
-logits are never built (faster on CPU, far less memory). Nothing about the model changes: its params, paths and
-`apply` are as they were, and evaluation runs it whole. `TrainStep(fuse_loss=False)` turns this off.
+logits once for the softmax and once more for its gradient. Asked with `TrainStep(fuse_loss=True)` (in gin,
+`TrainTask.fuse_loss = True`), `TrainStep` computes that pair with `projected_cross_entropy`: the same loss and
+gradients, a chunk of positions at a time, so the full logits are never built (faster on CPU, far less memory).
+It applies to a model that is a `Serial` ending in a plain `Dense`, trained with `CategoryCrossEntropy` or
+`WeightedCategoryCrossEntropy`; asked of anything else it raises a `ValueError` that says what does not fit.
+Nothing about the model changes: its params, paths and `apply` are as they were, and evaluation runs it whole.
 """
 
 from __future__ import annotations
@@ -34,20 +35,24 @@ def _layers(layers):
     yield from _layers(getattr(layer, "sublayers", ()))
 
 
-def fused_head(model: Layer, loss_layer: Layer) -> FusedHead | None:
-  """The fusion plan for `model` and `loss_layer`, or None when the pair does not have the fusable shape."""
+def fused_head(model: Layer, loss_layer: Layer) -> FusedHead:
+  """The fusion plan for `model` and `loss_layer`; a ValueError naming what does not fit when they cannot fuse."""
+  def cannot(why: str):
+    return ValueError(f"fuse_loss=True: {why}; fusion needs a model that is a Serial ending in a Dense (the "
+                      "logits, with no other use of its weights) and a (Weighted)CategoryCrossEntropy loss. "
+                      "Set fuse_loss=False for this model.")
   if type(loss_layer) not in (CategoryCrossEntropy, WeightedCategoryCrossEntropy):
-    return None
-  if not isinstance(model, Serial) or len(model.sublayers) < 2 or model.n_out != 1:
-    return None
+    raise cannot(f"the loss is {loss_layer.name}")
+  if not isinstance(model, Serial) or model.n_out != 1:
+    raise cannot(f"the model {model.name} is not a Serial with one output")
   head, key = model.sublayers[-1], model.child_slots[-1]
   if type(head) is not Dense or not isinstance(key, str):
-    return None
-  if any(layer is head for layer in _layers(model.sublayers[:-1])):  # shared weights: leave it alone
-    return None
+    raise cannot(f"the model ends in {head.name}, not a Dense")
+  if any(layer is head for layer in _layers(model.sublayers[:-1])):
+    raise cannot(f"the final Dense ({key}) is shared with another place in the model")
   body = Serial(*model.sublayers[:-1])
   if body.n_in != model.n_in or body.n_out != 1:
-    return None
+    raise cannot(f"the layers before the final Dense ({key}) do not take the model's inputs to one array")
   return FusedHead(body, head, key, loss_layer)
 
 

@@ -80,15 +80,16 @@ class TrainStep:
       that matches none of these patterns is frozen too (e.g. `["*_lora_*"]` trains only LoRA adapters). Frozen
       parameters get no gradient (XLA drops its computation) and do not count in the gradient norm or clipping.
     compute_dtype: e.g. jnp.bfloat16: run the model in that dtype, keep float32 master params and updates.
-    fuse_loss: when the model ends in a `Dense` and the loss is a categorical cross-entropy, compute the two
-      together, a chunk of positions at a time (`fused_head.py`): same loss and gradients, faster, less memory.
+    fuse_loss: compute the model's final `Dense` and the categorical cross-entropy loss together, a chunk of
+      positions at a time (`fused_head.py`): same loss and gradients, faster, less memory. A ValueError says why
+      when the model or the loss does not fit.
   """
 
   def __init__(self, model: Layer, loss_layer: Layer, optimizer: optax.GradientTransformation,
                mesh: Mesh | None = None, rules: Iterable = (), l2_weight: float = 0.0,
                l2_exclude: Iterable[str] = regularization.DEFAULT_EXCLUDE, accumulate_steps: int = 1,
                frozen: Iterable[str] = (), compute_dtype=None, trainable: Iterable[str] | None = None,
-               fuse_loss: bool = True):
+               fuse_loss: bool = False):
     self.model, self.loss_layer, self.optimizer = model, loss_layer, optimizer
     self.trainable = None if trainable is None else tuple(trainable)
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
@@ -96,7 +97,10 @@ class TrainStep:
     self.accumulate_steps, self.frozen, self.compute_dtype = int(accumulate_steps), tuple(frozen), compute_dtype
     if self.accumulate_steps < 1:
       raise ValueError(f"accumulate_steps must be >= 1, got {accumulate_steps}")
-    self.fused = fused_head(model, loss_layer) if fuse_loss and compute_dtype is None else None
+    if fuse_loss and compute_dtype is not None:
+      raise ValueError(f"fuse_loss=True computes the logits in float32; it cannot run with compute_dtype="
+                       f"{jnp.dtype(compute_dtype).name}: set one of them")
+    self.fused = fused_head(model, loss_layer) if fuse_loss else None
     self._compiled = None
 
   # --- Initialisation ---------------------------------------------------------------------------------------

@@ -102,3 +102,34 @@ def test_combinax_train_restarts_once_on_huge_pages_where_it_can():
       "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
   assert cli.huge_pages_environment({}, "never") is None
   assert cli.huge_pages_environment({"COMBINAX_HUGE_PAGES": "0"}, "always") is None
+
+
+def _command(entry: str, *args, env=None):
+  import os
+  import subprocess
+  import sys
+  # Without JAX_PLATFORMS (conftest sets it), as users run it: JAX then looks for a TPU first.
+  environ = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  return subprocess.run([sys.executable, "-c", f"from combinax.train.cli import {entry}; {entry}()", *args],
+                        capture_output=True, text=True, timeout=300, env={**environ, **(env or {})})
+
+
+def test_help_explains_each_command_and_the_huge_pages_restart():
+  train_help = _command("train", "--help")
+  assert train_help.returncode == 0 and "restarting" not in train_help.stderr
+  assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in train_help.stdout and "COMBINAX_HUGE_PAGES=0" in train_help.stdout
+  assert "--config_file" in train_help.stdout and "--output_dir" in train_help.stdout
+  assert "combinax-decode: samples" in _command("decode", "--help").stdout
+
+
+def test_the_console_shows_combinax_lines_only_and_the_restart_once(tmp_path):
+  config = next(c for c in CONFIGS if c.stem == "digits_cnn")
+  bindings = [f"--config={b}" for b in ["Trainer.steps = 1", "Trainer.log_every = 1", "EvalTask.n_batches = 1"]]
+  done = _command("train", f"--config_file={config}", f"--output_dir={tmp_path}", *bindings,
+                  env={"COMBINAX_CACHE": str(tmp_path / "cache"), "GLIBC_TUNABLES": ""})
+  assert done.returncode == 0, done.stderr
+  assert "Unable to initialize backend" not in done.stderr + done.stdout
+  restarts = done.stderr.count("combinax-train: restarting with GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
+  assert restarts == (1 if cli.huge_pages_environment({}, cli._thp_mode()) else 0), done.stderr
+  lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+  assert all(line.startswith(("combinax-train:", "step ")) for line in lines), lines

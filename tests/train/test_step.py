@@ -128,8 +128,8 @@ def test_fused_logits_loss_trains_exactly_like_the_plain_path(loss_layer):
   batches = [(tokens, tokens, weights)] * 3
   model = TransformerLM(40, d_model=16, d_ff=32, n_layers=2, n_heads=2, dropout=0.1)
   # SGD: Adam would turn the rounding noise of the key bias's zero gradient into full-size steps.
-  fused = TrainStep(model, loss_layer, optax.sgd(0.1), l2_weight=0.01)
-  plain = TrainStep(model, loss_layer, optax.sgd(0.1), l2_weight=0.01, fuse_loss=False)
+  fused = TrainStep(model, loss_layer, optax.sgd(0.1), l2_weight=0.01, fuse_loss=True)
+  plain = TrainStep(model, loss_layer, optax.sgd(0.1), l2_weight=0.01)   # the default: the model as written
   assert fused.fused is not None and fused.fused.key == "logits" and plain.fused is None
   a, metrics_a = run(fused, batches)
   b, metrics_b = run(plain, batches)
@@ -137,15 +137,22 @@ def test_fused_logits_loss_trains_exactly_like_the_plain_path(loss_layer):
   assert_trees_close(a.params, b.params, rtol=1e-4, atol=1e-5)
 
 
-def test_fusion_applies_only_where_it_is_exact():
+def test_fusion_is_asked_for_and_refused_with_the_reason_where_it_would_not_be_exact():
   from combinax.train.fused_head import fused_head
   lm = dict(d_model=8, d_ff=16, n_layers=1, n_heads=2)
-  assert fused_head(TransformerLM(16, **lm), cl.CategoryCrossEntropy()) is not None
-  assert fused_head(TransformerLM(16, tie_embeddings=True, **lm), cl.CategoryCrossEntropy()) is None
-  assert fused_head(TransformerLM(16, **lm), cl.L2Loss()) is None
+  assert fused_head(TransformerLM(16, **lm), cl.CategoryCrossEntropy()).key == "logits"
   dense = cl.Dense(4)
-  assert fused_head(cl.Serial(dense, cl.Relu(), dense), cl.CategoryCrossEntropy()) is None   # shared weights
-  assert fused_head(cl.Serial(cl.Dense(4), cl.Softmax()), cl.CategoryCrossEntropy()) is None
+  refused = [(TransformerLM(16, tie_embeddings=True, **lm), cl.CategoryCrossEntropy(), "ends in TiedLogits"),
+             (TransformerLM(16, **lm), cl.L2Loss(), "the loss is L2Loss"),
+             (cl.Serial(dense, cl.Relu(), dense), cl.CategoryCrossEntropy(), "shared"),
+             (cl.Serial(cl.Dense(4), cl.Softmax()), cl.CategoryCrossEntropy(), "ends in Softmax"),
+             (cl.Dense(4), cl.CategoryCrossEntropy(), "not a Serial")]
+  for model, loss_layer, reason in refused:
+    with pytest.raises(ValueError, match=f"fuse_loss=True: .*{reason}.*Set fuse_loss=False"):
+      TrainStep(model, loss_layer, optax.sgd(0.1), fuse_loss=True)
+  with pytest.raises(ValueError, match="compute_dtype=bfloat16"):
+    TrainStep(TransformerLM(16, **lm), cl.CategoryCrossEntropy(), optax.sgd(0.1), fuse_loss=True,
+              compute_dtype=jnp.bfloat16)
   # A (batch, features) classifier has the fusable shape but takes the plain path inside (no length axis).
   batches = [mlp_batch(i) for i in range(2)]
   make = lambda fuse: TrainStep(MLP((16, 2)), cl.CategoryCrossEntropy(), optax.sgd(0.5), fuse_loss=fuse)
