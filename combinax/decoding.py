@@ -35,15 +35,13 @@ def _check_model(model: Layer, n_positions: int, inputs):
   if model.n_in != expected_n_in:
     raise ValueError(f"{model.name}: a model with n_in={model.n_in} needs "
                      f"{'inputs= (an encoder-decoder)' if model.n_in == 2 else 'no inputs= (decoder-only)'}")
-  modes = {getattr(l, "mode", None) for l in _layers(model)} - {None}
-  if "predict" not in modes:
-    raise ValueError(f"{model.name}: decoding needs the model built with mode='predict'")
+  if not model.decodes:
+    raise ValueError(f"{model.name}: decoding needs the model built with mode='predict' (it keeps no decoding state)")
   for layer in _layers(model):
-    limit = getattr(layer, "max_len", None)
-    cached = isinstance(layer, DotProductAttention) and layer.causal
-    if (cached or isinstance(layer, LearnedPositionalEncoding)) and limit < n_positions:
+    cached = isinstance(layer, DotProductAttention) and layer.decodes
+    if (cached or isinstance(layer, LearnedPositionalEncoding)) and layer.max_len < n_positions:
       raise ValueError(f"{model.name}: decoding {n_positions} positions needs max_len >= {n_positions}, "
-                       f"but {layer.name} has max_len={limit}")
+                       f"but {layer.name} has max_len={layer.max_len}")
 
 
 def _as_prompt(prompt, inputs, batch_size: int):

@@ -27,6 +27,10 @@ class ShiftRight(Layer):
     super().__init__(1, 1, name)
     self.n_positions, self.pad_value, self.mode = int(n_positions), pad_value, check_mode(self, mode)
 
+  @property
+  def decodes(self) -> bool:
+    return self.mode == "predict"
+
   def forward(self, params, state, x, *, rng, train):
     if x.ndim < 2:
       raise LayerError(self, "input needs a length axis", expected="rank >= 2: (batch, length, ...)",
@@ -121,6 +125,14 @@ class DotProductAttention(Layer):
       raise LayerError(self, "dropout must lie in [0, 1)", expected="0 <= dropout < 1", actual=dropout)
     if rotary not in (None,) + ROTARY_LAYOUTS:
       raise LayerError(self, "unknown rotary layout", expected=f"None or one of {ROTARY_LAYOUTS}", actual=rotary)
+    if mode == "predict" and not causal:
+      raise LayerError(self, "only causal attention keeps a decoding cache; attention on a whole sequence (an "
+                       "encoder's, or on an encoder's outputs) is the same in every mode",
+                       expected="causal=True with mode='predict', or mode 'train'/'eval'", actual="causal=False")
+
+  @property
+  def decodes(self) -> bool:
+    return self.mode == "predict"
 
   def _d_head(self, inputs) -> int:
     """Checks the shapes of q, k, v (arrays or signatures); returns d_head."""
@@ -136,7 +148,7 @@ class DotProductAttention(Layer):
 
   def init_params_and_state(self, rng, input_signature):
     d_head = self._d_head(input_signature)
-    if not (self.causal and self.mode == "predict"):
+    if not self.decodes:
       return {}, {}
     k, v = input_signature[1:3]
     cache_shape = (k.shape[0], self.max_len, self.n_kv_heads, d_head)
@@ -176,10 +188,11 @@ def _projections(layer_name: str, d_feature: int, n_heads: int, n_kv_heads: int 
 
 
 @gin.configurable(module="combinax.layers")
-def AttentionQKV(d_feature: int, n_heads: int = 1, n_kv_heads: int | None = None, dropout: float = 0.0,
+def AttentionQKV(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None = None, dropout: float = 0.0,
                  use_bias: bool = True, rotary: str | None = None, rotary_base: float = 10000.0, fast: bool = True,
-                 mode: str = "train", name: str | None = "attention") -> Layer:
+                 name: str | None = "attention") -> Layer:
   """Multi-head attention of queries on keys/values, e.g. a decoder on its encoder: (q, k, v, mask) -> (y, mask).
+  It keeps no decoding state, so it has no mode: a decoder attends to its (cached) encoder the same way each call.
 
   Params: `q`, `k`, `v`, `o` projections (each `kernel` and, with `use_bias`, `bias`).
 
@@ -188,8 +201,8 @@ def AttentionQKV(d_feature: int, n_heads: int = 1, n_kv_heads: int | None = None
   ShapeDtype((1, 3, 8), float32)
   """
   q, k, v = _projections("AttentionQKV", d_feature, n_heads, n_kv_heads, use_bias)
-  attention = DotProductAttention(n_heads, n_kv_heads, causal=False, dropout=dropout, rotary=rotary,
-                                  rotary_base=rotary_base, fast=fast, mode=mode)
+  attention = DotProductAttention(n_heads, n_kv_heads, dropout=dropout, rotary=rotary, rotary_base=rotary_base,
+                                  fast=fast)
   return Serial(
       Parallel(q, k, v),                               # q, k, v, mask
       Branch(attention, Select([3], n_in=4)),          # context, mask
@@ -198,22 +211,23 @@ def AttentionQKV(d_feature: int, n_heads: int = 1, n_kv_heads: int | None = None
 
 
 @gin.configurable(module="combinax.layers")
-def Attention(d_feature: int, n_heads: int = 1, n_kv_heads: int | None = None, dropout: float = 0.0,
+def Attention(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None = None, dropout: float = 0.0,
               use_bias: bool = True, rotary: str | None = None, rotary_base: float = 10000.0, fast: bool = True,
-              mode: str = "train", name: str | None = "attention") -> Layer:
-  """Multi-head self-attention under a padding mask: (x, mask) -> (y, mask).
+              name: str | None = "attention") -> Layer:
+  """Multi-head self-attention under a padding mask: (x, mask) -> (y, mask). No mode, as `AttentionQKV`.
 
   >>> Attention(8, n_heads=2).output_signature((ShapeDtype((1, 3, 8)), ShapeDtype((1, 1, 1, 3), jnp.bool_)))[0]
   ShapeDtype((1, 3, 8), float32)
   """
   return Serial(
       Select([0, 0, 0, 1]),                            # x, x, x, mask
-      AttentionQKV(d_feature, n_heads, n_kv_heads, dropout, use_bias, rotary, rotary_base, fast, mode, name=None),
+      AttentionQKV(d_feature, n_heads, n_kv_heads=n_kv_heads, dropout=dropout, use_bias=use_bias, rotary=rotary,
+                   rotary_base=rotary_base, fast=fast, name=None),
       name=name)
 
 
 @gin.configurable(module="combinax.layers")
-def CausalAttention(d_feature: int, n_heads: int = 1, n_kv_heads: int | None = None, dropout: float = 0.0,
+def CausalAttention(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None = None, dropout: float = 0.0,
                     max_len: int = 2048, use_bias: bool = True, rotary: str | None = None,
                     rotary_base: float = 10000.0, fast: bool = True, mode: str = "train",
                     name: str | None = "attention") -> Layer:

@@ -135,6 +135,12 @@ class Layer(metaclass=_Immutable):
     """Children shown by `str(layer)` and used in error paths."""
     return self.sublayers
 
+  @property
+  def decodes(self) -> bool:
+    """True when the layer keeps decoding state (built with `mode="predict"`), itself or in a sublayer: each call
+    then continues the sequence of the calls before it. Layers that keep such state override this."""
+    return any(child.decodes for child in self.sublayers)
+
   def init_params_and_state(self, rng: jax.Array, input_signature) -> tuple[Any, Any]:
     """Returns `(params, state)` for this signature; leaves without parameters keep the default `({}, {})`."""
     del rng, input_signature
@@ -231,9 +237,13 @@ class Layer(metaclass=_Immutable):
     """Trax's `_in{n}_out{m}` decoration, shown where the arity is not 1."""
     return (f"_in{self.n_in}" if self.n_in != 1 else "") + (f"_out{self.n_out}" if self.n_out != 1 else "")
 
+  def summary(self) -> str:
+    """The line `str(model)` shows for this layer: its name, with Trax's arity decoration."""
+    return self.name + self.arity_suffix()
+
   def _lines(self, indent: int) -> list:
     pad = "  " * indent
-    head = pad + self.name + self.arity_suffix()
+    head = pad + self.summary()
     children = visible_children(self)
     if not children:
       return [head]
@@ -264,10 +274,16 @@ def child_rng(rng: jax.Array | None, index: int) -> jax.Array | None:
 MODES = ("train", "eval", "predict")
 
 
-def check_mode(layer: Layer, mode: str) -> str:
-  """Trax's modes: "train" and "eval" build the same layer; "predict" keeps decoding history in `state`."""
-  if mode not in MODES:
-    raise LayerError(layer, "unknown mode", expected=" or ".join(repr(m) for m in MODES), actual=repr(mode))
+def check_mode(layer: Layer, mode: str, *, decodes: bool = True) -> str:
+  """Trax's modes, with one meaning everywhere: "train" and "eval" build the same layer (`apply(train=...)` alone
+  turns dropout and batch statistics on); "predict" builds a decoder, whose layers keep their decoding state (KV
+  caches, positions, carries) in `state`. A layer or model with nothing to decode (`decodes=False`) has no
+  "predict"."""
+  allowed = MODES if decodes else MODES[:2]
+  if mode not in allowed:
+    message = "unknown mode" if mode not in MODES else (
+        "no 'predict' mode: nothing here keeps decoding state (and 'train' and 'eval' build the same layer)")
+    raise LayerError(layer, message, expected=" or ".join(repr(m) for m in allowed), actual=repr(mode))
   return mode
 
 

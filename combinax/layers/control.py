@@ -62,6 +62,10 @@ class Scan(_Wrapper):
       raise LayerError(self, "n_carry must leave at least one scanned input and fit in the outputs",
                        expected=f"0 <= n_carry < {layer.n_in} and n_carry <= {layer.n_out}", actual=n_carry)
 
+  @property
+  def decodes(self) -> bool:
+    return self.mode == "predict" or super().decodes
+
   def _split(self, items):
     stack = to_stack(items, self.n_in)
     cut = self.n_in - self.n_carry
@@ -264,6 +268,10 @@ class Cache(_Wrapper):
   def __init__(self, layer: Layer, mode: str = "train", name: str | None = None):
     super().__init__(layer, name, own_state=mode == "predict")
     self.mode = check_mode(self, mode)
+
+  @property
+  def decodes(self) -> bool:
+    return self.mode == "predict" or super().decodes
 
   def init_params_and_state(self, rng, input_signature):
     params, state, out = init_and_signature(self.layer, child_rng(rng, 0), input_signature)

@@ -310,7 +310,7 @@ class LSTM(_Sequence):
         else _LSTMSequenceRecurrence(n, recurrent_initializer),                       # hs, c_last, h_last
         Select([0], n_in=3),                                                          # hs (batch, length, n)
         name=name)
-    self.n_units, self.mode = n, mode
+    self.n_units = n
 
 
 @gin.configurable(module="combinax.layers")
@@ -332,4 +332,4 @@ class GRU(_Sequence):
         Scan(_GRURecurrence(n, recurrent_initializer), axis=1, n_carry=1, mode=mode),  # hs, h_last
         Select([0], n_in=2),                                                          # hs (batch, length, n)
         name=name)
-    self.n_units, self.mode = n, mode
+    self.n_units = n

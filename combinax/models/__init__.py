@@ -5,4 +5,4 @@ from combinax.models.resnet import (BasicBlock, BottleneckBlock, DigitsCNN, Glob
                                     Resnet50, WideResnet)
 from combinax.models.rnn import GRULM, RNNLM, LSTMSeq2SeqAttn, TextGenRNN
 from combinax.models.transformer import (DecoderBlock, EncoderBlock, FeedForward, Norm, Pool, Transformer,
-                                         TransformerDecoder, TransformerEncoder, TransformerLM)
+                                         TransformerDecoder, TransformerEncoder, TransformerLM, TransformerOptions)

@@ -20,7 +20,7 @@ def MLP(layer_widths: Sequence[int] = (128, 64), activation_fn: Callable[[], cl.
     activation_fn: a function of no arguments that returns an activation layer, e.g. `cl.Relu` or `cl.Gelu`.
     out_activation: whether the last Dense layer is followed by the activation too.
     flatten: whether to flatten (batch, ...) inputs to (batch, features) first.
-    mode: "train", "eval" or "predict"; all give the same model (kept for Trax's signature).
+    mode: "train" or "eval" (Trax's; the same model). It keeps no decoding state, so it has no "predict".
 
   >>> model = MLP(layer_widths=(16, 10))
   >>> model.output_signature(ShapeDtype((8, 4, 4)))     # flattened to (8, 16) first
@@ -44,5 +44,5 @@ def MLP(layer_widths: Sequence[int] = (128, 64), activation_fn: Callable[[], cl.
       cl.Flatten(n_axes_to_keep=1) if flatten else None,  # (batch, ...) -> (batch, features)
       layers,
       name="MLP")
-  cl.check_mode(model, mode)
+  cl.check_mode(model, mode, decodes=False)
   return model

@@ -135,8 +135,8 @@ def ResNet(stage_sizes: Sequence[int] = (2, 2), d_hidden: int = 16, n_output_cla
       WideResnet does).
     norm, non_linearity: functions of no arguments giving the normalization and activation layers;
       `functools.partial(cl.BatchNorm, momentum=0.9)` sets BatchNorm's momentum.
-    mode: "train", "eval" or "predict"; all give the same model. BatchNorm uses the batch's statistics (and
-      updates its running ones in `state`) when applied with `train=True`.
+    mode: "train" or "eval" (Trax's; the same model: BatchNorm uses the batch's statistics, and updates its
+      running ones in `state`, when applied with `train=True`). There is no "predict": nothing here decodes.
     name: the model's name, shown by `print` and in error paths.
 
   >>> model = ResNet(stage_sizes=(1, 1), d_hidden=8, n_output_classes=10)
@@ -180,7 +180,7 @@ def ResNet(stage_sizes: Sequence[int] = (2, 2), d_hidden: int = 16, n_output_cla
           cl.Dense(n_output_classes),                   # (batch, n_output_classes): logits
           name="head"),
       name=name)
-  cl.check_mode(model, mode)
+  cl.check_mode(model, mode, decodes=False)
   return model
 
 
@@ -234,5 +234,5 @@ def DigitsCNN(n_output_classes: int = 10, mode: str = "train") -> cl.Layer:
       cl.Dense(64), cl.Relu(),                          # (batch, 64)
       cl.Dense(n_output_classes),                       # (batch, n_output_classes): logits
       name="DigitsCNN")
-  cl.check_mode(model, mode)
+  cl.check_mode(model, mode, decodes=False)
   return model

@@ -44,9 +44,10 @@ def RNNLM(vocab_size: int, d_model: int = 512, n_layers: int = 2, rnn_cell="lstm
     rnn_cell: "lstm" or "gru", the cell classes `LSTMCell`/`GRUCell` (as in Trax), or a function
       `(n_units, mode=...) -> layer` mapping (batch, length, d_model) to (batch, length, n_units). The carry size
       follows from the layer, so Trax's `rnn_cell_d_state_multiplier` is not needed.
-    dropout: the dropout rate after the embeddings and after every recurrent layer (only in mode "train").
-    mode: "train", "eval" or "predict" (one chunk of tokens per call; the carries live in `state`, and inputs are
-      not shifted: feed the previous token).
+    dropout: the dropout rate after the embeddings and after every recurrent layer (when applied with
+      `train=True`, in every mode).
+    mode: "train" or "eval" (the same model), or "predict" (one chunk of tokens per call; the carries live in
+      `state`, and inputs are not shifted: feed the previous token).
 
   >>> model = RNNLM(vocab_size=16, d_model=8, n_layers=2)
   >>> model.output_signature(ShapeDtype((2, 5), jnp.int32))
@@ -57,12 +58,11 @@ def RNNLM(vocab_size: int, d_model: int = 512, n_layers: int = 2, rnn_cell="lstm
    'LSTM_0/recurrent/kernel']
   """
   rnn = _sequence_layer(rnn_cell)
-  rate = dropout if mode == "train" else 0.0
   return cl.Serial(
       cl.ShiftRight(mode=mode),                                          # (batch, length) ids, shifted right
       cl.Embedding(vocab_size, d_model),                                 # (batch, length, d_model)
-      cl.Dropout(rate),
-      [[rnn(d_model, mode=mode), cl.Dropout(rate)] for _ in range(n_layers)],  # (batch, length, d_model)
+      cl.Dropout(dropout),
+      [[rnn(d_model, mode=mode), cl.Dropout(dropout)] for _ in range(n_layers)],  # (batch, length, d_model)
       cl.Dense(vocab_size),                                              # logits (batch, length, vocab_size)
       name="RNNLM")
 
@@ -75,7 +75,8 @@ def GRULM(vocab_size: int = 256, d_model: int = 512, n_layers: int = 1, mode: st
     vocab_size: the number of token ids (embedding rows and logits).
     d_model: the width of the embeddings and of every GRU.
     n_layers: the number of stacked GRUs.
-    mode: "train", "eval" or "predict" (one chunk of tokens per call, carries in `state`, inputs not shifted).
+    mode: "train" or "eval" (the same model), or "predict" (one chunk of tokens per call, carries in `state`,
+      inputs not shifted).
 
   >>> model = GRULM(vocab_size=16, d_model=8)
   >>> model.output_signature(ShapeDtype((2, 5), jnp.int32))
@@ -112,16 +113,16 @@ def LSTMSeq2SeqAttn(input_vocab_size: int = 256, target_vocab_size: int = 256, d
 
   The encoder's LSTMs read the source; one decoder LSTM reads the shifted target and attends to the encoder (a
   residual attention block that ignores source padding); more LSTMs and a Dense layer make the logits. In predict
-  mode the encoder runs once and every decoder LSTM keeps its carries.
+  mode the encoder runs once, on the first call (`Cache`), and every decoder LSTM keeps its carries; the encoder
+  reads its whole source in that call, so it is built as for training in every mode.
 
   >>> model = LSTMSeq2SeqAttn(10, 12, d_model=8, n_encoder_layers=1, n_decoder_layers=1)
   >>> model.output_signature((ShapeDtype((2, 5), jnp.int32), ShapeDtype((2, 4), jnp.int32)))
   ShapeDtype((2, 4, 12), float32)
   """
-  encoder_mode = "eval" if mode == "predict" else mode   # the encoder reads the whole source in one call
   encoder = cl.Serial(
       cl.Embedding(input_vocab_size, d_model),                          # source vectors
-      [LSTM(d_model, mode=encoder_mode) for _ in range(n_encoder_layers)],
+      [LSTM(d_model) for _ in range(n_encoder_layers)],
       name="encoder")
   return cl.Serial(                                                     # source, target
       cl.Branch(None, cl.PaddingMask(pad_id)),                          # source, mask, target
@@ -130,7 +131,7 @@ def LSTMSeq2SeqAttn(input_vocab_size: int = 256, target_vocab_size: int = 256, d
       cl.Serial(cl.ShiftRight(mode=mode), cl.Embedding(target_vocab_size, d_model), LSTM(d_model, mode=mode),
                 name="pre_attention"),                                  # dec, enc, mask
       cl.Select([0, 1, 1, 2]),                                          # dec, enc, enc, mask
-      cl.Residual(cl.AttentionQKV(d_model, n_attention_heads, dropout=attention_dropout, mode=mode)),  # dec, mask
+      cl.Residual(cl.AttentionQKV(d_model, n_attention_heads, dropout=attention_dropout)),    # dec, mask
       cl.Select([0], n_in=2),                                           # dec
       [LSTM(d_model, mode=mode) for _ in range(n_decoder_layers)],      # dec
       cl.Dense(target_vocab_size, name="logits"))                       # logits
@@ -151,8 +152,9 @@ def TextGenRNN(vocab_size: int = 465, d_embedding: int = 100, n_units: int = 128
     d_embedding: the width of the character embeddings.
     n_units: the width of every LSTM.
     n_layers: the number of stacked LSTMs.
-    mode: "train", "eval" or "predict". The model reads its whole window on every call (the attention averages
-      over it), so "predict" builds the same layer as "eval": a decoder feeds the last `length` ids each step.
+    mode: "train" or "eval" (the same model). The model reads its whole window on every call (the attention
+      averages over it) and keeps no decoding state, so there is no "predict": `pretrained.textgenrnn.generate`
+      feeds it the last `length` ids for every character.
 
   >>> model = TextGenRNN(vocab_size=12, d_embedding=4, n_units=8)
   >>> model.output_signature(ShapeDtype((2, 40), jnp.int32))
@@ -162,13 +164,14 @@ def TextGenRNN(vocab_size: int = 465, d_embedding: int = 100, n_units: int = 128
   ['attention/weights', 'embedding/embedding', 'output/bias', 'output/kernel', 'rnn_1/input/bias',
    'rnn_1/input/kernel', 'rnn_1/recurrent/kernel']
   """
-  rnn_mode = "eval" if mode == "predict" else mode  # no carries across calls: each call reads a whole window
-  return cl.Serial(                                                       # ids (batch, length)
+  model = cl.Serial(                                                      # ids (batch, length)
       cl.Embedding(vocab_size, d_embedding, name="embedding"),            # e
-      [cl.Branch(LSTM(n_units, mode=rnn_mode, name=f"rnn_{i + 1}"), None)  # r_i, ..., r_1, e
+      [cl.Branch(LSTM(n_units, name=f"rnn_{i + 1}"), None)                # r_i, ..., r_1, e
        for i in range(n_layers)],                                         # each LSTM reads the one below it
       cl.Select(list(reversed(range(n_layers + 1)))),                     # e, r_1, ..., r_n
       cl.Concatenate(n_layers + 1),                                       # (batch, length, d_emb + n * n_units)
       cl.AttentionWeightedAverage(name="attention"),                      # (batch, d_emb + n * n_units)
       cl.Dense(vocab_size, name="output"),                                # logits (batch, vocab_size)
       name="TextGenRNN")
+  cl.check_mode(model, mode, decodes=False)
+  return model

@@ -1,15 +1,14 @@
 """Transformers built from combinax layers: encoder (classifier), decoder, decoder-only LM, encoder-decoder.
 
 Every model is a stack program over `combinax.layers`; the comment after each line shows the stack it leaves.
-Options cover the common pretrained families, so checkpoints map onto these models without a second implementation:
+What the blocks are made of is one frozen, validated `TransformerOptions`; the models take its fields as keyword
+arguments (so `TransformerLM.d_model = 128` binds in gin), build it once, and hand it to the blocks. The options cover
+the common pretrained families, so checkpoints map onto these models without a second implementation:
 pre-/post-LayerNorm (`pre_norm`), LayerNorm or RMSNorm (`norm`), ReLU/GELU or gated (SwiGLU-style) feed-forward
-(`ff_activation`, `gated_ff`), biases (`use_bias`), tied output embeddings (`tie_embeddings`), sinusoidal, learned or
-rotary positions (`positions`), and BERT-style token types (`type_vocab_size`).
-
-Identical blocks are stacked and run as one `lax.scan` (`scan_layers=True`: compile time independent of depth).
-`remat` sets what training keeps of each block for the backward pass (see `Repeat`): by default `"dots"`, only the
-matmul outputs, recomputing norms, activations, dropout masks and softmaxes (faster on CPU, less memory); `False`
-keeps everything, `True` nothing.
+(`ff_activation`, `gated_ff`), biases (`use_bias`), sinusoidal, learned or rotary positions (`positions`),
+grouped-query attention (`n_kv_heads`). Identical blocks are stacked and run as one `lax.scan` (`scan_layers`:
+compile time independent of depth); `remat` sets what training keeps of each block for the backward pass (see
+`Repeat`; by default `"dots"`, only the matmul outputs: faster on CPU, less memory).
 
 Parameter paths: `embed/embedding`, `positions/embedding` (learned), `blocks/attention/q/kernel` (stacked, one row per
 layer), `blocks/attention_norm/scale`, `blocks/ff/in/kernel` (or `ff/gate`, `ff/up`, `ff/down` when gated),
@@ -19,6 +18,7 @@ layer), `blocks/attention_norm/scale`, `blocks/ff/in/kernel` (or `ff/gate`, `ff/
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import gin
@@ -27,160 +27,220 @@ import jax.numpy as jnp
 from combinax import layers as cl
 from combinax.layers.attention import Attention, AttentionQKV, CausalAttention, PaddingMask, ShiftRight
 from combinax.layers.positional import LearnedPositionalEncoding, PositionalEncoding
-from combinax.layers.repeat import Repeat
+from combinax.layers.repeat import REMAT, Repeat
 
 POSITIONS = ("sinusoidal", "learned", "rotary", "rotary_interleaved", "none")
+NORMS = ("layer", "rms")
 
 
-def _rotary(positions: str) -> str | None:
-  if positions not in POSITIONS:
-    raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
-  return {"rotary": "half", "rotary_interleaved": "interleaved"}.get(positions)
+@dataclasses.dataclass(frozen=True)
+class TransformerOptions:
+  """What a Transformer's blocks are made of, checked once: a ValueError names the field, the expected and the value.
+
+  >>> TransformerOptions(d_model=64, n_heads=3)
+  Traceback (most recent call last):
+  ValueError: TransformerOptions.n_heads: expected a divisor of d_model=64, got 3
+  """
+  d_model: int = 512
+  d_ff: int = 2048
+  n_heads: int = 8
+  n_kv_heads: int | None = None            # fewer key/value heads than n_heads: grouped-query attention
+  dropout: float = 0.1
+  max_len: int = 2048                      # positions a learned encoding or a decoder's KV cache holds
+  ff_activation: Callable = cl.Relu        # a function of no arguments giving the activation layer
+  positions: str = "sinusoidal"            # one of POSITIONS
+  rotary_base: float = 10000.0
+  norm: str = "layer"                      # "layer" (LayerNorm) or "rms" (RMSNorm)
+  norm_epsilon: float = 1e-6
+  pre_norm: bool = True                    # False: post-norm (norm after each residual sum), as BERT
+  gated_ff: bool = False                   # activation(gate x) * up x, e.g. SwiGLU with ff_activation=cl.Silu
+  use_bias: bool = True
+  scan_layers: bool = True
+  remat: bool | str = "dots"               # one of Repeat's REMAT
+
+  def __post_init__(self):
+    def check(ok: bool, field: str, expected: str):
+      if not ok:
+        raise ValueError(f"TransformerOptions.{field}: expected {expected}, got {getattr(self, field)!r}")
+    for field in ("d_model", "d_ff", "n_heads", "max_len"):
+      check(isinstance(getattr(self, field), int) and getattr(self, field) > 0, field, "a positive int")
+    check(self.d_model % self.n_heads == 0, "n_heads", f"a divisor of d_model={self.d_model}")
+    check(self.n_kv_heads is None or (self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0), "n_kv_heads",
+          f"None or a divisor of n_heads={self.n_heads}")
+    check(0.0 <= self.dropout < 1.0, "dropout", "a rate in [0, 1)")
+    check(callable(self.ff_activation), "ff_activation", "a function giving a layer, e.g. cl.Gelu")
+    check(self.positions in POSITIONS, "positions", f"one of {POSITIONS}")
+    check(self.rotary is None or self.d_model // self.n_heads % 2 == 0, "positions",
+          f"positions without rotation for the odd head size {self.d_model // self.n_heads}")
+    check(self.norm in NORMS, "norm", f"one of {NORMS}")
+    check(self.remat in REMAT, "remat", f"one of {REMAT}")
+
+  @property
+  def rotary(self) -> str | None:
+    """The attention layers' rotary layout ("half", "interleaved"), or None for additive or no positions."""
+    return {"rotary": "half", "rotary_interleaved": "interleaved"}.get(self.positions)
+
+  def __str__(self) -> str:
+    """The options that differ from their defaults, as `str(model)` shows them."""
+    changed = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
+    return ", ".join(f"{name}={getattr(value, '__name__', repr(value))}" for name, value in changed)
 
 
-def _positional(positions: str, max_len: int, mode: str) -> list:
-  if positions == "sinusoidal":
-    return [PositionalEncoding(max_len, mode=mode, name="positions")]
-  if positions == "learned":
-    return [LearnedPositionalEncoding(max_len, mode=mode, name="positions")]
-  return []  # rotary positions live in the attention layers
+class _Model(cl.Serial):
+  """A Transformer model: the Serial of its layers (unnamed, so its params sit where its layers put them), shown by
+  `str` with its name and options."""
+
+  def __init__(self, name: str, options: TransformerOptions, *layers):
+    super().__init__(*layers)
+    self.name, self.options = name, options
+
+  def summary(self) -> str:
+    return f"{self.name}({self.options}){self.arity_suffix()}"
 
 
 def Norm(kind: str = "layer", epsilon: float = 1e-6, name: str | None = None) -> cl.Layer:
   """LayerNorm (`"layer"`) or RMSNorm (`"rms"`)."""
-  if kind == "layer":
-    return cl.LayerNorm(epsilon=epsilon, name=name)
-  if kind == "rms":
-    return cl.RMSNorm(epsilon=epsilon, name=name)
-  raise ValueError(f"norm must be 'layer' or 'rms', got {kind!r}")
+  if kind not in NORMS:
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+  return (cl.LayerNorm if kind == "layer" else cl.RMSNorm)(epsilon=epsilon, name=name)
 
 
-def FeedForward(d_model: int, d_ff: int, dropout: float = 0.0, activation: Callable = cl.Relu,
-                gated: bool = False, use_bias: bool = True, name: str | None = "ff") -> cl.Layer:
-  """The position-wise feed-forward block: x -> (batch, length, d_model).
+def _pre_norm(o: TransformerOptions, name: str) -> list:
+  return [Norm(o.norm, o.norm_epsilon, name)] if o.pre_norm else []
 
-  Plain: `out(dropout(activation(in(x))))`; gated (SwiGLU with `activation=cl.Silu`):
-  `down(dropout(activation(gate(x)) * up(x)))`.
-  """
-  if gated:
+
+def _post_norm(o: TransformerOptions, name: str) -> list:
+  return [] if o.pre_norm else [Norm(o.norm, o.norm_epsilon, name)]
+
+
+def FeedForward(o: TransformerOptions, name: str | None = "ff") -> cl.Layer:
+  """The position-wise feed-forward block: x -> (batch, length, d_model). Plain: `out(dropout(activation(in(x))))`;
+  gated: `down(dropout(activation(gate(x)) * up(x)))`."""
+  if o.gated_ff:
     return cl.Serial(
-        cl.Branch(cl.Serial(cl.Dense(d_ff, use_bias=use_bias, name="gate"), activation()),
-                  cl.Dense(d_ff, use_bias=use_bias, name="up")),  # activation(gate x), up x
-        cl.Multiply(),                                           # h
-        cl.Dropout(dropout),
-        cl.Dense(d_model, use_bias=use_bias, name="down"),       # y
+        cl.Branch(cl.Serial(cl.Dense(o.d_ff, use_bias=o.use_bias, name="gate"), o.ff_activation()),
+                  cl.Dense(o.d_ff, use_bias=o.use_bias, name="up")),  # activation(gate x), up x
+        cl.Multiply(),                                                # h
+        cl.Dropout(o.dropout),
+        cl.Dense(o.d_model, use_bias=o.use_bias, name="down"),        # y
         name=name)
   return cl.Serial(
-      cl.Dense(d_ff, use_bias=use_bias, name="in"),              # h
-      activation(),
-      cl.Dropout(dropout),
-      cl.Dense(d_model, use_bias=use_bias, name="out"),          # y
+      cl.Dense(o.d_ff, use_bias=o.use_bias, name="in"),               # h
+      o.ff_activation(),
+      cl.Dropout(o.dropout),
+      cl.Dense(o.d_model, use_bias=o.use_bias, name="out"),           # y
       name=name)
 
 
-def _sublayer(norm_layer: cl.Layer, body: list, dropout: float, pre_norm: bool) -> list:
-  """A residual sub-block: pre-norm `x + body(norm(x))`, or post-norm `norm(x + body(x))` (as BERT)."""
-  if pre_norm:
-    return [cl.Residual(norm_layer, *body, cl.Dropout(dropout))]
-  return [cl.Residual(*body, cl.Dropout(dropout)), norm_layer]
-
-
-def EncoderBlock(d_model, d_ff, n_heads, dropout, mode, ff_activation, *, n_kv_heads=None, rotary=None,
-                 rotary_base=10000.0, norm="layer", norm_epsilon=1e-6, pre_norm=True, gated_ff=False,
-                 use_bias=True) -> cl.Layer:
-  """Self-attention under a padding mask and a feed-forward block: (x, mask) -> (x, mask)."""
-  attention = Attention(d_model, n_heads, n_kv_heads, dropout, use_bias, rotary, rotary_base, mode=mode)
-  ff = FeedForward(d_model, d_ff, dropout, ff_activation, gated_ff, use_bias)
+def EncoderBlock(o: TransformerOptions) -> cl.Layer:
+  """Self-attention under a padding mask, then a feed-forward block: (x, mask) -> (x, mask). The same in every mode.
+  With `pre_norm` each norm opens its residual branch (Trax's); otherwise it follows the sum (BERT's)."""
+  attention = Attention(o.d_model, o.n_heads, n_kv_heads=o.n_kv_heads, dropout=o.dropout, use_bias=o.use_bias,
+                        rotary=o.rotary, rotary_base=o.rotary_base)
   return cl.Serial(
-      _sublayer(Norm(norm, norm_epsilon, "attention_norm"), [attention], dropout, pre_norm),  # x, mask
-      _sublayer(Norm(norm, norm_epsilon, "ff_norm"), [ff], dropout, pre_norm))              # x, mask
+      cl.Residual(_pre_norm(o, "attention_norm"), attention, cl.Dropout(o.dropout)),   # x, mask
+      _post_norm(o, "attention_norm"),                                                 # x, mask
+      cl.Residual(_pre_norm(o, "ff_norm"), FeedForward(o), cl.Dropout(o.dropout)),     # x, mask
+      _post_norm(o, "ff_norm"))                                                        # x, mask
 
 
-def DecoderBlock(d_model, d_ff, n_heads, dropout, mode, ff_activation, *, n_kv_heads=None, max_len=2048,
-                 rotary=None, rotary_base=10000.0, norm="layer", norm_epsilon=1e-6, pre_norm=True, gated_ff=False,
-                 use_bias=True, cross_attention=False) -> cl.Layer:
-  """Causal self-attention (KV cache in predict mode), optional attention on an encoder, feed-forward.
+def DecoderBlock(o: TransformerOptions, *, mode: str = "train", cross_attention: bool = False) -> cl.Layer:
+  """Causal self-attention (a KV cache in predict mode), optional attention on an encoder, feed-forward.
 
   x -> x, or with `cross_attention` (x, encoder activations, encoder mask) -> the same three.
   """
-  attention = CausalAttention(d_model, n_heads, n_kv_heads, dropout, max_len, use_bias, rotary, rotary_base,
-                              mode=mode)
-  ff = FeedForward(d_model, d_ff, dropout, ff_activation, gated_ff, use_bias)
-  cross = []
-  if cross_attention:
-    attend_encoder = [
-        cl.Select([0, 1, 1, 2, 1]),                               # x, enc, enc, mask, enc
-        AttentionQKV(d_model, n_heads, n_kv_heads, dropout, use_bias, mode=mode, name="cross_attention"),
-        cl.Select([0, 2, 1]),                                     # y, enc, mask
-    ]
-    cross = _sublayer(Norm(norm, norm_epsilon, "cross_norm"), attend_encoder, dropout, pre_norm)
+  attention = CausalAttention(o.d_model, o.n_heads, n_kv_heads=o.n_kv_heads, dropout=o.dropout, max_len=o.max_len,
+                              use_bias=o.use_bias, rotary=o.rotary, rotary_base=o.rotary_base, mode=mode)
+  cross = [
+      cl.Residual(_pre_norm(o, "cross_norm"),
+                  cl.Select([0, 1, 1, 2, 1]),                                          # x, enc, enc, mask, enc
+                  AttentionQKV(o.d_model, o.n_heads, n_kv_heads=o.n_kv_heads, dropout=o.dropout,
+                               use_bias=o.use_bias, name="cross_attention"),           # y, mask, enc
+                  cl.Select([0, 2, 1]),                                                # y, enc, mask
+                  cl.Dropout(o.dropout)),                                              # x, enc, mask
+      _post_norm(o, "cross_norm")] if cross_attention else []
   return cl.Serial(
-      _sublayer(Norm(norm, norm_epsilon, "attention_norm"), [attention], dropout, pre_norm),  # x [, enc, mask]
-      cross,                                                                                 # x [, enc, mask]
-      _sublayer(Norm(norm, norm_epsilon, "ff_norm"), [ff], dropout, pre_norm))              # x [, enc, mask]
+      cl.Residual(_pre_norm(o, "attention_norm"), attention, cl.Dropout(o.dropout)),   # x [, enc, mask]
+      _post_norm(o, "attention_norm"),                                                 # x [, enc, mask]
+      cross,                                                                           # x [, enc, mask]
+      cl.Residual(_pre_norm(o, "ff_norm"), FeedForward(o), cl.Dropout(o.dropout)),     # x [, enc, mask]
+      _post_norm(o, "ff_norm"))                                                        # x [, enc, mask]
 
 
-def _blocks(block: cl.Layer, n_layers: int, scan_layers: bool, remat: bool | str) -> cl.Layer:
-  return Repeat(block, n_layers, scan=scan_layers, remat=remat, name="blocks")
+def _blocks(block: cl.Layer, n_layers: int, o: TransformerOptions) -> cl.Layer:
+  return Repeat(block, n_layers, scan=o.scan_layers, remat=o.remat, name="blocks")
 
 
-def _after_embedding(positions: str, max_len: int, dropout: float, mode: str, norm: str = "layer",
-                     norm_epsilon: float = 1e-6, embed_norm: bool = False) -> list:
+def _embedded(o: TransformerOptions, mode: str, embed_norm: bool = False) -> list:
   """Embedded tokens -> position-encoded, (normalised,) dropped-out activations."""
-  return [*_positional(positions, max_len, mode), *([Norm(norm, norm_epsilon, "embed_norm")] if embed_norm else []),
-          cl.Dropout(dropout)]
+  positional = {"sinusoidal": PositionalEncoding, "learned": LearnedPositionalEncoding}.get(o.positions)
+  return [positional(o.max_len, mode=mode, name="positions") if positional else [],   # rotary: in the attention
+          Norm(o.norm, o.norm_epsilon, "embed_norm") if embed_norm else [],
+          cl.Dropout(o.dropout)]
 
 
-_BLOCK_OPTIONS = ("n_kv_heads", "rotary_base", "norm", "norm_epsilon", "pre_norm", "gated_ff", "use_bias")
+def _final_norm(o: TransformerOptions) -> list:
+  return [Norm(o.norm, o.norm_epsilon, "final_norm")] if o.pre_norm else []
+
+
+def _decoder(o: TransformerOptions, n_layers: int, mode: str, embedding: cl.Layer | None) -> list:
+  return [embedding,                                                      # x (or, without one, the inputs)
+          _embedded(o, mode),                                             # x
+          _blocks(DecoderBlock(o, mode=mode), n_layers, o),               # x
+          _final_norm(o)]                                                 # x
 
 
 @gin.configurable(module="combinax.models")
-def TransformerDecoder(vocab_size: int | None = None, d_model: int = 512, d_ff: int = 2048, n_layers: int = 6,
+def TransformerDecoder(vocab_size: int | None = None, d_model: int = 512, d_ff: int = 2048, *, n_layers: int = 6,
                        n_heads: int = 8, dropout: float = 0.1, max_len: int = 2048, mode: str = "train",
-                       ff_activation: Callable = cl.Relu, *, n_kv_heads: int | None = None,
-                       positions: str = "sinusoidal", rotary_base: float = 10000.0, norm: str = "layer",
-                       norm_epsilon: float = 1e-6, pre_norm: bool = True, gated_ff: bool = False,
-                       use_bias: bool = True, scan_layers: bool = True, remat: bool | str = "dots",
-                       embedding: cl.Layer | None = None) -> cl.Layer:
-  """A stack of causal blocks: token ids (batch, length) -> activations (batch, length, d_model).
-
-  Without `vocab_size` (and `embedding`) it takes activations (batch, length, d_model) instead.
+                       ff_activation: Callable = cl.Relu, n_kv_heads: int | None = None, positions: str = "sinusoidal",
+                       rotary_base: float = 10000.0, norm: str = "layer", norm_epsilon: float = 1e-6,
+                       pre_norm: bool = True, gated_ff: bool = False, use_bias: bool = True, scan_layers: bool = True,
+                       remat: bool | str = "dots") -> cl.Layer:
+  """A stack of causal blocks: token ids (batch, length) -> activations (batch, length, d_model); without
+  `vocab_size`, activations (batch, length, d_model) in. The other arguments are `TransformerOptions`' fields.
 
   >>> TransformerDecoder(16, d_model=8, d_ff=16, n_layers=2, n_heads=2).output_signature(
   ...     ShapeDtype((1, 5), jnp.int32))
   ShapeDtype((1, 5, 8), float32)
   """
-  if embedding is None and vocab_size is not None:
-    embedding = cl.Embedding(vocab_size, d_model, name="embed")
-  block = DecoderBlock(d_model, d_ff, n_heads, dropout, mode, ff_activation, n_kv_heads=n_kv_heads,
-                       max_len=max_len, rotary=_rotary(positions), rotary_base=rotary_base, norm=norm,
-                       norm_epsilon=norm_epsilon, pre_norm=pre_norm, gated_ff=gated_ff, use_bias=use_bias)
-  return cl.Serial(
-      embedding,                                                            # x (or, without one, the inputs)
-      _after_embedding(positions, max_len, dropout, mode),                  # x
-      _blocks(block, n_layers, scan_layers, remat),                         # x
-      [Norm(norm, norm_epsilon, "final_norm")] if pre_norm else [])         # x
+  o = TransformerOptions(d_model=d_model, d_ff=d_ff, n_heads=n_heads, n_kv_heads=n_kv_heads, dropout=dropout,
+                         max_len=max_len, ff_activation=ff_activation, positions=positions, rotary_base=rotary_base,
+                         norm=norm, norm_epsilon=norm_epsilon, pre_norm=pre_norm, gated_ff=gated_ff,
+                         use_bias=use_bias, scan_layers=scan_layers, remat=remat)
+  embedding = cl.Embedding(vocab_size, d_model, name="embed") if vocab_size is not None else None
+  return _Model("TransformerDecoder", o, *_decoder(o, n_layers, mode, embedding))
 
 
 @gin.configurable(module="combinax.models")
-def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, n_layers: int = 6, n_heads: int = 8,
+def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, *, n_layers: int = 6, n_heads: int = 8,
                   dropout: float = 0.1, max_len: int = 2048, mode: str = "train", ff_activation: Callable = cl.Relu,
-                  *, tie_embeddings: bool = False, **options) -> cl.Layer:
+                  tie_embeddings: bool = False, n_kv_heads: int | None = None, positions: str = "sinusoidal",
+                  rotary_base: float = 10000.0, norm: str = "layer", norm_epsilon: float = 1e-6,
+                  pre_norm: bool = True, gated_ff: bool = False, use_bias: bool = True, scan_layers: bool = True,
+                  remat: bool | str = "dots") -> cl.Layer:
   """A decoder-only language model: token ids (batch, length) -> next-token logits (batch, length, vocab_size).
 
   Position t predicts token t from tokens < t (the inputs are shifted right inside). In `mode="predict"` it decodes:
-  each call continues the sequence, with a KV cache of `max_len` positions. `options` are `TransformerDecoder`'s.
+  each call continues the sequence, with a KV cache of `max_len` positions. `tie_embeddings` makes the logits the
+  embedding table's (`TiedLogits`); the other arguments are `TransformerOptions`' fields.
 
   >>> lm = TransformerLM(16, d_model=8, d_ff=16, n_layers=2, n_heads=2, tie_embeddings=True)
   >>> params, _ = lm.init(jax.random.key(0), ShapeDtype((1, 5), jnp.int32))
   >>> [p for p in cx.paths(params) if not p.startswith("blocks/")]
   ['embed/embedding', 'final_norm/bias', 'final_norm/scale']
+  >>> lm.summary()
+  'TransformerLM(d_model=8, d_ff=16, n_heads=2)'
   """
+  o = TransformerOptions(d_model=d_model, d_ff=d_ff, n_heads=n_heads, n_kv_heads=n_kv_heads, dropout=dropout,
+                         max_len=max_len, ff_activation=ff_activation, positions=positions, rotary_base=rotary_base,
+                         norm=norm, norm_epsilon=norm_epsilon, pre_norm=pre_norm, gated_ff=gated_ff,
+                         use_bias=use_bias, scan_layers=scan_layers, remat=remat)
   embed = cl.Embedding(vocab_size, d_model, name="embed")
-  return cl.Serial(
-      ShiftRight(mode=mode),                                               # ids shifted right (start = 0)
-      TransformerDecoder(d_model=d_model, d_ff=d_ff, n_layers=n_layers, n_heads=n_heads, dropout=dropout,
-                         max_len=max_len, mode=mode, ff_activation=ff_activation, embedding=embed, **options),
+  return _Model(
+      "TransformerLM", o,
+      ShiftRight(mode=mode),                                                # ids shifted right (start = 0)
+      cl.Serial(_decoder(o, n_layers, mode, embed)),                        # x
       cl.TiedLogits(embed) if tie_embeddings else cl.Dense(vocab_size, name="logits"))   # logits
 
 
@@ -200,83 +260,84 @@ def Pool(pool: str = "mean") -> cl.Layer:
 
 
 @gin.configurable(module="combinax.models")
-def TransformerEncoder(vocab_size: int, n_classes: int | None = 10, d_model: int = 512, d_ff: int = 2048,
+def TransformerEncoder(vocab_size: int, n_classes: int | None = 10, d_model: int = 512, *, d_ff: int = 2048,
                        n_layers: int = 6, n_heads: int = 8, dropout: float = 0.1, max_len: int = 2048,
-                       mode: str = "train", ff_activation: Callable = cl.Relu, *, pool: str = "mean",
-                       type_vocab_size: int = 0, pad_id: int = 0, positions: str = "sinusoidal",
-                       embed_norm: bool = False, scan_layers: bool = True, remat: bool | str = "dots",
-                       **options) -> cl.Layer:
+                       mode: str = "train", ff_activation: Callable = cl.Relu, pool: str = "mean",
+                       type_vocab_size: int = 0, pad_id: int = 0, embed_norm: bool = False,
+                       n_kv_heads: int | None = None, positions: str = "sinusoidal", rotary_base: float = 10000.0,
+                       norm: str = "layer", norm_epsilon: float = 1e-6, pre_norm: bool = True, gated_ff: bool = False,
+                       use_bias: bool = True, scan_layers: bool = True, remat: bool | str = "dots") -> cl.Layer:
   """A bidirectional encoder: token ids (batch, length) -> class logits (batch, n_classes), pooling the non-padding
   positions (`pool="mean"`) or taking the first token (`"cls"`). With `n_classes=None` it returns the activations
-  (batch, length, d_model). With `type_vocab_size` it takes (ids, token type ids), as BERT does.
+  (batch, length, d_model). With `type_vocab_size` it takes (ids, token type ids), as BERT does; `embed_norm`
+  normalises the embeddings (BERT). It reads whole sequences and keeps no decoding state: `mode` is "train" or
+  "eval" (the same model). The other arguments are `TransformerOptions`' fields.
 
   >>> TransformerEncoder(16, n_classes=3, d_model=8, d_ff=16, n_layers=1, n_heads=2).output_signature(
   ...     ShapeDtype((2, 5), jnp.int32))
   ShapeDtype((2, 3), float32)
   """
-  block_options = {k: v for k, v in options.items() if k in _BLOCK_OPTIONS}
-  if set(options) - set(block_options):
-    raise TypeError(f"TransformerEncoder: unknown options {sorted(set(options) - set(block_options))}")
-  norm, norm_epsilon = options.get("norm", "layer"), options.get("norm_epsilon", 1e-6)
-  pre_norm = options.get("pre_norm", True)
-  block = EncoderBlock(d_model, d_ff, n_heads, dropout, mode, ff_activation, rotary=_rotary(positions),
-                       **block_options)
+  o = TransformerOptions(d_model=d_model, d_ff=d_ff, n_heads=n_heads, n_kv_heads=n_kv_heads, dropout=dropout,
+                         max_len=max_len, ff_activation=ff_activation, positions=positions, rotary_base=rotary_base,
+                         norm=norm, norm_epsilon=norm_epsilon, pre_norm=pre_norm, gated_ff=gated_ff,
+                         use_bias=use_bias, scan_layers=scan_layers, remat=remat)
   token_types = [] if not type_vocab_size else [
       cl.Select([0, 2, 1]),                                                # x, types, mask
       cl.Parallel(None, cl.Embedding(type_vocab_size, d_model, name="token_type_embed")),  # x, type vectors, mask
       cl.Add(),                                                            # x, mask
   ]
-  embed = cl.Embedding(vocab_size, d_model, name="embed")
-  return cl.Serial(
+  model = _Model(
+      "TransformerEncoder", o,
       cl.Branch(None, PaddingMask(pad_id)),                                # ids, mask [, types]
-      embed,                                                               # x, mask [, types]
+      cl.Embedding(vocab_size, d_model, name="embed"),                     # x, mask [, types]
       token_types,                                                         # x, mask
-      _after_embedding(positions, max_len, dropout, mode, norm, norm_epsilon, embed_norm),  # x, mask
-      _blocks(block, n_layers, scan_layers, remat),                        # x, mask
-      [Norm(norm, norm_epsilon, "final_norm")] if pre_norm else [],        # x, mask
+      _embedded(o, "train", embed_norm),                                   # x, mask
+      _blocks(EncoderBlock(o), n_layers, o),                               # x, mask
+      _final_norm(o),                                                      # x, mask
       [Pool(pool), cl.Dense(n_classes, name="classifier")] if n_classes else cl.Select([0], n_in=2))
+  cl.check_mode(model, mode, decodes=False)
+  return model
 
 
 @gin.configurable(module="combinax.models")
-def Transformer(input_vocab_size: int, output_vocab_size: int | None = None, d_model: int = 512,
+def Transformer(input_vocab_size: int, output_vocab_size: int | None = None, d_model: int = 512, *,
                 d_ff: int = 2048, n_encoder_layers: int = 6, n_decoder_layers: int = 6, n_heads: int = 8,
                 dropout: float = 0.1, max_len: int = 2048, mode: str = "train", ff_activation: Callable = cl.Relu,
-                *, pad_id: int = 0, positions: str = "sinusoidal", tie_embeddings: bool = False,
-                scan_layers: bool = True, remat: bool | str = "dots", **options) -> cl.Layer:
+                pad_id: int = 0, tie_embeddings: bool = False, n_kv_heads: int | None = None,
+                positions: str = "sinusoidal", rotary_base: float = 10000.0, norm: str = "layer",
+                norm_epsilon: float = 1e-6, pre_norm: bool = True, gated_ff: bool = False, use_bias: bool = True,
+                scan_layers: bool = True, remat: bool | str = "dots") -> cl.Layer:
   """An encoder-decoder (e.g. for translation): (source ids, target ids) -> logits (batch, target length, vocab).
 
   Without `output_vocab_size` source and target share one vocabulary and one embedding. In predict mode the encoder
-  runs once (on the first call) and the decoder continues with its KV cache, one chunk of target per call.
+  runs once, on the first call (`Cache`; it reads the whole source, so it is built as for training), and the decoder
+  continues with its KV cache, one chunk of target per call. The other arguments are `TransformerOptions`' fields.
 
   >>> Transformer(16, d_model=8, d_ff=16, n_encoder_layers=1, n_decoder_layers=1, n_heads=2).output_signature(
   ...     (ShapeDtype((2, 5), jnp.int32), ShapeDtype((2, 4), jnp.int32)))
   ShapeDtype((2, 4, 16), float32)
   """
-  block_options = {k: v for k, v in options.items() if k in _BLOCK_OPTIONS}
-  if set(options) - set(block_options):
-    raise TypeError(f"Transformer: unknown options {sorted(set(options) - set(block_options))}")
-  norm, norm_epsilon = options.get("norm", "layer"), options.get("norm_epsilon", 1e-6)
-  pre_norm = options.get("pre_norm", True)
+  o = TransformerOptions(d_model=d_model, d_ff=d_ff, n_heads=n_heads, n_kv_heads=n_kv_heads, dropout=dropout,
+                         max_len=max_len, ff_activation=ff_activation, positions=positions, rotary_base=rotary_base,
+                         norm=norm, norm_epsilon=norm_epsilon, pre_norm=pre_norm, gated_ff=gated_ff,
+                         use_bias=use_bias, scan_layers=scan_layers, remat=remat)
   in_embed = cl.Embedding(input_vocab_size, d_model, name="embed")
   out_embed = in_embed if output_vocab_size is None else cl.Embedding(output_vocab_size, d_model, name="embed")
-  rotary = _rotary(positions)
   encoder = cl.Serial(
-      in_embed, _after_embedding(positions, max_len, dropout, mode),                         # x, mask
-      _blocks(EncoderBlock(d_model, d_ff, n_heads, dropout, mode, ff_activation, rotary=rotary, **block_options),
-              n_encoder_layers, scan_layers, remat),                                         # x, mask
-      [Norm(norm, norm_epsilon, "final_norm")] if pre_norm else [],                          # enc, mask
+      in_embed, _embedded(o, "train"),                                             # x, mask
+      _blocks(EncoderBlock(o), n_encoder_layers, o),                               # x, mask
+      _final_norm(o),                                                              # enc, mask
       name="encoder")
-  decoder_block = DecoderBlock(d_model, d_ff, n_heads, dropout, mode, ff_activation, max_len=max_len, rotary=rotary,
-                               cross_attention=True, **block_options)
   decoder = cl.Serial(
-      out_embed, _after_embedding(positions, max_len, dropout, mode),                        # y, enc, mask
-      _blocks(decoder_block, n_decoder_layers, scan_layers, remat),                          # y, enc, mask
-      [Norm(norm, norm_epsilon, "final_norm")] if pre_norm else [],                          # y, enc, mask
-      cl.Select([0], n_in=3),                                                                # y
+      out_embed, _embedded(o, mode),                                               # y, enc, mask
+      _blocks(DecoderBlock(o, mode=mode, cross_attention=True), n_decoder_layers, o),  # y, enc, mask
+      _final_norm(o),                                                              # y, enc, mask
+      cl.Select([0], n_in=3),                                                      # y
       cl.TiedLogits(out_embed) if tie_embeddings else cl.Dense(output_vocab_size or input_vocab_size,
-                                                                name="logits"),              # logits
+                                                                name="logits"),    # logits
       name="decoder")
-  return cl.Serial(                                                      # source, target
+  return _Model(
+      "Transformer", o,                                                  # source, target
       cl.Branch(None, PaddingMask(pad_id)),                              # source, mask, target
       cl.Cache(encoder, mode=mode),                                      # enc, mask, target
       cl.Select([2, 0, 1]),                                              # target, enc, mask

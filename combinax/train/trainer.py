@@ -127,8 +127,9 @@ class Trainer:
                progress: bool | None = None):
     if output_dir is None:
       raise ValueError("Trainer: output_dir is required (pass --output_dir to combinax-train)")
+    # One model for training and evaluation: `apply(train=...)` decides dropout and batch statistics ("train" and
+    # "eval" build the same model).
     self.model = model(mode="train") if not isinstance(model, Layer) else model
-    self.eval_model = model(mode="eval") if not isinstance(model, Layer) else model
     self.task, self.eval_task, self.output_dir = task, eval_task, Path(output_dir)
     self.steps, self.seed, self.log_every = int(steps), int(seed), int(log_every)
     self.checkpoint_every, self.init_checkpoint = int(checkpoint_every), init_checkpoint
@@ -200,9 +201,9 @@ class Trainer:
 
   def _eval_metrics(self, params, model_state, batch) -> dict:
     """Each metric of the eval task on one batch (jitted once, in `__init__`)."""
-    inputs, rest = split_batch(self.eval_model, batch)
-    outputs, _ = self.eval_model.apply(params, model_state, inputs)
-    return {name: layer.apply({}, {}, loss_inputs(layer, self.eval_model, outputs, rest))[0]
+    inputs, rest = split_batch(self.model, batch)
+    outputs, _ = self.model.apply(params, model_state, inputs, train=False)
+    return {name: layer.apply({}, {}, loss_inputs(layer, self.model, outputs, rest))[0]
             for name, layer in self.eval_task.metrics.items()}
 
   def evaluate(self, params, model_state) -> dict:

@@ -92,8 +92,10 @@ def test_dropout_only_when_training():
   assert not np.allclose(plain, dropped)
   with pytest.raises(cx.LayerError, match="needs an rng"):
     model.apply(params, state, ids, train=True)
-  eval_model = RNNLM(VOCAB, d_model=D_MODEL, dropout=0.5, mode="eval")  # dropout is off outside mode "train"
-  np.testing.assert_array_equal(eval_model.apply(params, state, ids, rng=jax.random.key(1), train=True)[0], plain)
+  # `train` alone decides: a model built in "eval" mode is the same model (it drops when applied with train=True).
+  eval_model = RNNLM(VOCAB, d_model=D_MODEL, dropout=0.5, mode="eval")
+  np.testing.assert_array_equal(eval_model.apply(params, state, ids, rng=jax.random.key(1), train=True)[0], dropped)
+  np.testing.assert_array_equal(eval_model.apply(params, state, ids, rng=jax.random.key(1))[0], plain)
 
 
 def test_rnn_cell_choices():

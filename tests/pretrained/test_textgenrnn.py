@@ -158,7 +158,7 @@ def test_missing_h5py_says_how_to_install(monkeypatch, tmp_path):
 
 
 def test_params_run_under_jit_with_the_registry_signature(imported):
-  model = textgenrnn.model_from_config(imported.config, mode="predict")
+  model = textgenrnn.model_from_config(imported.config, mode="eval")
   signature = textgenrnn.example_input(imported.config)
   assert signature == cx.ShapeDtype((1, 40), np.int32)
   expected = jax.eval_shape(lambda: model.init(jax.random.key(0), signature)[0])
