@@ -11,6 +11,7 @@ A decoder-only model maps ids (batch, n) to logits (batch, n, vocab); an encoder
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -92,9 +93,9 @@ def sample_logits(logits, rng, temperature: float = 1.0, top_k: int | None = Non
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-def autoregressive_sample(model: Layer, params, prompt=None, max_length: int = 100, temperature: float = 1.0,
+def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int = 100, temperature: float = 1.0,
                           top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-                          rng=None, *, inputs=None, prompt_lengths=None, start_id: int = 0, pad_id: int = 0,
+                          rng=None, inputs=None, prompt_lengths=None, start_id: int = 0, pad_id: int = 0,
                           batch_size: int = 1):
   """Generates `max_length` tokens after each prompt; returns int32 (batch, max_length), `pad_id` after an EOS.
 
@@ -118,13 +119,27 @@ def autoregressive_sample(model: Layer, params, prompt=None, max_length: int = 1
   _check_model(model, total, inputs)
   state = _init_state(model, batch, inputs)
   rng = jax.random.key(0) if rng is None else rng
-  return _sample(model, params, state, prompt, jnp.asarray(lengths, jnp.int32), inputs, rng, int(lengths.min()),
-                 total, max_length, float(temperature), top_k, top_p, eos_id, start_id, pad_id)
+  settings = _Sampling(int(lengths.min()), total, max_length, float(temperature), top_k, top_p, eos_id, start_id,
+                       pad_id)
+  return _sample(model, settings, params, state, prompt, jnp.asarray(lengths, jnp.int32), inputs, rng)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7, 8, 9, 10, 11, 12, 13, 14, 15))
-def _sample(model, params, state, prompt, lengths, inputs, rng, shortest, total, max_length, temperature, top_k,
-            top_p, eos_id, start_id, pad_id):
+class _Sampling(NamedTuple):
+  """What `_sample` compiles for (hashable: one compilation per model and settings)."""
+  shortest: int          # the shortest prompt: positions before it are filled in one call
+  total: int             # the longest prompt + max_length
+  max_length: int
+  temperature: float
+  top_k: int | None
+  top_p: float | None
+  eos_id: int | None
+  start_id: int
+  pad_id: int
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _sample(model, settings: _Sampling, params, state, prompt, lengths, inputs, rng):
+  shortest, total, max_length, temperature, top_k, top_p, eos_id, start_id, pad_id = settings
   batch = prompt.shape[0]
   buffer = jnp.pad(prompt, ((0, 0), (0, total - prompt.shape[1])), constant_values=pad_id)
   fed = jnp.concatenate([jnp.full((batch, 1), start_id, jnp.int32), buffer[:, :shortest]], axis=1)
@@ -165,8 +180,8 @@ def _batch_axes(model: Layer, batch: int, inputs) -> tuple:
                                           jax.tree_util.tree_leaves(abstract(batch + 1))))
 
 
-def beam_search(model: Layer, params, prompt=None, max_length: int = 100, beam_size: int = 4,
-                eos_id: int | None = None, length_penalty: float = 0.6, *, inputs=None, start_id: int = 0,
+def beam_search(model: Layer, params, prompt=None, *, max_length: int = 100, beam_size: int = 4,
+                eos_id: int | None = None, length_penalty: float = 0.6, inputs=None, start_id: int = 0,
                 pad_id: int = 0, batch_size: int = 1):
   """The `beam_size` most likely continuations of each prompt, batched.
 
@@ -181,16 +196,29 @@ def beam_search(model: Layer, params, prompt=None, max_length: int = 100, beam_s
                                                                    inputs)
   state = _init_state(model, batch * beam_size, wide_inputs)
   axes = _batch_axes(model, batch * beam_size, wide_inputs)
-  return _beam(model, params, state, jnp.repeat(prompt, beam_size, axis=0), wide_inputs, axes, batch, beam_size,
-               max_length, eos_id, float(length_penalty), start_id, pad_id)
+  settings = _Beams(axes, batch, beam_size, max_length, eos_id, float(length_penalty), start_id, pad_id)
+  return _beam(model, settings, params, state, jnp.repeat(prompt, beam_size, axis=0), wide_inputs)
 
 
 def _penalty(length, alpha: float):
   return ((5.0 + length) / 6.0) ** alpha
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12))
-def _beam(model, params, state, prompt, inputs, axes, batch, k, max_length, eos_id, alpha, start_id, pad_id):
+class _Beams(NamedTuple):
+  """What `_beam` compiles for (hashable)."""
+  axes: tuple            # each decoding-state leaf's batch axis (`_batch_axes`)
+  batch: int
+  beam_size: int
+  max_length: int
+  eos_id: int | None
+  alpha: float           # the length penalty's exponent
+  start_id: int
+  pad_id: int
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _beam(model, settings: _Beams, params, state, prompt, inputs):
+  axes, batch, k, max_length, eos_id, alpha, start_id, pad_id = settings
   fed = jnp.concatenate([jnp.full((batch * k, 1), start_id, jnp.int32), prompt], axis=1)
   logits, state = _call(model, params, state, inputs, fed)
   vocab = logits.shape[-1]

@@ -1,5 +1,6 @@
 """One example of every public layer, with an input signature: the contract tests run over all of them."""
 
+import jax
 import jax.numpy as jnp
 
 from combinax import ShapeDtype
@@ -10,6 +11,19 @@ F, I, B = jnp.float32, jnp.int32, jnp.bool_
 
 def S(*shape, dtype=F):
   return ShapeDtype(shape, dtype)
+
+
+def make_inputs(sig, seed=1):
+  """Random arrays matching `sig`; integers lie in [0, 3) so they are valid ids and class targets; masks are
+  mostly True."""
+  if isinstance(sig, tuple):
+    return tuple(make_inputs(s, seed + i) for i, s in enumerate(sig))
+  key = jax.random.key(seed)
+  if sig.dtype == jnp.bool_:
+    return jax.random.bernoulli(key, 0.7, sig.shape)
+  if jnp.issubdtype(sig.dtype, jnp.integer):
+    return jax.random.randint(key, sig.shape, 0, 3, sig.dtype)
+  return jax.random.normal(key, sig.shape, sig.dtype)
 
 
 def _positive_sum():

@@ -11,22 +11,9 @@ import numpy as np
 import pytest
 
 import combinax as cx
-from catalogue import CATALOGUE
+from catalogue import CATALOGUE, make_inputs
 
 GOLDEN = Path(__file__).with_name("golden_params.txt")
-
-
-def make_inputs(sig, seed=1):
-  """Random arrays matching `sig`; integers lie in [0, 3) so they are valid ids and class targets; masks are
-  mostly True."""
-  if isinstance(sig, tuple):
-    return tuple(make_inputs(s, seed + i) for i, s in enumerate(sig))
-  key = jax.random.key(seed)
-  if sig.dtype == jnp.bool_:
-    return jax.random.bernoulli(key, 0.7, sig.shape)
-  if jnp.issubdtype(sig.dtype, jnp.integer):
-    return jax.random.randint(key, sig.shape, 0, 3, sig.dtype)
-  return jax.random.normal(key, sig.shape, sig.dtype)
 
 
 def _items(x):

@@ -220,3 +220,57 @@ def test_models_are_gin_configurable():
     assert "bias" not in params["logits"]   # a layer's own binding reaches the layers inside models
   finally:
     gin.clear_config()
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(n_heads=3), "TransformerOptions.n_heads: expected a divisor of d_model=16, got 3"),
+    (dict(n_kv_heads=3), "TransformerOptions.n_kv_heads: expected None or a divisor of n_heads=4, got 3"),
+    (dict(dropout=1.0), r"TransformerOptions.dropout: expected a rate in \[0, 1\), got 1.0"),
+    (dict(positions="alibi"), "TransformerOptions.positions: expected one of .*'rotary_interleaved'.*got 'alibi'"),
+    (dict(n_heads=16, positions="rotary"), "positions without rotation for the odd head size 1, got 'rotary'"),
+    (dict(norm="batch"), r"TransformerOptions.norm: expected one of \('layer', 'rms'\), got 'batch'"),
+    (dict(remat="all"), "TransformerOptions.remat: expected one of .*got 'all'"),
+    (dict(d_ff=0), "TransformerOptions.d_ff: expected a positive int, got 0"),
+    (dict(ff_activation="gelu"), "TransformerOptions.ff_activation: expected a function giving a layer"),
+])
+def test_options_are_checked_once_naming_the_field(options, message):
+  for model in (TransformerLM, TransformerEncoder, Transformer):
+    with pytest.raises(ValueError, match=message):
+      model(20, **{**dict(d_model=16, d_ff=32, n_heads=4), **options})
+
+
+def test_options_are_frozen_keyword_only_and_shown_by_str():
+  from combinax.models import TransformerOptions
+  options = TransformerOptions(d_model=16, d_ff=32, n_heads=4)
+  with pytest.raises(AttributeError):
+    options.d_model = 32
+  with pytest.raises(TypeError):
+    TransformerLM(20, 16, 32, 2)        # past d_ff, arguments are named
+  model = TransformerLM(20, d_model=16, d_ff=32, n_layers=1, n_heads=4, n_kv_heads=2, ff_activation=cl.Gelu,
+                        tie_embeddings=True)
+  assert model.options == TransformerOptions(d_model=16, d_ff=32, n_heads=4, n_kv_heads=2, ff_activation=cl.Gelu)
+  assert str(model).splitlines()[0] == "TransformerLM(d_model=16, d_ff=32, n_heads=4, n_kv_heads=2, ff_activation=Gelu)["
+  encoder = TransformerEncoder(20, None, 16, d_ff=32, n_layers=1, n_heads=4, pre_norm=False)
+  lines = [line.strip() for line in str(encoder).splitlines()]
+  assert lines[0] == "TransformerEncoder(d_model=16, d_ff=32, n_heads=4, pre_norm=False)["
+  # Post-norm blocks read as BERT's: the residual sum (ending in its Dropout), then the norm.
+  assert lines[9:11] == ["Residual_in2_out2[", "attention_in2_out2["]
+  assert lines[lines.index("attention_norm") - 2:lines.index("attention_norm")] == ["Dropout", "]"]
+
+
+def test_gin_binds_every_option_and_the_operative_config_lists_them():
+  import gin
+  gin.clear_config()
+  try:
+    gin.parse_config("""
+        TransformerLM.d_model = 8
+        TransformerLM.n_heads = 2
+        TransformerLM.positions = "rotary"
+        TransformerLM.norm = "rms"
+    """)
+    model = TransformerLM(12, n_layers=1)
+    assert model.options.positions == "rotary" and model.options.norm == "rms" and model.options.d_model == 8
+    operative = gin.operative_config_str()
+    assert "TransformerLM.remat = 'dots'" in operative and "TransformerLM.gated_ff = False" in operative
+  finally:
+    gin.clear_config()
