@@ -50,6 +50,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | recipes | `lm_pipeline`, `classification_pipeline`, `translation_pipeline`, `image_pipeline` (the configs') |
 """
 
+from combinax.configurable import register as _register
 from combinax.data.base import DataError, FnStage, Serial, Stage, Stream
 from combinax.data.batching import Batch, BucketByLength, stack_examples
 from combinax.data.hf_tokenizers import BPETokenizer, WordPieceTokenizer
@@ -74,6 +75,13 @@ __all__ = [
     "tokenizer_for", "corpora", "lm_pipeline", "classification_pipeline", "translation_pipeline", "corpus_tokenizer",
     "image_pipeline",
 ]
+
+# gin: every stage and recipe (`TrainTask.data = @train/lm_pipeline()`), here in one place.
+_register(globals(), "combinax.data", [
+    "Serial", "TFDS", "TextLines", "CSV", "TSV", "JSONL", "Corpus", "FromList", "Map", "Tokenize", "Detokenize",
+    "FilterByLength", "TruncateToLength", "PadToLength", "AddLossWeights", "Shuffle", "Batch", "BucketByLength",
+    "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch", "lm_pipeline", "classification_pipeline",
+    "translation_pipeline", "corpus_tokenizer", "image_pipeline"])
 
 
 def __getattr__(name):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-import gin
 
 
 class DataError(ValueError):
@@ -176,7 +175,6 @@ def _as_stage(item) -> Stage:
   raise DataError(f"data.Serial takes stages or functions iterator -> iterator, got {item!r}")
 
 
-@gin.configurable(module="combinax.data")
 class Serial(Stage):
   """Composes stages: a source first, then transforms, each fed by the one before (nested Serials flatten).
 

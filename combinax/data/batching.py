@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 
-import gin
 import numpy as np
 
 from combinax.data.base import DataError, Stage, Stream, check_tuple
@@ -85,7 +84,6 @@ class _BatchStream(Stream):
     return {"dropped": self.dropped} if self.stage.drop_remainder else {}
 
 
-@gin.configurable(module="combinax.data")
 class Batch(Stage):
   """Groups `batch_size` examples into a batch, padding sequences to the longest in the batch.
 
@@ -169,7 +167,6 @@ class _BucketStream(Stream):
     return {"dropped_long": self.dropped_long, "dropped_remainder": self.dropped_remainder}
 
 
-@gin.configurable(module="combinax.data")
 class BucketByLength(Stage):
   """Batches examples of similar length: bucket i takes lengths in (boundaries[i-1], boundaries[i]].
 

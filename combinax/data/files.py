@@ -11,7 +11,6 @@ import io
 import json
 from pathlib import Path
 
-import gin
 import numpy as np
 
 from combinax.data.base import DataError
@@ -41,7 +40,6 @@ def read_text(path) -> list[str]:
   return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-@gin.configurable(module="combinax.data")
 class TextLines(Source):
   """Each line of a UTF-8 text file as a 1-tuple `(line,)` (line ends removed; blank lines kept unless asked).
 
@@ -69,7 +67,6 @@ class TextLines(Source):
     return [(line,) for line in lines if line.strip() or not self.skip_blank]
 
 
-@gin.configurable(module="combinax.data")
 class CSV(Source):
   """Rows of a CSV file as tuples of the chosen `columns` (header names, or positions when `header=False`).
 
@@ -136,7 +133,6 @@ class CSV(Source):
     return examples
 
 
-@gin.configurable(module="combinax.data")
 class TSV(CSV):
   """Rows of a tab-separated file (no quoting) as tuples of the chosen `columns`; see `CSV`.
 
@@ -151,7 +147,6 @@ class TSV(CSV):
   delimiter = "\t"
 
 
-@gin.configurable(module="combinax.data")
 class JSONL(Source):
   """One JSON object per line (blank lines ignored), as tuples of the fields `keys`.
 

@@ -6,7 +6,6 @@ Every stage here emits `(inputs, targets, weights)` with float32 weights, which 
 
 from __future__ import annotations
 
-import gin
 import numpy as np
 
 from combinax.data.base import DataError, Stage, Stream, check_tuple
@@ -21,7 +20,6 @@ def _ids(value, stage: str, key: int) -> np.ndarray:
   return array
 
 
-@gin.configurable(module="combinax.data")
 class ConcatenateToLMInput(MapStage):
   """(inputs, targets) -> (inputs ++ targets, inputs ++ targets, weights): weights are 1 on the targets only.
 
@@ -95,7 +93,6 @@ class _PackStream(Stream):
     self._exhausted = bool(state["exhausted"])
 
 
-@gin.configurable(module="combinax.data")
 class PackLM(Stage):
   """Packs token ids of many examples into LM sequences of exactly `length`: (tokens, tokens, weights).
 
@@ -153,7 +150,6 @@ class _MLMStream(Stream):
     self._rng.bit_generator.state = state["rng"]
 
 
-@gin.configurable(module="combinax.data")
 class MLM(Stage):
   """BERT-style masking of the ids at position `key`: (masked, original, weights, *other positions).
 

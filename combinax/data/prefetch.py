@@ -11,7 +11,6 @@ from __future__ import annotations
 import queue
 import threading
 
-import gin
 
 from combinax.data.base import DataError, Stage, Stream
 
@@ -114,7 +113,6 @@ def _produce(upstream: Stream, q: queue.Queue, stop: threading.Event, errors: li
     _put(q, stop, (e, None))
 
 
-@gin.configurable(module="combinax.data")
 class Prefetch(Stage):
   """Produces up to `buffer_size` items ahead in a background thread; the state stays exact (see the module).
 

@@ -7,7 +7,6 @@ Batches follow the Trainer's convention: the model's inputs first, then what the
 
 from __future__ import annotations
 
-import gin
 import numpy as np
 
 from combinax.data.base import Serial
@@ -18,13 +17,11 @@ from combinax.data.tokenizers import Tokenizer, tokenizer_for
 from combinax.data.transforms import AddLossWeights, Map, Shuffle, Tokenize, TruncateToLength
 
 
-@gin.configurable(module="combinax.data")
 def corpus_tokenizer(corpus: str = "kjv", kind: str = "sentencepiece", vocab_size: int = 8192) -> Tokenizer:
   """`tokenizer_for(corpus, kind, vocab_size)`, under a name that config files bind."""
   return tokenizer_for(corpus, kind, vocab_size)
 
 
-@gin.configurable(module="combinax.data")
 def lm_pipeline(corpus: str = "kjv", split: str = "train", text_key: str = "text", tokenizer: Tokenizer | None = None,
                 length: int = 128, batch_size: int = 16, shuffle_buffer: int = 1024, seed: int = 0,
                 repeat: bool = True) -> Serial:
@@ -39,7 +36,6 @@ def lm_pipeline(corpus: str = "kjv", split: str = "train", text_key: str = "text
       Batch(batch_size, drop_remainder=True))
 
 
-@gin.configurable(module="combinax.data")
 def classification_pipeline(corpus: str = "imdb_sentiment", split: str = "train", text_key: str = "text",
                             label_key: str = "label", tokenizer: Tokenizer | None = None, max_length: int = 256,
                             batch_size: int = 32, shuffle_buffer: int = 1024, seed: int = 0,
@@ -55,7 +51,6 @@ def classification_pipeline(corpus: str = "imdb_sentiment", split: str = "train"
       Batch(batch_size, drop_remainder=True))
 
 
-@gin.configurable(module="combinax.data")
 def translation_pipeline(corpus: str = "bible_en_es", split: str = "train", source_key: str = "en",
                          target_key: str = "es", tokenizer: Tokenizer | None = None, max_length: int = 64,
                          boundaries=(16, 32, 64), batch_sizes=(64, 32, 16), shuffle_buffer: int = 1024, seed: int = 0,
@@ -76,7 +71,6 @@ def translation_pipeline(corpus: str = "bible_en_es", split: str = "train", sour
       AddLossWeights(key=2))
 
 
-@gin.configurable(module="combinax.data")
 def image_pipeline(corpus: str = "digits", split: str = "train", image_key: str = "image", label_key: str = "label",
                    shape=(8, 8, 1), scale: float = 1 / 16, batch_size: int = 64, shuffle_buffer: int = 512,
                    seed: int = 0, repeat: bool = True) -> Serial:

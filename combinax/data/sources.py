@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 from typing import Any, Sequence
 
-import gin
 import numpy as np
 
 from combinax.data.base import DataError, Stage, Stream
@@ -132,7 +131,6 @@ class SourceStream(Stream):
     self._block, self._block_start = [], 0
 
 
-@gin.configurable(module="combinax.data")
 class FromList(Source):
   """Examples from a Python list (tuples, or dicts with `keys`).
 
@@ -166,7 +164,6 @@ def check_corpus(name: str):
   return corpora
 
 
-@gin.configurable(module="combinax.data")
 class Corpus(Source):
   """A bundled corpus (`combinax.data.corpora`) as tuples of the fields `keys`, e.g. `Corpus("kjv", ("text",))`."""
 
@@ -185,7 +182,6 @@ class Corpus(Source):
     return examples
 
 
-@gin.configurable(module="combinax.data")
 class TFDS(Source):
   """A prepared TFDS dataset read through `tfds.data_source` (array_record, random access; no TensorFlow).
 

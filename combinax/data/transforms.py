@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import gin
 import numpy as np
 
 from combinax.data.base import DataError, Stage, Stream, check_tuple, replace_at
@@ -50,7 +49,6 @@ class MapStage(Stage):
     return _MapStream(self, upstream, self.map)
 
 
-@gin.configurable(module="combinax.data")
 class Map(MapStage):
   """Applies `fn` to each example, or to the positions `keys` of it when given.
 
@@ -72,7 +70,6 @@ class Map(MapStage):
     return example
 
 
-@gin.configurable(module="combinax.data")
 class Tokenize(MapStage):
   """Encodes the strings at positions `keys` (all string positions if None) to int32 ids with `tokenizer`.
 
@@ -109,7 +106,6 @@ class Tokenize(MapStage):
     return example
 
 
-@gin.configurable(module="combinax.data")
 class Detokenize(MapStage):
   """Decodes the id arrays at positions `keys` back to strings with `tokenizer` (padding and EOS dropped).
 
@@ -155,7 +151,6 @@ class _FilterStream(Stream):
     return {"dropped": self.dropped}
 
 
-@gin.configurable(module="combinax.data")
 class FilterByLength(Stage):
   """Keeps examples whose length (max over `length_keys`) is in [min_length, max_length]; counts the others.
 
@@ -178,7 +173,6 @@ class FilterByLength(Stage):
     return _FilterStream(self, upstream)
 
 
-@gin.configurable(module="combinax.data")
 class TruncateToLength(MapStage):
   """Cuts the arrays (or strings) at positions `keys` to at most `length` items (along the first axis).
 
@@ -207,7 +201,6 @@ def pad_to(array: np.ndarray, length: int, pad_value=0) -> np.ndarray:
   return np.concatenate([array, np.full((extra,) + array.shape[1:], pad_value, array.dtype)])
 
 
-@gin.configurable(module="combinax.data")
 class PadToLength(MapStage):
   """Pads the arrays at positions `keys` with `pad_value` to exactly `length`; longer ones raise a DataError.
 
@@ -232,7 +225,6 @@ class PadToLength(MapStage):
     return example
 
 
-@gin.configurable(module="combinax.data")
 class AddLossWeights(MapStage):
   """Appends float32 loss weights: 0 where the targets (position `key`) equal `id_to_mask`, 1 elsewhere.
 
@@ -297,7 +289,6 @@ class _ShuffleStream(Stream):
     self._exhausted = bool(state["exhausted"])
 
 
-@gin.configurable(module="combinax.data")
 class Shuffle(Stage):
   """Shuffles through a buffer of `buffer_size` examples with a seeded generator (same seed, same order).
 

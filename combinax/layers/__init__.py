@@ -1,4 +1,8 @@
-"""combinax.layers: pure (init, apply) layers and the combinators that compose them on a data stack."""
+"""combinax.layers: pure (init, apply) layers and the combinators that compose them on a data stack.
+
+Every layer and layer factory is gin-configurable under its name (`Dense.use_bias = False`, `@Gelu`), registered here
+in one place; the combinators and control flow (`Serial`, `Scan`, `Repeat`, ...) are structure, and stay plain.
+"""
 
 from combinax.layers import initializers
 from combinax.layers.activations import (Elu, FastGelu, Gelu, Glu, LeakyRelu, Relu, Selu, Sigmoid, Silu, Softplus,
@@ -22,3 +26,9 @@ from combinax.layers.positional import LearnedPositionalEncoding, PositionalEnco
 from combinax.layers.repeat import Repeat
 from combinax.layers.rnn import GRU, LSTM, GRUCell, LSTMCell
 from combinax.layers.scopes import Combinator
+
+from combinax.configurable import register as _register  # noqa: E402
+
+_STRUCTURE = ("base", "scopes", "combinators", "control", "repeat")
+_register(globals(), "combinax.layers", [name for name, obj in list(globals().items()) if name[:1].isupper() and
+                                         callable(obj) and obj.__module__.rsplit(".", 1)[-1] not in _STRUCTURE])

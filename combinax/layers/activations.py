@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gin
 import jax
 import jax.numpy as jnp
 
@@ -11,7 +10,6 @@ from combinax.layers.base import Layer, LayerError
 from combinax.layers.combinators import Fn
 
 
-@gin.configurable(module="combinax.layers")
 def Relu() -> Layer:
   """max(x, 0).
 
@@ -21,29 +19,24 @@ def Relu() -> Layer:
   return Fn("Relu", jax.nn.relu)
 
 
-@gin.configurable(module="combinax.layers")
 def Gelu() -> Layer:
   """Exact GELU, x * Phi(x) with the normal CDF Phi."""
   return Fn("Gelu", lambda x: jax.nn.gelu(x, approximate=False))
 
 
-@gin.configurable(module="combinax.layers")
 def FastGelu() -> Layer:
   """GELU with the tanh approximation."""
   return Fn("FastGelu", lambda x: jax.nn.gelu(x, approximate=True))
 
 
-@gin.configurable(module="combinax.layers")
 def Sigmoid() -> Layer:
   return Fn("Sigmoid", jax.nn.sigmoid)
 
 
-@gin.configurable(module="combinax.layers")
 def Tanh() -> Layer:
   return Fn("Tanh", jnp.tanh)
 
 
-@gin.configurable(module="combinax.layers")
 def Silu() -> Layer:
   """x * sigmoid(x), also known as Swish."""
   return Fn("Silu", jax.nn.silu)
@@ -52,27 +45,22 @@ def Silu() -> Layer:
 Swish = Silu
 
 
-@gin.configurable(module="combinax.layers")
 def Elu(a: float = 1.0) -> Layer:
   return Fn("Elu", lambda x: jax.nn.elu(x, alpha=a))
 
 
-@gin.configurable(module="combinax.layers")
 def Selu() -> Layer:
   return Fn("Selu", jax.nn.selu)
 
 
-@gin.configurable(module="combinax.layers")
 def LeakyRelu(a: float = 0.01) -> Layer:
   return Fn("LeakyRelu", lambda x: jax.nn.leaky_relu(x, negative_slope=a))
 
 
-@gin.configurable(module="combinax.layers")
 def Softplus() -> Layer:
   return Fn("Softplus", jax.nn.softplus)
 
 
-@gin.configurable(module="combinax.layers")
 class Glu(Layer):
   """Gated linear unit: splits the last axis into halves (a, b) and returns a * sigmoid(b)."""
 

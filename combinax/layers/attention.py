@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gin
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -14,7 +13,6 @@ from combinax.layers.core import Dense, dropout_mask
 from combinax.layers.positional import ROTARY_LAYOUTS, rotary
 
 
-@gin.configurable(module="combinax.layers")
 class ShiftRight(Layer):
   """Shifts a (batch, length, ...) array right along axis 1 by `n_positions`, filling with `pad_value`:
   a language model's inputs are its targets shifted right. In predict mode (one token per call) it is the identity.
@@ -43,7 +41,6 @@ class ShiftRight(Layer):
     return padded[:, :x.shape[1]], state
 
 
-@gin.configurable(module="combinax.layers")
 class PaddingMask(Layer):
   """From token ids (batch, length), the attention mask (batch, 1, 1, length): True where the token is not `pad`."""
 
@@ -57,7 +54,6 @@ class PaddingMask(Layer):
     return (ids != self.pad)[:, None, None, :], state
 
 
-@gin.configurable(module="combinax.layers")
 class EncoderDecoderMask(Layer):
   """(decoder activations (batch, target length, d), encoder padding mask (batch, 1, 1, source length)) ->
   the cross-attention mask (batch, 1, target length, source length)."""
@@ -101,7 +97,6 @@ def attend(q, k, v, mask, *, dropout: float = 0.0, rng=None, fast: bool = True):
   return out.reshape(b, tq, h, d)
 
 
-@gin.configurable(module="combinax.layers")
 class DotProductAttention(Layer):
   """The attention of projected (q, k, v[, mask]) (each (batch, length, heads * d_head)) -> (batch, Tq, heads * d_head).
 
@@ -187,7 +182,6 @@ def _projections(layer_name: str, d_feature: int, n_heads: int, n_kv_heads: int 
           Dense(d_kv, use_bias=use_bias, name="v"))
 
 
-@gin.configurable(module="combinax.layers")
 def AttentionQKV(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None = None, dropout: float = 0.0,
                  use_bias: bool = True, rotary: str | None = None, rotary_base: float = 10000.0, fast: bool = True,
                  name: str | None = "attention") -> Layer:
@@ -210,7 +204,6 @@ def AttentionQKV(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None = N
       name=name)
 
 
-@gin.configurable(module="combinax.layers")
 def Attention(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None = None, dropout: float = 0.0,
               use_bias: bool = True, rotary: str | None = None, rotary_base: float = 10000.0, fast: bool = True,
               name: str | None = "attention") -> Layer:
@@ -226,7 +219,6 @@ def Attention(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None = None
       name=name)
 
 
-@gin.configurable(module="combinax.layers")
 def CausalAttention(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None = None, dropout: float = 0.0,
                     max_len: int = 2048, use_bias: bool = True, rotary: str | None = None,
                     rotary_base: float = 10000.0, fast: bool = True, mode: str = "train",

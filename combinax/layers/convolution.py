@@ -5,7 +5,6 @@ Extra leading axes before the batch axis are folded into it and restored afterwa
 
 from __future__ import annotations
 
-import gin
 import math
 from typing import Sequence
 
@@ -33,7 +32,6 @@ def _fold_leading(x, n_spatial: int):
   return x.reshape((-1,) + x.shape[len(lead):]), lead
 
 
-@gin.configurable(module="combinax.layers")
 class Conv(Layer):
   """Convolution with `filters` output channels and a `kernel_size` window (its length fixes 1-, 2- or 3-D).
 
@@ -82,7 +80,6 @@ class Conv(Layer):
     return y.reshape(lead + y.shape[1:]), state
 
 
-@gin.configurable(module="combinax.layers")
 class CausalConv(Conv):
   """1-D convolution over (batch, time, channels) where output t sees only inputs up to t (left padding)."""
 
@@ -117,7 +114,6 @@ class _Pool(Layer):
     return y.reshape(lead + y.shape[1:]), state
 
 
-@gin.configurable(module="combinax.layers")
 class MaxPool(_Pool):
   """Largest entry of each window."""
 
@@ -125,7 +121,6 @@ class MaxPool(_Pool):
     return self._window(x, np.array(-np.inf, x.dtype), lax.max)
 
 
-@gin.configurable(module="combinax.layers")
 class SumPool(_Pool):
   """Sum of each window."""
 
@@ -133,7 +128,6 @@ class SumPool(_Pool):
     return self._window(x, np.array(0, x.dtype), lax.add)
 
 
-@gin.configurable(module="combinax.layers")
 class AvgPool(_Pool):
   """Mean of each window; with "SAME" padding, only the entries inside the input are averaged."""
 

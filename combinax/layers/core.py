@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gin
 from typing import Sequence
 
 import jax
@@ -27,7 +26,6 @@ def dense_dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return jnp.dot(x.reshape(rows, x.shape[-1]), kernel).reshape(x.shape[:-1] + kernel.shape[1:])
 
 
-@gin.configurable(module="combinax.layers")
 class Dense(Layer):
   """A fully connected layer on the last axis: `x @ kernel + bias`.
 
@@ -59,7 +57,6 @@ class Dense(Layer):
     return y, state
 
 
-@gin.configurable(module="combinax.layers")
 class Embedding(Layer):
   """Maps integer ids to learned vectors of size `d_feature`.
 
@@ -86,7 +83,6 @@ class Embedding(Layer):
     return jnp.take(params["embedding"], x, axis=0), state
 
 
-@gin.configurable(module="combinax.layers")
 class TiedLogits(Combinator):
   """Logits from an `Embedding`'s own table: x (..., d_feature) -> x @ table.T (..., vocab_size).
 
@@ -164,7 +160,6 @@ def dropout_mask(rng, rate: float, shape: Sequence[int]) -> tuple[jax.Array, flo
   return bits >= jnp.uint32(threshold), 1.0 / (1.0 - rate)
 
 
-@gin.configurable(module="combinax.layers")
 class Dropout(Layer):
   """Zeroes each entry with probability `rate` and scales the rest by 1 / (1 - rate) when `train=True`;
   the identity otherwise. `shared_axes` share one mask along those axes (e.g. the time axis).
@@ -191,7 +186,6 @@ class Dropout(Layer):
     return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros_like(x)), state
 
 
-@gin.configurable(module="combinax.layers")
 class Flatten(Layer):
   """Keeps the first `n_axes_to_keep` axes and flattens the rest into one."""
 
@@ -204,7 +198,6 @@ class Flatten(Layer):
     return x.reshape(x.shape[:self.n_axes_to_keep] + (-1,)), state
 
 
-@gin.configurable(module="combinax.layers")
 class Weights(Layer):
   """Learned weights as a layer: takes nothing, pushes an array of `shape` (Trax's `Weights`)."""
 
@@ -219,46 +212,38 @@ class Weights(Layer):
     return params["weights"], state
 
 
-@gin.configurable(module="combinax.layers")
 def LogSoftmax(axis: int = -1) -> Layer:
   """Log-probabilities along `axis`."""
   return Fn("LogSoftmax", lambda x: jax.nn.log_softmax(x, axis=axis))
 
 
-@gin.configurable(module="combinax.layers")
 def Softmax(axis: int = -1) -> Layer:
   """Probabilities along `axis`."""
   return Fn("Softmax", lambda x: jax.nn.softmax(x, axis=axis))
 
 
-@gin.configurable(module="combinax.layers")
 def Mean(axis=-1, keepdims: bool = False) -> Layer:
   return Fn("Mean", lambda x: jnp.mean(x, axis=axis, keepdims=keepdims))
 
 
-@gin.configurable(module="combinax.layers")
 def Sum(axis=None, keepdims: bool = False) -> Layer:
   return Fn("Sum", lambda x: jnp.sum(x, axis=axis, keepdims=keepdims))
 
 
-@gin.configurable(module="combinax.layers")
 def Max(axis=-1, keepdims: bool = False) -> Layer:
   return Fn("Max", lambda x: jnp.max(x, axis=axis, keepdims=keepdims))
 
 
-@gin.configurable(module="combinax.layers")
 def ArgMax(axis: int = -1) -> Layer:
   """Index of the largest entry along `axis` (int32)."""
   return Fn("ArgMax", lambda x: jnp.argmax(x, axis=axis).astype(jnp.int32))
 
 
-@gin.configurable(module="combinax.layers")
 def StopGradient() -> Layer:
   """The identity, with no gradient flowing back."""
   return Fn("StopGradient", jax.lax.stop_gradient)
 
 
-@gin.configurable(module="combinax.layers")
 def ToFloat() -> Layer:
   """Casts to float32."""
   return Fn("ToFloat", lambda x: x.astype(np.float32))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 
-import gin
 import jax
 import jax.numpy as jnp
 
@@ -27,7 +26,6 @@ from combinax.paths import leaves_with_paths, matches, unflatten
 SUFFIX_A, SUFFIX_B = "_lora_a", "_lora_b"
 
 
-@gin.configurable(module="combinax.layers")
 class LoRA(_Wrapper):
   """`layer` with rank-`rank` adapters on the kernels whose paths match `targets` (glob patterns).
 

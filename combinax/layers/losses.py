@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,7 +52,6 @@ def _check_smoothing(layer: Layer, label_smoothing):
     raise LayerError(layer, "label_smoothing must lie in [0, 1)", expected="0 <= s < 1", actual=label_smoothing)
 
 
-@gin.configurable(module="combinax.layers")
 class WeightedCategoryCrossEntropy(Layer):
   """Mean cross-entropy over positions with non-zero weight: (logits, targets, weights) -> scalar.
 
@@ -73,7 +71,6 @@ class WeightedCategoryCrossEntropy(Layer):
     return weighted_mean(category_cross_entropy(logits, targets, self.label_smoothing or 0.0), weights), state
 
 
-@gin.configurable(module="combinax.layers")
 class CategoryCrossEntropy(Layer):
   """Mean cross-entropy: (logits, targets) -> scalar."""
 
@@ -88,7 +85,6 @@ class CategoryCrossEntropy(Layer):
     return jnp.mean(category_cross_entropy(logits, targets, self.label_smoothing or 0.0)), state
 
 
-@gin.configurable(module="combinax.layers")
 class BinaryCrossEntropy(Layer):
   """Mean binary cross-entropy of 0/1 targets under sigmoid(logits): (logits, targets) -> scalar."""
 
@@ -103,7 +99,6 @@ class BinaryCrossEntropy(Layer):
     return -jnp.mean(t * jax.nn.log_sigmoid(z) + (1.0 - t) * jax.nn.log_sigmoid(-z)), state
 
 
-@gin.configurable(module="combinax.layers")
 class L2Loss(Layer):
   """Weighted mean squared error: (outputs, targets, weights) -> sum(w * (y - t)^2) / sum(w)."""
 

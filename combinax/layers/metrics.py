@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import gin
 import jax.numpy as jnp
 
 from combinax.layers.base import Layer
 from combinax.layers.losses import check_categorical, weighted_mean
 
 
-@gin.configurable(module="combinax.layers")
 class WeightedCategoryAccuracy(Layer):
   """Fraction of weighted positions whose arg-max prediction is the target.
 
@@ -28,7 +26,6 @@ class WeightedCategoryAccuracy(Layer):
     return weighted_mean(correct, weights), state
 
 
-@gin.configurable(module="combinax.layers")
 class SequenceAccuracy(Layer):
   """Fraction of sequences (first axis) whose every position with non-zero weight is predicted right."""
 
@@ -43,7 +40,6 @@ class SequenceAccuracy(Layer):
     return jnp.mean(per_sequence.astype(jnp.float32)), state
 
 
-@gin.configurable(module="combinax.layers")
 class Accuracy(Layer):
   """Fraction of positions whose arg-max prediction is the target: (logits, targets) -> scalar.
 

@@ -5,7 +5,6 @@ Statistics are computed in float32 at least, and the output has the input's dtyp
 
 from __future__ import annotations
 
-import gin
 import jax.numpy as jnp
 
 from combinax.layers.base import Layer, check_last_dim, check_rank
@@ -20,7 +19,6 @@ def _along_last(v, ndim: int):
   return v.reshape((1,) * (ndim - 1) + (-1,))
 
 
-@gin.configurable(module="combinax.layers")
 class LayerNorm(Layer):
   """Normalises the last axis to mean 0 and variance 1, then scales and (if `center`) shifts.
 
@@ -52,7 +50,6 @@ class LayerNorm(Layer):
     return y.astype(x.dtype), state
 
 
-@gin.configurable(module="combinax.layers")
 class RMSNorm(Layer):
   """Scales the last axis by the reciprocal of its root mean square (no centering), then by a learned scale."""
 
@@ -72,7 +69,6 @@ class RMSNorm(Layer):
     return (z / rms * _along_last(params["scale"], x.ndim)).astype(x.dtype), state
 
 
-@gin.configurable(module="combinax.layers")
 class BatchNorm(Layer):
   """Normalises features (the last axis) with statistics over every other axis.
 

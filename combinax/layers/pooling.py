@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gin
 import jax.numpy as jnp
 
 from combinax import shapes
@@ -10,7 +9,6 @@ from combinax.layers import initializers
 from combinax.layers.base import Layer, LayerError, check_last_dim
 
 
-@gin.configurable(module="combinax.layers")
 class AttentionWeightedAverage(Layer):
   """A weighted average over time with learned weights: (..., length, features) -> (..., features).
 

@@ -6,7 +6,6 @@ prefill of any length) adds the same encodings as one pass over the whole sequen
 
 from __future__ import annotations
 
-import gin
 import jax.numpy as jnp
 from jax import lax
 
@@ -85,7 +84,6 @@ class _Positional(Layer):
     return x + self.encodings(params, positions, x.shape[-1]).astype(x.dtype)[None], state
 
 
-@gin.configurable(module="combinax.layers")
 class PositionalEncoding(_Positional):
   """Adds fixed sinusoidal position encodings (no parameters).
 
@@ -101,7 +99,6 @@ class PositionalEncoding(_Positional):
     return sinusoids(positions, d_feature, self.base)
 
 
-@gin.configurable(module="combinax.layers")
 class LearnedPositionalEncoding(_Positional):
   """Adds a learned vector per position, as BERT does; params `{"embedding": (max_len, d_feature)}`."""
 

@@ -23,7 +23,6 @@ bias[0] -> input/bias, bias[1] -> recurrent/bias.
 
 from __future__ import annotations
 
-import gin
 import jax
 import jax.numpy as jnp
 
@@ -241,7 +240,6 @@ class _Sequence(_Scoped):
     return super().forward(params, state, inputs, rng=rng, train=train)
 
 
-@gin.configurable(module="combinax.layers")
 class LSTMCell(_Scoped):
   """One LSTM step: (x_t, c, h) -> (h_new, c_new, h_new), so `Scan(LSTMCell(n), axis=1, n_carry=2)` runs it.
 
@@ -266,7 +264,6 @@ class LSTMCell(_Scoped):
     self.n_units, self.forget_bias = n, forget_bias
 
 
-@gin.configurable(module="combinax.layers")
 class GRUCell(_Scoped):
   """One GRU step (reset gate after the recurrent matmul): (x_t, h) -> (h_new, h_new), for `Scan(..., n_carry=1)`.
 
@@ -287,7 +284,6 @@ class GRUCell(_Scoped):
     self.n_units = n
 
 
-@gin.configurable(module="combinax.layers")
 class LSTM(_Sequence):
   """An LSTM over a sequence: (batch, length, features) -> (batch, length, n_units), starting from zero carries.
 
@@ -313,7 +309,6 @@ class LSTM(_Sequence):
     self.n_units = n
 
 
-@gin.configurable(module="combinax.layers")
 class GRU(_Sequence):
   """A GRU over a sequence: (batch, length, features) -> (batch, length, n_units), starting from a zero carry.
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import gin
 
 from combinax import layers as cl
 
 
-@gin.configurable(module="combinax.models")
 def MLP(layer_widths: Sequence[int] = (128, 64), activation_fn: Callable[[], cl.Layer] = cl.Relu,
         out_activation: bool = False, flatten: bool = True, mode: str = "train") -> cl.Layer:
   """A stack of Dense layers of `layer_widths`, each followed by `activation_fn()` except the last (unless

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from typing import Callable, Sequence
 
-import gin
 import jax.numpy as jnp
 
 from combinax import layers as cl
@@ -110,7 +109,6 @@ def _choice(value, choices, what: str):
   return value
 
 
-@gin.configurable(module="combinax.models")
 def ResNet(stage_sizes: Sequence[int] = (2, 2), d_hidden: int = 16, n_output_classes: int = 10,
            block: str = "basic", stem: str = "small", stem_width: int | None = None, shortcut_kernel: int = 1,
            project_every_stage: bool = False, norm: LayerFactory = cl.BatchNorm,
@@ -184,7 +182,6 @@ def ResNet(stage_sizes: Sequence[int] = (2, 2), d_hidden: int = 16, n_output_cla
   return model
 
 
-@gin.configurable(module="combinax.models")
 def Resnet50(d_hidden: int = 64, n_output_classes: int = 1001, mode: str = "train",
              norm: LayerFactory = cl.BatchNorm, non_linearity: LayerFactory = cl.Relu) -> cl.Layer:
   """ResNet-50 (v1, as Trax's): a 7x7 stem and max-pool, then 3, 4, 6, 3 bottleneck blocks of `d_hidden` to
@@ -199,7 +196,6 @@ def Resnet50(d_hidden: int = 64, n_output_classes: int = 1001, mode: str = "trai
                 stem="imagenet", norm=norm, non_linearity=non_linearity, mode=mode, name="Resnet50")
 
 
-@gin.configurable(module="combinax.models")
 def WideResnet(n_blocks: int = 3, widen_factor: int = 1, n_output_classes: int = 10, bn_momentum: float = 0.9,
                mode: str = "train") -> cl.Layer:
   """Wide ResNet (Zagoruyko & Komodakis, 2016) for 32x32 images, as Trax's: a 3x3 conv to 16 channels, three
@@ -214,7 +210,6 @@ def WideResnet(n_blocks: int = 3, widen_factor: int = 1, n_output_classes: int =
                 norm=functools.partial(cl.BatchNorm, momentum=bn_momentum), mode=mode, name="WideResnet")
 
 
-@gin.configurable(module="combinax.models")
 def DigitsCNN(n_output_classes: int = 10, mode: str = "train") -> cl.Layer:
   """A small CNN for 8x8 single-channel digit images, (batch, 8, 8, 1) -> (batch, n_output_classes) logits.
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import gin
 
 from combinax import layers as cl
 from combinax.layers.rnn import GRU, LSTM, GRUCell, LSTMCell
@@ -32,7 +31,6 @@ def _sequence_layer(rnn_cell) -> Callable[..., cl.Layer]:
   return rnn_cell
 
 
-@gin.configurable(module="combinax.models")
 def RNNLM(vocab_size: int, d_model: int = 512, n_layers: int = 2, rnn_cell="lstm", dropout: float = 0.1,
           mode: str = "train") -> cl.Layer:
   """A recurrent language model: token ids (batch, length) -> logits (batch, length, vocab_size).
@@ -67,7 +65,6 @@ def RNNLM(vocab_size: int, d_model: int = 512, n_layers: int = 2, rnn_cell="lstm
       name="RNNLM")
 
 
-@gin.configurable(module="combinax.models")
 def GRULM(vocab_size: int = 256, d_model: int = 512, n_layers: int = 1, mode: str = "train") -> cl.Layer:
   """A GRU language model as Trax's `GRULM`: token ids (batch, length) -> logits (batch, length, vocab_size).
 
@@ -104,7 +101,6 @@ def GRULM(vocab_size: int = 256, d_model: int = 512, n_layers: int = 1, mode: st
       name="GRULM")
 
 
-@gin.configurable(module="combinax.models")
 def LSTMSeq2SeqAttn(input_vocab_size: int = 256, target_vocab_size: int = 256, d_model: int = 512,
                     n_encoder_layers: int = 2, n_decoder_layers: int = 2, n_attention_heads: int = 1,
                     attention_dropout: float = 0.0, pad_id: int = 0, mode: str = "train") -> cl.Layer:
@@ -137,7 +133,6 @@ def LSTMSeq2SeqAttn(input_vocab_size: int = 256, target_vocab_size: int = 256, d
       cl.Dense(target_vocab_size, name="logits"))                       # logits
 
 
-@gin.configurable(module="combinax.models")
 def TextGenRNN(vocab_size: int = 465, d_embedding: int = 100, n_units: int = 128, n_layers: int = 2,
                mode: str = "train") -> cl.Layer:
   """textgenrnn's character model: a window of ids (batch, length) -> logits of the next id (batch, vocab_size).

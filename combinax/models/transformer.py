@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-import gin
 import jax.numpy as jnp
 
 from combinax import layers as cl
@@ -190,7 +189,6 @@ def _decoder(o: TransformerOptions, n_layers: int, mode: str, embedding: cl.Laye
           _final_norm(o)]                                                 # x
 
 
-@gin.configurable(module="combinax.models")
 def TransformerDecoder(vocab_size: int | None = None, d_model: int = 512, d_ff: int = 2048, *, n_layers: int = 6,
                        n_heads: int = 8, dropout: float = 0.1, max_len: int = 2048, mode: str = "train",
                        ff_activation: Callable = cl.Relu, n_kv_heads: int | None = None, positions: str = "sinusoidal",
@@ -212,7 +210,6 @@ def TransformerDecoder(vocab_size: int | None = None, d_model: int = 512, d_ff: 
   return _Model("TransformerDecoder", o, *_decoder(o, n_layers, mode, embedding))
 
 
-@gin.configurable(module="combinax.models")
 def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, *, n_layers: int = 6, n_heads: int = 8,
                   dropout: float = 0.1, max_len: int = 2048, mode: str = "train", ff_activation: Callable = cl.Relu,
                   tie_embeddings: bool = False, n_kv_heads: int | None = None, positions: str = "sinusoidal",
@@ -259,7 +256,6 @@ def Pool(pool: str = "mean") -> cl.Layer:
   raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
 
 
-@gin.configurable(module="combinax.models")
 def TransformerEncoder(vocab_size: int, n_classes: int | None = 10, d_model: int = 512, *, d_ff: int = 2048,
                        n_layers: int = 6, n_heads: int = 8, dropout: float = 0.1, max_len: int = 2048,
                        mode: str = "train", ff_activation: Callable = cl.Relu, pool: str = "mean",
@@ -299,7 +295,6 @@ def TransformerEncoder(vocab_size: int, n_classes: int | None = 10, d_model: int
   return model
 
 
-@gin.configurable(module="combinax.models")
 def Transformer(input_vocab_size: int, output_vocab_size: int | None = None, d_model: int = 512, *,
                 d_ff: int = 2048, n_encoder_layers: int = 6, n_decoder_layers: int = 6, n_heads: int = 8,
                 dropout: float = 0.1, max_len: int = 2048, mode: str = "train", ff_activation: Callable = cl.Relu,

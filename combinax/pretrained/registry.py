@@ -131,7 +131,6 @@ def import_to_cache(name: str) -> Path:
   return checkpoints.latest(folder)
 
 
-@gin.configurable(module="combinax.pretrained")
 def checkpoint(name: str = gin.REQUIRED) -> str:
   """The cached checkpoint of `name` (importing it first if needed): a `Trainer.init_checkpoint` for fine-tuning."""
   found = _cached_checkpoint(name)
@@ -147,7 +146,6 @@ def config(name: str) -> dict:
   return _metadata(name)["config"]
 
 
-@gin.configurable(module="combinax.pretrained")
 def tokenizer(name: str = gin.REQUIRED):
   """The tokenizer `name` was trained with."""
   folder = Path(checkpoint(name)).parent
@@ -161,7 +159,6 @@ def tokenizer(name: str = gin.REQUIRED):
   return loaded
 
 
-@gin.configurable(module="combinax.pretrained")
 def model(name: str = gin.REQUIRED, **options) -> Layer:
   """The combinax model of `name` (built from `combinax.models`), e.g. `model("all-minilm-l6-v2", n_classes=2)`.
 

@@ -68,12 +68,6 @@ def parse_config(files, bindings, skip_unknown: bool = False):
     raise ConfigError(f"combinax: bad gin configuration: {e}") from None
 
 
-@gin.configurable(module="combinax.train")
-def sample_setup(model=gin.REQUIRED, tokenizer=None):
-  """What `combinax-decode` needs from the config: the model function and the tokenizer (bind them in the recipe)."""
-  return model, tokenizer
-
-
 def train_main(argv):
   del argv
   if FLAGS.output_dir is None:
@@ -111,6 +105,7 @@ def decode_main(argv):
   if not config.exists():
     raise ConfigError(f"combinax-decode: {config} not found; train with combinax-train --output_dir={output_dir}")
   parse_config([str(config)], FLAGS.config, skip_unknown=True)
+  from combinax.train import sample_setup
   model_fn, tokenizer = sample_setup()
   if tokenizer is None:
     raise ConfigError("combinax-decode: the config binds no tokenizer (sample_setup.tokenizer)")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import gin
 import jax
 import jax.numpy as jnp
 
@@ -27,7 +26,6 @@ def decay_mask(params, include: str | Iterable[str] = "*", exclude: str | Iterab
   return jax.tree_util.tree_map(lambda i, e: bool(i and not e), included, excluded)
 
 
-@gin.configurable(module="combinax.train")
 def l2_penalty(params, weight: float = 1e-4, include: str | Iterable[str] = "*",
                exclude: str | Iterable[str] = DEFAULT_EXCLUDE):
   """`weight / 2 * sum(w ** 2)` over the selected parameters: its gradient is `weight * w`.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import gin
 import jax.numpy as jnp
 
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
@@ -24,7 +23,6 @@ def _warmup(step, warmup_steps: int):
   return jnp.minimum(1.0, (_f32(step) + 1.0) / warmup_steps)
 
 
-@gin.configurable(module="combinax.train")
 def constant(value: float = 1e-3) -> Schedule:
   """The same rate at every step.
 
@@ -34,7 +32,6 @@ def constant(value: float = 1e-3) -> Schedule:
   return lambda step: jnp.full((), value, jnp.float32) + 0.0 * _f32(step)
 
 
-@gin.configurable(module="combinax.train")
 def linear_warmup(peak: float = 1e-3, warmup_steps: int = 100) -> Schedule:
   """Rises linearly to `peak` over `warmup_steps` steps, then stays there.
 
@@ -44,7 +41,6 @@ def linear_warmup(peak: float = 1e-3, warmup_steps: int = 100) -> Schedule:
   return lambda step: peak * _warmup(step, warmup_steps)
 
 
-@gin.configurable(module="combinax.train")
 def rsqrt_decay(peak: float = 1e-3, warmup_steps: int = 100) -> Schedule:
   """Linear warmup to `peak`, then `peak * sqrt(warmup_steps / step)` (the Transformer paper's schedule)."""
   def schedule(step):
@@ -53,7 +49,6 @@ def rsqrt_decay(peak: float = 1e-3, warmup_steps: int = 100) -> Schedule:
   return schedule
 
 
-@gin.configurable(module="combinax.train")
 def step_decay(boundaries: Sequence[int] = (1000, 2000), values: Sequence[float] = (1e-3, 1e-4, 1e-5)) -> Schedule:
   """Piecewise constant: `values[i]` from `boundaries[i-1]` (inclusive) to `boundaries[i]`.
 
@@ -69,7 +64,6 @@ def step_decay(boundaries: Sequence[int] = (1000, 2000), values: Sequence[float]
   return lambda step: table[jnp.sum(jnp.asarray(step, jnp.int32) >= edges)]
 
 
-@gin.configurable(module="combinax.train")
 def exponential_decay(initial: float = 1e-3, decay_rate: float = 0.5, decay_steps: int = 1000,
                       staircase: bool = False, warmup_steps: int = 0) -> Schedule:
   """`initial * decay_rate ** (step / decay_steps)` (whole periods only with `staircase`), after a linear warmup.
@@ -85,7 +79,6 @@ def exponential_decay(initial: float = 1e-3, decay_rate: float = 0.5, decay_step
   return schedule
 
 
-@gin.configurable(module="combinax.train")
 def cosine(peak: float = 1e-3, total_steps: int = 10000, warmup_steps: int = 0, final: float = 0.0) -> Schedule:
   """Linear warmup to `peak`, then a half cosine from `peak` down to `final` at `total_steps`.
 
@@ -99,7 +92,6 @@ def cosine(peak: float = 1e-3, total_steps: int = 10000, warmup_steps: int = 0, 
   return schedule
 
 
-@gin.configurable(module="combinax.train")
 def multifactor(factors: str = "constant * linear_warmup * rsqrt_decay", constant: float = 0.1,
                 warmup_steps: int = 400, decay_factor: float = 0.5, steps_per_decay: int = 20000,
                 steps_per_cycle: int = 100000, minimum: float = 0.0) -> Schedule:

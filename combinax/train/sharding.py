@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Sequence
 
-import gin
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -21,7 +20,6 @@ DATA, MODEL = "data", "model"
 Spec = P | Callable[[tuple, Mesh], P]
 
 
-@gin.configurable(module="combinax.train")
 def make_mesh(model_parallel: int = 1, devices: Sequence | None = None) -> Mesh:
   """A 2-D mesh (`data`, `model`) over `devices` (default: all), `model_parallel` devices on the `model` axis.
 
@@ -59,13 +57,11 @@ def shard_axis(dim: int = -1, axis: str = MODEL) -> Callable[[tuple, Mesh], P]:
   return spec
 
 
-@gin.configurable(module="combinax.train")
 def fsdp_rules(min_size: int = 1024) -> list:
   """Every parameter with at least `min_size` entries split over the `data` axis (ZeRO-3 style)."""
   return [("*", shard_largest_axis(DATA, min_size))]
 
 
-@gin.configurable(module="combinax.train")
 def tensor_parallel_rules() -> list:
   """Megatron-style splits of attention and feed-forward kernels over the `model` axis: the q/k/v and first
   feed-forward kernels by output features, the attention output and last feed-forward kernels by input features."""

@@ -26,10 +26,6 @@ from combinax.train import checkpoints, regularization, schedules, sharding
 from combinax.train.logging import RunLogger, plot_loss_curve
 from combinax.train.step import TrainState, TrainStep, frozen_mask, loss_inputs, split_batch
 
-for _name in ("adam", "adamw", "sgd", "adafactor", "rmsprop", "lion", "lamb", "adagrad", "nadam", "adabelief"):
-  gin.external_configurable(getattr(optax, _name), name=_name, module="optax")
-
-
 class TrainingError(RuntimeError):
   """The run cannot go on (e.g. a non-finite loss); the message names the step and the last good checkpoint."""
 
@@ -49,7 +45,6 @@ def _scale_by_pattern(multipliers: dict[str, float]) -> optax.GradientTransforma
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-@gin.configurable(module="combinax.train")
 class TrainTask:
   """What to train on and how: the data pipeline (a stage such as `data.Serial(...)`, called to get a stream of
   batches), the loss layer, the optax optimizer (a factory taking `learning_rate`), the schedule, clipping, weight
@@ -91,7 +86,6 @@ class TrainTask:
     return optax.masked(optax.chain(*parts), jax.tree_util.tree_map(lambda f: not f, frozen))
 
 
-@gin.configurable(module="combinax.train")
 class EvalTask:
   """Evaluation every `eval_every` steps on `n_batches` batches of `data` (a fresh stream each time, so every
   evaluation sees the same batches): `metrics` maps names to layers taking (outputs, *rest of the batch)."""
@@ -103,7 +97,11 @@ class EvalTask:
         "loss": cl.WeightedCategoryCrossEntropy(), "accuracy": cl.WeightedCategoryAccuracy()}
 
 
-@gin.configurable(module="combinax.train")
+def sample_setup(model=gin.REQUIRED, tokenizer=None):
+  """What `combinax-decode` needs from the config: the model function and the tokenizer (bind them in the recipe)."""
+  return model, tokenizer
+
+
 class Trainer:
   """Trains `model` (a layer, or a function of `mode` such as a gin-configured `TransformerLM`) on `task`.
 
