@@ -1,8 +1,6 @@
-"""combinax.layers: pure (init, apply) layers and the combinators that compose them on a data stack.
-
-Every layer and layer factory is gin-configurable under its name (`Dense.use_bias = False`, `@Gelu`), registered here
-in one place; the combinators and control flow (`Serial`, `Scan`, `Repeat`, ...) are structure, and stay plain.
-"""
+"""combinax.layers: pure (init, apply) layers and the combinators that compose them on a data stack. Every layer and
+layer factory is gin-configurable (`Dense.use_bias = False`, `@Gelu`), registered at the end of this file; the
+combinators and control flow (`Serial`, `Scan`, `Repeat`, ...) are structure and stay plain."""
 
 from combinax.layers import initializers
 from combinax.layers.activations import (Elu, FastGelu, Gelu, Glu, LeakyRelu, Relu, Selu, Sigmoid, Silu, Softplus,
@@ -29,6 +27,6 @@ from combinax.layers.scopes import Combinator
 
 from combinax.configurable import register as _register  # noqa: E402
 
-_STRUCTURE = ("base", "scopes", "combinators", "control", "repeat")
-_register(globals(), "combinax.layers", [name for name, obj in list(globals().items()) if name[:1].isupper() and
-                                         callable(obj) and obj.__module__.rsplit(".", 1)[-1] not in _STRUCTURE])
+_STRUCTURE = {f"combinax.layers.{m}" for m in ("base", "scopes", "combinators", "control", "repeat")}
+_register(globals(), "combinax.layers",
+          [name for name, x in list(globals().items()) if name[0].isupper() and x.__module__ not in _STRUCTURE])

@@ -25,9 +25,7 @@ class ShiftRight(Layer):
     super().__init__(1, 1, name)
     self.n_positions, self.pad_value, self.mode = int(n_positions), pad_value, check_mode(self, mode)
 
-  @property
-  def decodes(self) -> bool:
-    return self.mode == "predict"
+  decodes = property(lambda self: self.mode == "predict")
 
   def forward(self, params, state, x, *, rng, train):
     if x.ndim < 2:
@@ -121,13 +119,10 @@ class DotProductAttention(Layer):
     if rotary not in (None,) + ROTARY_LAYOUTS:
       raise LayerError(self, "unknown rotary layout", expected=f"None or one of {ROTARY_LAYOUTS}", actual=rotary)
     if mode == "predict" and not causal:
-      raise LayerError(self, "only causal attention keeps a decoding cache; attention on a whole sequence (an "
-                       "encoder's, or on an encoder's outputs) is the same in every mode",
-                       expected="causal=True with mode='predict', or mode 'train'/'eval'", actual="causal=False")
+      raise LayerError(self, "only causal attention keeps a decoding cache; attention on whole sequences has no "
+                       "predict mode", expected="causal=True with mode='predict'", actual="causal=False")
 
-  @property
-  def decodes(self) -> bool:
-    return self.mode == "predict"
+  decodes = property(lambda self: self.mode == "predict")
 
   def _d_head(self, inputs) -> int:
     """Checks the shapes of q, k, v (arrays or signatures); returns d_head."""
@@ -186,7 +181,7 @@ def AttentionQKV(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None = N
                  use_bias: bool = True, rotary: str | None = None, rotary_base: float = 10000.0, fast: bool = True,
                  name: str | None = "attention") -> Layer:
   """Multi-head attention of queries on keys/values, e.g. a decoder on its encoder: (q, k, v, mask) -> (y, mask).
-  It keeps no decoding state, so it has no mode: a decoder attends to its (cached) encoder the same way each call.
+  It keeps no decoding state, so it has no mode.
 
   Params: `q`, `k`, `v`, `o` projections (each `kernel` and, with `use_bias`, `bias`).
 

@@ -275,14 +275,12 @@ MODES = ("train", "eval", "predict")
 
 
 def check_mode(layer: Layer, mode: str, *, decodes: bool = True) -> str:
-  """Trax's modes, with one meaning everywhere: "train" and "eval" build the same layer (`apply(train=...)` alone
-  turns dropout and batch statistics on); "predict" builds a decoder, whose layers keep their decoding state (KV
-  caches, positions, carries) in `state`. A layer or model with nothing to decode (`decodes=False`) has no
-  "predict"."""
+  """Trax's modes, with one meaning: "train" and "eval" build the same layer (`apply(train=...)` alone turns dropout
+  and batch statistics on); "predict" builds a decoder, which keeps its decoding state (KV caches, positions,
+  carries) in `state`. A layer or model with nothing to decode (`decodes=False`) has no "predict"."""
   allowed = MODES if decodes else MODES[:2]
   if mode not in allowed:
-    message = "unknown mode" if mode not in MODES else (
-        "no 'predict' mode: nothing here keeps decoding state (and 'train' and 'eval' build the same layer)")
+    message = "unknown mode" if mode not in MODES else "no 'predict' mode: nothing here keeps decoding state"
     raise LayerError(layer, message, expected=" or ".join(repr(m) for m in allowed), actual=repr(mode))
   return mode
 

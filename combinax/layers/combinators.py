@@ -71,8 +71,7 @@ class Serial(Combinator):
   """
 
   def __init__(self, *layers, name: str | None = None):
-    # As in Trax, a Serial of nothing is the 1 -> 1 identity, so `Branch([], PaddingMask())` keeps its input.
-    layers = _flatten(layers) or [_identity()]
+    layers = _flatten(layers) or [_identity()]   # as in Trax: `Branch([], PaddingMask())` keeps its input
     n_in = height = 0
     for layer in layers:
       if height < layer.n_in:

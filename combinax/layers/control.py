@@ -62,9 +62,7 @@ class Scan(_Wrapper):
       raise LayerError(self, "n_carry must leave at least one scanned input and fit in the outputs",
                        expected=f"0 <= n_carry < {layer.n_in} and n_carry <= {layer.n_out}", actual=n_carry)
 
-  @property
-  def decodes(self) -> bool:
-    return self.mode == "predict" or super().decodes
+  decodes = property(lambda self: self.mode == "predict" or self.layer.decodes)
 
   def _split(self, items):
     stack = to_stack(items, self.n_in)
@@ -269,9 +267,7 @@ class Cache(_Wrapper):
     super().__init__(layer, name, own_state=mode == "predict")
     self.mode = check_mode(self, mode)
 
-  @property
-  def decodes(self) -> bool:
-    return self.mode == "predict" or super().decodes
+  decodes = property(lambda self: self.mode == "predict" or self.layer.decodes)
 
   def init_params_and_state(self, rng, input_signature):
     params, state, out = init_and_signature(self.layer, child_rng(rng, 0), input_signature)

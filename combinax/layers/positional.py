@@ -63,9 +63,7 @@ class _Positional(Layer):
       raise LayerError(self, f"sequence longer than max_len={self.max_len}", expected=f"length <= {self.max_len}",
                        actual=shapes.describe(x))
 
-  @property
-  def decodes(self) -> bool:
-    return self.mode == "predict"
+  decodes = property(lambda self: self.mode == "predict")
 
   def init_params_and_state(self, rng, input_signature):
     self._check(input_signature)

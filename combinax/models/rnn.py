@@ -109,8 +109,7 @@ def LSTMSeq2SeqAttn(input_vocab_size: int = 256, target_vocab_size: int = 256, d
 
   The encoder's LSTMs read the source; one decoder LSTM reads the shifted target and attends to the encoder (a
   residual attention block that ignores source padding); more LSTMs and a Dense layer make the logits. In predict
-  mode the encoder runs once, on the first call (`Cache`), and every decoder LSTM keeps its carries; the encoder
-  reads its whole source in that call, so it is built as for training in every mode.
+  mode the encoder (built as for training) runs once, on the first call (`Cache`); every decoder LSTM keeps its carries.
 
   >>> model = LSTMSeq2SeqAttn(10, 12, d_model=8, n_encoder_layers=1, n_decoder_layers=1)
   >>> model.output_signature((ShapeDtype((2, 5), jnp.int32), ShapeDtype((2, 4), jnp.int32)))
@@ -147,9 +146,8 @@ def TextGenRNN(vocab_size: int = 465, d_embedding: int = 100, n_units: int = 128
     d_embedding: the width of the character embeddings.
     n_units: the width of every LSTM.
     n_layers: the number of stacked LSTMs.
-    mode: "train" or "eval" (the same model). The model reads its whole window on every call (the attention
-      averages over it) and keeps no decoding state, so there is no "predict": `pretrained.textgenrnn.generate`
-      feeds it the last `length` ids for every character.
+    mode: "train" or "eval" (the same model). It reads a whole window on every call and keeps no decoding state,
+      so there is no "predict" (`pretrained.textgenrnn.generate` feeds it the last `length` ids each time).
 
   >>> model = TextGenRNN(vocab_size=12, d_embedding=4, n_units=8)
   >>> model.output_signature(ShapeDtype((2, 40), jnp.int32))

@@ -1,14 +1,10 @@
 """Transformers built from combinax layers: encoder (classifier), decoder, decoder-only LM, encoder-decoder.
 
-Every model is a stack program over `combinax.layers`; the comment after each line shows the stack it leaves.
-What the blocks are made of is one frozen, validated `TransformerOptions`; the models take its fields as keyword
-arguments (so `TransformerLM.d_model = 128` binds in gin), build it once, and hand it to the blocks. The options cover
-the common pretrained families, so checkpoints map onto these models without a second implementation:
-pre-/post-LayerNorm (`pre_norm`), LayerNorm or RMSNorm (`norm`), ReLU/GELU or gated (SwiGLU-style) feed-forward
-(`ff_activation`, `gated_ff`), biases (`use_bias`), sinusoidal, learned or rotary positions (`positions`),
-grouped-query attention (`n_kv_heads`). Identical blocks are stacked and run as one `lax.scan` (`scan_layers`:
-compile time independent of depth); `remat` sets what training keeps of each block for the backward pass (see
-`Repeat`; by default `"dots"`, only the matmul outputs: faster on CPU, less memory).
+Every model is a stack program over `combinax.layers`; the comment after each line shows the stack it leaves. What
+the blocks are made of is one frozen, validated `TransformerOptions`; the models take its fields as keyword arguments
+(so gin binds `TransformerLM.d_model = 128`), build it once, and hand it to the blocks. Its fields cover the common
+pretrained families (BERT, GPT-2/J, Llama), so their checkpoints map onto these models without a second
+implementation. Identical blocks are stacked in one `Repeat` and run as one `lax.scan` (`scan_layers`).
 
 Parameter paths: `embed/embedding`, `positions/embedding` (learned), `blocks/attention/q/kernel` (stacked, one row per
 layer), `blocks/attention_norm/scale`, `blocks/ff/in/kernel` (or `ff/gate`, `ff/up`, `ff/down` when gated),
@@ -55,7 +51,7 @@ class TransformerOptions:
   gated_ff: bool = False                   # activation(gate x) * up x, e.g. SwiGLU with ff_activation=cl.Silu
   use_bias: bool = True
   scan_layers: bool = True
-  remat: bool | str = "dots"               # one of Repeat's REMAT
+  remat: bool | str = "dots"               # what backprop keeps of a block (Repeat): "dots" the matmuls' outputs
 
   def __post_init__(self):
     def check(ok: bool, field: str, expected: str):
@@ -74,10 +70,8 @@ class TransformerOptions:
     check(self.norm in NORMS, "norm", f"one of {NORMS}")
     check(self.remat in REMAT, "remat", f"one of {REMAT}")
 
-  @property
-  def rotary(self) -> str | None:
-    """The attention layers' rotary layout ("half", "interleaved"), or None for additive or no positions."""
-    return {"rotary": "half", "rotary_interleaved": "interleaved"}.get(self.positions)
+  # The attention layers' rotary layout ("half", "interleaved"), or None for additive or no positions.
+  rotary = property(lambda self: {"rotary": "half", "rotary_interleaved": "interleaved"}.get(self.positions))
 
   def __str__(self) -> str:
     """The options that differ from their defaults, as `str(model)` shows them."""
@@ -85,9 +79,13 @@ class TransformerOptions:
     return ", ".join(f"{name}={getattr(value, '__name__', repr(value))}" for name, value in changed)
 
 
+def _options(arguments: dict) -> TransformerOptions:
+  """The options among a model's arguments (each model takes every field as a keyword argument, for gin)."""
+  return TransformerOptions(**{field.name: arguments[field.name] for field in dataclasses.fields(TransformerOptions)})
+
+
 class _Model(cl.Serial):
-  """A Transformer model: the Serial of its layers (unnamed, so its params sit where its layers put them), shown by
-  `str` with its name and options."""
+  """A Transformer: the (transparent) Serial of its layers, which `str` shows with the model's name and options."""
 
   def __init__(self, name: str, options: TransformerOptions, *layers):
     super().__init__(*layers)
@@ -104,7 +102,7 @@ def Norm(kind: str = "layer", epsilon: float = 1e-6, name: str | None = None) ->
   return (cl.LayerNorm if kind == "layer" else cl.RMSNorm)(epsilon=epsilon, name=name)
 
 
-def _pre_norm(o: TransformerOptions, name: str) -> list:
+def _pre_norm(o: TransformerOptions, name: str) -> list:   # also the final norm, which only pre-norm models have
   return [Norm(o.norm, o.norm_epsilon, name)] if o.pre_norm else []
 
 
@@ -144,10 +142,8 @@ def EncoderBlock(o: TransformerOptions) -> cl.Layer:
 
 
 def DecoderBlock(o: TransformerOptions, *, mode: str = "train", cross_attention: bool = False) -> cl.Layer:
-  """Causal self-attention (a KV cache in predict mode), optional attention on an encoder, feed-forward.
-
-  x -> x, or with `cross_attention` (x, encoder activations, encoder mask) -> the same three.
-  """
+  """Causal self-attention (a KV cache in predict mode), optional attention on an encoder, feed-forward: x -> x, or
+  with `cross_attention` (x, encoder activations, encoder mask) -> the same three."""
   attention = CausalAttention(o.d_model, o.n_heads, n_kv_heads=o.n_kv_heads, dropout=o.dropout, max_len=o.max_len,
                               use_bias=o.use_bias, rotary=o.rotary, rotary_base=o.rotary_base, mode=mode)
   cross = [
@@ -178,43 +174,27 @@ def _embedded(o: TransformerOptions, mode: str, embed_norm: bool = False) -> lis
           cl.Dropout(o.dropout)]
 
 
-def _final_norm(o: TransformerOptions) -> list:
-  return [Norm(o.norm, o.norm_epsilon, "final_norm")] if o.pre_norm else []
+def TransformerDecoder(o: TransformerOptions, n_layers: int, *, embedding: cl.Layer | None = None,
+                       mode: str = "train") -> cl.Layer:
+  """`n_layers` causal blocks: token ids (batch, length) -> activations (batch, length, d_model) through `embedding`,
+  or without one, activations in. In predict mode each block keeps a KV cache.
 
-
-def _decoder(o: TransformerOptions, n_layers: int, mode: str, embedding: cl.Layer | None) -> list:
-  return [embedding,                                                      # x (or, without one, the inputs)
-          _embedded(o, mode),                                             # x
-          _blocks(DecoderBlock(o, mode=mode), n_layers, o),               # x
-          _final_norm(o)]                                                 # x
-
-
-def TransformerDecoder(vocab_size: int | None = None, d_model: int = 512, d_ff: int = 2048, *, n_layers: int = 6,
-                       n_heads: int = 8, dropout: float = 0.1, max_len: int = 2048, mode: str = "train",
-                       ff_activation: Callable = cl.Relu, n_kv_heads: int | None = None, positions: str = "sinusoidal",
-                       rotary_base: float = 10000.0, norm: str = "layer", norm_epsilon: float = 1e-6,
-                       pre_norm: bool = True, gated_ff: bool = False, use_bias: bool = True, scan_layers: bool = True,
-                       remat: bool | str = "dots") -> cl.Layer:
-  """A stack of causal blocks: token ids (batch, length) -> activations (batch, length, d_model); without
-  `vocab_size`, activations (batch, length, d_model) in. The other arguments are `TransformerOptions`' fields.
-
-  >>> TransformerDecoder(16, d_model=8, d_ff=16, n_layers=2, n_heads=2).output_signature(
-  ...     ShapeDtype((1, 5), jnp.int32))
+  >>> decoder = TransformerDecoder(TransformerOptions(d_model=8, d_ff=16, n_heads=2), 2, embedding=cl.Embedding(16, 8))
+  >>> decoder.output_signature(ShapeDtype((1, 5), jnp.int32))
   ShapeDtype((1, 5, 8), float32)
   """
-  o = TransformerOptions(d_model=d_model, d_ff=d_ff, n_heads=n_heads, n_kv_heads=n_kv_heads, dropout=dropout,
-                         max_len=max_len, ff_activation=ff_activation, positions=positions, rotary_base=rotary_base,
-                         norm=norm, norm_epsilon=norm_epsilon, pre_norm=pre_norm, gated_ff=gated_ff,
-                         use_bias=use_bias, scan_layers=scan_layers, remat=remat)
-  embedding = cl.Embedding(vocab_size, d_model, name="embed") if vocab_size is not None else None
-  return _Model("TransformerDecoder", o, *_decoder(o, n_layers, mode, embedding))
+  return cl.Serial(
+      embedding,                                                      # x (or, without one, the inputs)
+      _embedded(o, mode),                                             # x
+      _blocks(DecoderBlock(o, mode=mode), n_layers, o),               # x
+      _pre_norm(o, "final_norm"))                                                 # x
 
 
 def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, *, n_layers: int = 6, n_heads: int = 8,
                   dropout: float = 0.1, max_len: int = 2048, mode: str = "train", ff_activation: Callable = cl.Relu,
                   tie_embeddings: bool = False, n_kv_heads: int | None = None, positions: str = "sinusoidal",
-                  rotary_base: float = 10000.0, norm: str = "layer", norm_epsilon: float = 1e-6,
-                  pre_norm: bool = True, gated_ff: bool = False, use_bias: bool = True, scan_layers: bool = True,
+                  rotary_base: float = 10000.0, norm: str = "layer", norm_epsilon: float = 1e-6, pre_norm: bool = True,
+                  gated_ff: bool = False, use_bias: bool = True, scan_layers: bool = True,
                   remat: bool | str = "dots") -> cl.Layer:
   """A decoder-only language model: token ids (batch, length) -> next-token logits (batch, length, vocab_size).
 
@@ -229,15 +209,12 @@ def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, *, n_la
   >>> lm.summary()
   'TransformerLM(d_model=8, d_ff=16, n_heads=2)'
   """
-  o = TransformerOptions(d_model=d_model, d_ff=d_ff, n_heads=n_heads, n_kv_heads=n_kv_heads, dropout=dropout,
-                         max_len=max_len, ff_activation=ff_activation, positions=positions, rotary_base=rotary_base,
-                         norm=norm, norm_epsilon=norm_epsilon, pre_norm=pre_norm, gated_ff=gated_ff,
-                         use_bias=use_bias, scan_layers=scan_layers, remat=remat)
+  o = _options(locals())
   embed = cl.Embedding(vocab_size, d_model, name="embed")
   return _Model(
       "TransformerLM", o,
       ShiftRight(mode=mode),                                                # ids shifted right (start = 0)
-      cl.Serial(_decoder(o, n_layers, mode, embed)),                        # x
+      TransformerDecoder(o, n_layers, embedding=embed, mode=mode),           # x
       cl.TiedLogits(embed) if tie_embeddings else cl.Dense(vocab_size, name="logits"))   # logits
 
 
@@ -266,22 +243,16 @@ def TransformerEncoder(vocab_size: int, n_classes: int | None = 10, d_model: int
   """A bidirectional encoder: token ids (batch, length) -> class logits (batch, n_classes), pooling the non-padding
   positions (`pool="mean"`) or taking the first token (`"cls"`). With `n_classes=None` it returns the activations
   (batch, length, d_model). With `type_vocab_size` it takes (ids, token type ids), as BERT does; `embed_norm`
-  normalises the embeddings (BERT). It reads whole sequences and keeps no decoding state: `mode` is "train" or
-  "eval" (the same model). The other arguments are `TransformerOptions`' fields.
+  normalises the embeddings (BERT). It keeps no decoding state: `mode` is "train" or "eval" (the same model).
 
   >>> TransformerEncoder(16, n_classes=3, d_model=8, d_ff=16, n_layers=1, n_heads=2).output_signature(
   ...     ShapeDtype((2, 5), jnp.int32))
   ShapeDtype((2, 3), float32)
   """
-  o = TransformerOptions(d_model=d_model, d_ff=d_ff, n_heads=n_heads, n_kv_heads=n_kv_heads, dropout=dropout,
-                         max_len=max_len, ff_activation=ff_activation, positions=positions, rotary_base=rotary_base,
-                         norm=norm, norm_epsilon=norm_epsilon, pre_norm=pre_norm, gated_ff=gated_ff,
-                         use_bias=use_bias, scan_layers=scan_layers, remat=remat)
-  token_types = [] if not type_vocab_size else [
-      cl.Select([0, 2, 1]),                                                # x, types, mask
-      cl.Parallel(None, cl.Embedding(type_vocab_size, d_model, name="token_type_embed")),  # x, type vectors, mask
-      cl.Add(),                                                            # x, mask
-  ]
+  o = _options(locals())
+  token_types = [cl.Select([0, 2, 1]),                                                        # x, types, mask
+                 cl.Parallel(None, cl.Embedding(type_vocab_size, d_model, name="token_type_embed")),  # x, vectors, mask
+                 cl.Add()] if type_vocab_size else []                                         # x, mask
   model = _Model(
       "TransformerEncoder", o,
       cl.Branch(None, PaddingMask(pad_id)),                                # ids, mask [, types]
@@ -289,19 +260,19 @@ def TransformerEncoder(vocab_size: int, n_classes: int | None = 10, d_model: int
       token_types,                                                         # x, mask
       _embedded(o, "train", embed_norm),                                   # x, mask
       _blocks(EncoderBlock(o), n_layers, o),                               # x, mask
-      _final_norm(o),                                                      # x, mask
+      _pre_norm(o, "final_norm"),                                                      # x, mask
       [Pool(pool), cl.Dense(n_classes, name="classifier")] if n_classes else cl.Select([0], n_in=2))
   cl.check_mode(model, mode, decodes=False)
   return model
 
 
-def Transformer(input_vocab_size: int, output_vocab_size: int | None = None, d_model: int = 512, *,
-                d_ff: int = 2048, n_encoder_layers: int = 6, n_decoder_layers: int = 6, n_heads: int = 8,
-                dropout: float = 0.1, max_len: int = 2048, mode: str = "train", ff_activation: Callable = cl.Relu,
-                pad_id: int = 0, tie_embeddings: bool = False, n_kv_heads: int | None = None,
-                positions: str = "sinusoidal", rotary_base: float = 10000.0, norm: str = "layer",
-                norm_epsilon: float = 1e-6, pre_norm: bool = True, gated_ff: bool = False, use_bias: bool = True,
-                scan_layers: bool = True, remat: bool | str = "dots") -> cl.Layer:
+def Transformer(input_vocab_size: int, output_vocab_size: int | None = None, d_model: int = 512, *, d_ff: int = 2048,
+                n_encoder_layers: int = 6, n_decoder_layers: int = 6, n_heads: int = 8, dropout: float = 0.1,
+                max_len: int = 2048, mode: str = "train", ff_activation: Callable = cl.Relu, pad_id: int = 0,
+                tie_embeddings: bool = False, n_kv_heads: int | None = None, positions: str = "sinusoidal",
+                rotary_base: float = 10000.0, norm: str = "layer", norm_epsilon: float = 1e-6, pre_norm: bool = True,
+                gated_ff: bool = False, use_bias: bool = True, scan_layers: bool = True,
+                remat: bool | str = "dots") -> cl.Layer:
   """An encoder-decoder (e.g. for translation): (source ids, target ids) -> logits (batch, target length, vocab).
 
   Without `output_vocab_size` source and target share one vocabulary and one embedding. In predict mode the encoder
@@ -312,21 +283,18 @@ def Transformer(input_vocab_size: int, output_vocab_size: int | None = None, d_m
   ...     (ShapeDtype((2, 5), jnp.int32), ShapeDtype((2, 4), jnp.int32)))
   ShapeDtype((2, 4, 16), float32)
   """
-  o = TransformerOptions(d_model=d_model, d_ff=d_ff, n_heads=n_heads, n_kv_heads=n_kv_heads, dropout=dropout,
-                         max_len=max_len, ff_activation=ff_activation, positions=positions, rotary_base=rotary_base,
-                         norm=norm, norm_epsilon=norm_epsilon, pre_norm=pre_norm, gated_ff=gated_ff,
-                         use_bias=use_bias, scan_layers=scan_layers, remat=remat)
+  o = _options(locals())
   in_embed = cl.Embedding(input_vocab_size, d_model, name="embed")
   out_embed = in_embed if output_vocab_size is None else cl.Embedding(output_vocab_size, d_model, name="embed")
   encoder = cl.Serial(
       in_embed, _embedded(o, "train"),                                             # x, mask
       _blocks(EncoderBlock(o), n_encoder_layers, o),                               # x, mask
-      _final_norm(o),                                                              # enc, mask
+      _pre_norm(o, "final_norm"),                                                              # enc, mask
       name="encoder")
   decoder = cl.Serial(
       out_embed, _embedded(o, mode),                                               # y, enc, mask
       _blocks(DecoderBlock(o, mode=mode, cross_attention=True), n_decoder_layers, o),  # y, enc, mask
-      _final_norm(o),                                                              # y, enc, mask
+      _pre_norm(o, "final_norm"),                                                              # y, enc, mask
       cl.Select([0], n_in=3),                                                      # y
       cl.TiedLogits(out_embed) if tie_embeddings else cl.Dense(output_vocab_size or input_vocab_size,
                                                                 name="logits"),    # logits
