@@ -29,3 +29,14 @@ def test_module_examples(name):
 def test_readme_examples():
   result = doctest.testfile(str(ROOT / "README.md"), module_relative=False, globs=dict(GLOBS), optionflags=FLAGS)
   assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_readme_cites_only_files_the_repository_has():
+  """A path the README names in backticks (`docs/design.md`, `benchmarks/compare.py`, a top-level `X.md`) exists."""
+  import re
+  text = (ROOT / "README.md").read_text()
+  cited = set(re.findall(r"`([\w./-]+\.(?:md|py|gin|ipynb|sh))`", text))
+  top = {p.name for p in ROOT.iterdir() if p.is_dir()}
+  checked = [c for c in cited if c.split("/")[0] in top or ("/" not in c and c.endswith(".md"))]
+  assert "docs/design.md" in checked
+  assert [c for c in checked if not (ROOT / c).exists()] == []
