@@ -12,6 +12,10 @@ framework alike. The table gives tokens/s (from the median step), the step time'
 percentile), the first step (which compiles, for the frameworks that compile), peak RSS of the worker, the model
 FLOPs utilisation against the best f32 matmul rate any framework reached on this machine in this run, and the
 ratio of combinax's tokens/s to each peer's.
+
+`--against DIR` adds another combinax checkout (e.g. `git worktree add /tmp/before HEAD~3`) as one more framework,
+`combinax@before`: its own worker and its own code, interleaved with the rest, so a change is measured against the
+code it replaces in the same run.
 """
 
 from __future__ import annotations
@@ -37,13 +41,17 @@ FRAMEWORKS = ("combinax", "torch", "flax", "trax")
 class Worker:
   """One framework's worker process, spoken to over its stdin/stdout (see peers/protocol.py)."""
 
-  def __init__(self, name: str, python: str, work_name: str, warmup: int, threads: int, huge_pages: bool):
+  def __init__(self, name: str, python: str, work_name: str, warmup: int, threads: int, huge_pages: bool,
+               checkout: Path = HERE.parent):
     self.name = name
-    command = [python, str(HERE / "peers" / f"{name}_worker.py"), "--work", work_name, "--warmup", str(warmup)]
+    script = checkout / "benchmarks" / "peers" / f"{name.split('@')[0]}_worker.py"
+    command = [python, str(script), "--work", work_name, "--warmup", str(warmup)]
     if threads:
       command += ["--threads", str(threads)]
-    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                    env=worker_environment(huge_pages))
+    env = worker_environment(huge_pages)
+    if checkout != HERE.parent:   # another combinax: its code first on the path
+      env["PYTHONPATH"] = ":".join(filter(None, [str(checkout), env.get("PYTHONPATH")]))
+    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     self.ready = self._read()
     self.times: list[float] = []
     self.loss = float("nan")
@@ -96,8 +104,8 @@ def measure(work_name: str, pythons: dict[str, str], args) -> list[dict]:
   try:
     for name, python in pythons.items():
       print(f"  starting {name} ...", file=sys.stderr, flush=True)
-      workers.append(Worker(name, python, work_name, args.warmup, args.threads,
-                            args.huge_pages))
+      checkout = Path(args.against).resolve() if "@" in name else HERE.parent
+      workers.append(Worker(name, python, work_name, args.warmup, args.threads, args.huge_pages, checkout))
     for r in range(args.rounds):
       order = workers[r % len(workers):] + workers[:r % len(workers)]
       for worker in order:
@@ -120,7 +128,8 @@ def measure(work_name: str, pythons: dict[str, str], args) -> list[dict]:
   for worker in workers:
     median = statistics.median(worker.times)
     rows.append({
-        "framework": worker.ready["framework"], "name": worker.name, "tokens_s": tokens / median,
+        "framework": worker.ready["framework"] + (f" [{worker.name}]" if "@" in worker.name else ""),
+        "name": worker.name, "tokens_s": tokens / median,
         "median_ms": median * 1e3, "p10_ms": percentile(worker.times, 0.1) * 1e3,
         "p90_ms": percentile(worker.times, 0.9) * 1e3, "first_step_s": worker.ready["compile_s"],
         "rss_mb": rss.get(worker.name, float("nan")), "params": worker.ready["params"],
@@ -212,6 +221,7 @@ def main():
                       help="the interpreter of Trax's virtual environment (benchmarks/setup_trax.sh)")
   parser.add_argument("--all", action="store_true", help="also run the compile, Trainer, decoding and data benchmarks")
   parser.add_argument("--write", default=None, help="write the results (markdown) to this file, e.g. RESULTS.md")
+  parser.add_argument("--against", default=None, help="another combinax checkout to measure beside this one")
   args = parser.parse_args()
 
   pythons = {}
@@ -220,8 +230,11 @@ def main():
     if pythons[name] is None:
       print(f"skipping {name}: not installed (see the top of this file)", file=sys.stderr)
       del pythons[name]
+  if args.against:
+    pythons[f"combinax@{Path(args.against).resolve().name}"] = sys.executable
   sections = [f"Measured {datetime.date.today()} on {machine()}; `python benchmarks/compare.py "
-              f"--rounds {args.rounds} --steps {args.steps}{'' if args.huge_pages else ' --no-huge-pages'}` "
+              f"--rounds {args.rounds} --steps {args.steps}{'' if args.huge_pages else ' --no-huge-pages'}"
+              f"{' --against ' + args.against if args.against else ''}` "
               f"(every framework {'with' if args.huge_pages else 'without'} `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`)."]
   for work_name in args.works:
     print(f"{work_name}:", file=sys.stderr, flush=True)
