@@ -11,7 +11,6 @@ from __future__ import annotations
 import queue
 import threading
 
-
 from combinax.data.base import DataError, Stage, Stream
 
 _END = object()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-
 from combinax import layers as cl
 from combinax.layers.rnn import GRU, LSTM, GRUCell, LSTMCell
 

@@ -211,6 +211,7 @@ def test_models_are_gin_configurable():
         TransformerLM.n_heads = 2
         TransformerLM.n_layers = 3
         TransformerLM.ff_activation = @Gelu
+        TransformerLM.positions = "rotary"
         Dense.use_bias = False
     """)
     model = TransformerLM(12)
@@ -218,6 +219,9 @@ def test_models_are_gin_configurable():
     assert params["blocks"]["attention"]["q"]["kernel"].shape == (3, 8, 8)
     assert "Gelu" in str(model) and "Relu" not in str(model)
     assert "bias" not in params["logits"]   # a layer's own binding reaches the layers inside models
+    assert model.options.positions == "rotary" and "positions" not in params   # every option binds by name
+    operative = gin.operative_config_str()   # and the operative config lists the options in force
+    assert "TransformerLM.positions = 'rotary'" in operative and "TransformerLM.gated_ff = False" in operative
   finally:
     gin.clear_config()
 
@@ -257,20 +261,3 @@ def test_options_are_frozen_keyword_only_and_shown_by_str():
   assert lines[9:11] == ["Residual_in2_out2[", "attention_in2_out2["]
   assert lines[lines.index("attention_norm") - 2:lines.index("attention_norm")] == ["Dropout", "]"]
 
-
-def test_gin_binds_every_option_and_the_operative_config_lists_them():
-  import gin
-  gin.clear_config()
-  try:
-    gin.parse_config("""
-        TransformerLM.d_model = 8
-        TransformerLM.n_heads = 2
-        TransformerLM.positions = "rotary"
-        TransformerLM.norm = "rms"
-    """)
-    model = TransformerLM(12, n_layers=1)
-    assert model.options.positions == "rotary" and model.options.norm == "rms" and model.options.d_model == 8
-    operative = gin.operative_config_str()
-    assert "TransformerLM.remat = 'dots'" in operative and "TransformerLM.gated_ff = False" in operative
-  finally:
-    gin.clear_config()
