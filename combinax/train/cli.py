@@ -14,6 +14,7 @@ that it found no TPU is kept out). `combinax-train` restarts itself once on Linu
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -122,10 +123,10 @@ def decode_main(argv):
     prompt[i, :len(ids)] = ids
   total = width + FLAGS.max_length
   train_model = model_fn(mode="eval")
-  try:
-    decoder = model_fn(mode="predict", max_len=total)
-  except TypeError:  # models without a max_len (RNNs) keep no cache that needs one
-    decoder = model_fn(mode="predict")
+  # A KV cache holds max_len positions: just enough for this run. Models without one (RNNs) take no max_len.
+  parameters = inspect.signature(model_fn).parameters
+  takes_max_len = "max_len" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+  decoder = model_fn(mode="predict", **({"max_len": total} if takes_max_len else {}))
   template = jax.eval_shape(lambda: train_model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 1), jnp.int32))[0])
   params, _ = checkpoints.restore(latest, template, prefix="params")
   out = decoding.autoregressive_sample(decoder, params, prompt, max_length=FLAGS.max_length,

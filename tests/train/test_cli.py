@@ -72,8 +72,9 @@ def test_recipe_trains_a_few_steps(config, tmp_path):
   assert (output / "config.gin").exists() and (output / "operative_config.gin").exists()
 
 
-def test_decode_samples_from_the_trained_lm(tmp_path, capsys):
-  config = next(c for c in CONFIGS if c.stem == "transformer_lm_kjv")
+@pytest.mark.parametrize("recipe", ["transformer_lm_kjv", "lstm_lm_kjv"])   # a KV cache of max_len; RNN carries
+def test_decode_samples_from_the_trained_lm(recipe, tmp_path, capsys):
+  config = next(c for c in CONFIGS if c.stem == recipe)
   output = tmp_path / "run"
   # A real (small) SentencePiece vocabulary, so the model's and the tokenizer's vocabularies agree.
   common = [b for b in COMMON if "corpus_tokenizer" not in b]
