@@ -8,11 +8,12 @@ and (K - 1) / (M + K - 1) of the stage-iterations are bubbles (`schedule`).
 
 How: the stages are one `jax.vmap` over the stage axis of the params, reshaped to (K, n_layers / K, ...), and the
 activations between them one (K, micro-batch, ...) buffer that `jnp.roll` shifts by one stage per iteration, all in
-one `lax.scan` over the iterations (compile time does not grow with M or depth). Given a `mesh` with a `stage` axis
-of size K, the params and the buffer are constrained to it, so stage k's layers live on its devices and XLA turns
-the roll into a collective permute between neighbours; a `data` axis splits each micro-batch as usual. We chose this
-over `shard_map` with `ppermute`: the same schedule, but written once for any mesh (or none: one device runs it
-exactly), and autodiff, jit and data parallelism compose with it unchanged.
+one `lax.scan` over the iterations (compile time does not grow with M or depth). Run under a mesh with a `stage` axis
+of size K (`with jax.set_mesh(mesh):`), the params and the buffer are constrained to it, so stage k's layers live on
+its devices and XLA turns the roll into a collective permute between neighbours; a `data` axis splits each
+micro-batch as usual. The model says how many stages; the mesh it runs under says where. We chose this over
+`shard_map` with `ppermute`: the same schedule, but written once for any mesh (or none: one device runs it exactly),
+and autodiff, jit and data parallelism compose with it unchanged.
 
 Bubbles compute on zeros, never on what the buffer held, so neither the outputs nor the gradients can see them.
 With `remat=True` (GPipe's choice) the backward pass keeps only each iteration's stage inputs and recomputes the rest.
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from combinax import shapes
 from combinax.layers.base import Layer, LayerError
@@ -88,7 +89,7 @@ class Pipeline(Repeat):
   micro-batches (GPipe). The block maps its inputs to outputs of the same signature, each with the batch on its
   leading axis, and keeps no state. `remat` is what the backward pass keeps of each stage's work in an iteration:
   `True` (GPipe's) only its inputs, `"dots"` also its matmul outputs, `False` everything. Dropout draws a mask per
-  layer and micro-batch.
+  layer and micro-batch. Under a mesh with a `stage` axis (`jax.set_mesh`), each stage runs on its devices.
 
   >>> from combinax import layers as cl
   >>> blocks = Pipeline(cl.Serial(cl.Dense(4), cl.Relu()), 4, stages=2, microbatches=2, name="blocks")
@@ -98,25 +99,27 @@ class Pipeline(Repeat):
   """
 
   def __init__(self, block: Layer, n_layers: int, *, stages: int, microbatches: int, remat: bool | str = True,
-               mesh: Mesh | None = None, name: str | None = None):
+               name: str | None = None):
     super().__init__(block, n_layers, scan=True, remat=remat, name=name)
-    self.stages, self.microbatches, self.mesh = int(stages), int(microbatches), mesh
+    self.stages, self.microbatches = int(stages), int(microbatches)
     if self.stages < 1 or self.n_layers % self.stages:
       raise LayerError(self, "the stages must split the layers evenly", expected=f"a divisor of {n_layers}",
                        actual=f"stages={stages}")
     if self.microbatches < 1:
       raise LayerError(self, "microbatches must be positive", expected=">= 1", actual=microbatches)
-    if mesh is not None and mesh.shape.get(STAGE) != self.stages:
-      raise LayerError(self, f"the mesh needs a '{STAGE}' axis of one device group per stage",
-                       expected=f"{STAGE}={self.stages}", actual=dict(mesh.shape))
 
   def _constrain(self, spec_of):
-    if self.mesh is None:
+    """Places (K, ...) arrays on the `stage` axis of the mesh the step runs under, if it has one."""
+    mesh = dict(jax.sharding.get_abstract_mesh().shape)
+    if STAGE not in mesh:
       return None
-    n_data = self.mesh.shape.get(DATA, 1)
+    if mesh[STAGE] != self.stages:
+      raise LayerError(self, f"the mesh's '{STAGE}' axis must have one device group per stage",
+                       expected=f"{STAGE}={self.stages}", actual=mesh)
+    n_data = mesh.get(DATA, 1)
     def place(x):   # a data axis splits the micro-batch (axis 1) where it divides it
       data = DATA if n_data > 1 and x.ndim > 1 and x.shape[1] % n_data == 0 else None
-      return lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec_of(x, data)))
+      return lax.with_sharding_constraint(x, spec_of(x, data))
     return lambda tree: jax.tree_util.tree_map(place, tree)
 
   def forward(self, params, state, inputs, *, rng, train):

@@ -29,8 +29,13 @@ def mesh(stages):
   return Mesh(np.array(jax.devices()).reshape(stages, 8 // stages), ("stage", "data"))
 
 
-def loss_and_grads(model, params, x):
-  return jax.jit(jax.value_and_grad(lambda p: jnp.sum(model.apply(p, {}, x)[0] ** 2)))(params)
+def loss_and_grads(model, params, x, on=None):
+  """Loss and gradients of a jitted step, run under the mesh `on` (or none)."""
+  step = jax.jit(jax.value_and_grad(lambda p: jnp.sum(model.apply(p, {}, x)[0] ** 2)))
+  if on is None:
+    return step(params)
+  with jax.set_mesh(on):
+    return step(params)
 
 
 def max_relative_difference(a, b):
@@ -46,9 +51,8 @@ def test_pipelined_loss_and_gradients_equal_the_plain_stacks(stages, with_data_a
   params, _ = plain.init(KEY, x)
   want, want_grads = loss_and_grads(plain, params, x)
   for microbatches in (1, 2, 8):
-    pipelined = Pipeline(block(), N_LAYERS, stages=stages, microbatches=microbatches,
-                         mesh=mesh(stages) if with_data_axis else None, name="blocks")
-    loss, grads = loss_and_grads(pipelined, params, x)
+    pipelined = Pipeline(block(), N_LAYERS, stages=stages, microbatches=microbatches, name="blocks")
+    loss, grads = loss_and_grads(pipelined, params, x, on=mesh(stages) if with_data_axis else None)
     np.testing.assert_allclose(loss, want, rtol=1e-6)
     assert max_relative_difference(grads, want_grads) < 1e-5    # measured: <= 1.2e-6 here
 
@@ -71,8 +75,10 @@ def test_transformer_blocks_with_a_padding_mask_pipeline_exactly():
   for make, stack in ((lambda: EncoderBlock(options), (x, mask)), (lambda: DecoderBlock(options), x)):
     plain = cl.Repeat(make(), 4, name="blocks")
     params, _ = plain.init(KEY, stack)
-    pipelined = Pipeline(make(), 4, stages=4, microbatches=4, mesh=mesh(4), name="blocks")
-    got, want = pipelined.apply(params, {}, stack)[0], plain.apply(params, {}, stack)[0]
+    pipelined = Pipeline(make(), 4, stages=4, microbatches=4, name="blocks")
+    with jax.set_mesh(mesh(4)):
+      got = jax.jit(lambda p, s: pipelined.apply(p, {}, s)[0])(params, stack)
+    want = plain.apply(params, {}, stack)[0]
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
 
 
@@ -89,7 +95,8 @@ def test_a_few_training_steps_give_the_params_of_unpipelined_training():
 
   params, _ = cl.Repeat(block(), N_LAYERS).init(KEY, x)
   want = train(cl.Repeat(block(), N_LAYERS), params)
-  got = train(Pipeline(block(), N_LAYERS, stages=4, microbatches=4, mesh=mesh(4)), params)
+  with jax.set_mesh(mesh(4)):
+    got = train(Pipeline(block(), N_LAYERS, stages=4, microbatches=4), params)
   assert max_relative_difference(got, want) < 1e-4
 
 
@@ -133,9 +140,9 @@ def test_bubbles_are_never_computed_on():
 @pytest.mark.parametrize("stages", [2, 8])
 def test_params_live_on_their_stages_devices(stages):
   x = inputs()
-  model = Pipeline(block(), N_LAYERS, stages=stages, microbatches=4, mesh=mesh(stages), name="blocks")
+  model = Pipeline(block(), N_LAYERS, stages=stages, microbatches=4, name="blocks")
   params, _ = model.init(KEY, x)
-  placed = jax.device_put(params, NamedSharding(model.mesh, P("stage")))
+  placed = jax.device_put(params, NamedSharding(mesh(stages), P("stage")))
   total = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(params))
   for device in jax.devices():
     held = sum(shard.data.nbytes for leaf in jax.tree_util.tree_leaves(placed) for shard in leaf.addressable_shards
@@ -143,11 +150,14 @@ def test_params_live_on_their_stages_devices(stages):
     assert held == total // stages
   kernel = placed["Dense_0"]["kernel"]    # the device at stage k holds layers k * L/K ... (k + 1) * L/K - 1
   for shard in kernel.addressable_shards:
-    stage = list(model.mesh.devices.flat).index(shard.device) // (8 // stages)
+    stage = list(mesh(stages).devices.flat).index(shard.device) // (8 // stages)
     np.testing.assert_array_equal(shard.data, params["Dense_0"]["kernel"][shard.index])
     assert shard.index[0] == slice(stage * N_LAYERS // stages, (stage + 1) * N_LAYERS // stages)
-  _, grads = loss_and_grads(model, placed, x)
+  _, grads = loss_and_grads(model, placed, x, on=mesh(stages))
   assert grads["Dense_0"]["kernel"].sharding.spec == P("stage")
+  step = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, {}, x)[0])))
+  with jax.set_mesh(mesh(stages)):   # the shift between stages is a permute between neighbouring devices
+    assert "collective-permute" in step.lower(placed).compile().as_text()
 
 
 def test_the_compiled_program_does_not_grow_with_the_micro_batches():
@@ -173,8 +183,10 @@ def test_dropout_draws_a_mask_per_layer_and_micro_batch():
 def test_bad_settings_say_what_is_wrong():
   with pytest.raises(cx.LayerError, match="the stages must split the layers evenly"):
     Pipeline(block(), 6, stages=4, microbatches=2)
-  with pytest.raises(cx.LayerError, match="'stage' axis"):
-    Pipeline(block(), 8, stages=4, microbatches=2, mesh=Mesh(np.array(jax.devices()), ("data",)))
+  four_stages = Pipeline(block(), 8, stages=4, microbatches=2)
+  params, _ = four_stages.init(KEY, inputs())
+  with pytest.raises(cx.LayerError, match="'stage' axis must have one device group per stage"):
+    loss_and_grads(four_stages, params, inputs(), on=mesh(2))
   model = Pipeline(block(), 8, stages=2, microbatches=3)
   params, _ = model.init(KEY, inputs())
   with pytest.raises(cx.LayerError, match="3 micro-batches divide"):
