@@ -23,6 +23,7 @@ from combinax import layers as cl
 from combinax.layers.attention import Attention, AttentionQKV, CausalAttention, PaddingMask, ShiftRight
 from combinax.layers.positional import LearnedPositionalEncoding, PositionalEncoding
 from combinax.layers.repeat import REMAT, Repeat
+from combinax.parallel.pipeline import Pipeline
 
 POSITIONS = ("sinusoidal", "learned", "rotary", "rotary_interleaved", "none")
 NORMS = ("layer", "rms")
@@ -52,12 +53,14 @@ class TransformerOptions:
   use_bias: bool = True
   scan_layers: bool = True
   remat: bool | str = "dots"               # what backprop keeps of a block (Repeat): "dots" the matmuls' outputs
+  pipeline_stages: int = 1                 # > 1: the blocks run as a GPipe `Pipeline` of this many stages
+  microbatches: int = 1                    # the pipeline's micro-batches per batch
 
   def __post_init__(self):
     def check(ok: bool, field: str, expected: str):
       if not ok:
         raise ValueError(f"TransformerOptions.{field}: expected {expected}, got {getattr(self, field)!r}")
-    for field in ("d_model", "d_ff", "n_heads", "max_len"):
+    for field in ("d_model", "d_ff", "n_heads", "max_len", "pipeline_stages", "microbatches"):
       check(isinstance(getattr(self, field), int) and getattr(self, field) > 0, field, "a positive int")
     check(self.d_model % self.n_heads == 0, "n_heads", f"a divisor of d_model={self.d_model}")
     check(self.n_kv_heads is None or (self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0), "n_kv_heads",
@@ -163,6 +166,9 @@ def DecoderBlock(o: TransformerOptions, *, mode: str = "train", cross_attention:
 
 
 def _blocks(block: cl.Layer, n_layers: int, o: TransformerOptions) -> cl.Layer:
+  if o.pipeline_stages > 1:   # the same params at the same paths: checkpoints move between the two
+    return Pipeline(block, n_layers, stages=o.pipeline_stages, microbatches=o.microbatches, remat=o.remat,
+                    name="blocks")
   return Repeat(block, n_layers, scan=o.scan_layers, remat=o.remat, name="blocks")
 
 
@@ -195,7 +201,7 @@ def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, *, n_la
                   tie_embeddings: bool = False, n_kv_heads: int | None = None, positions: str = "sinusoidal",
                   rotary_base: float = 10000.0, norm: str = "layer", norm_epsilon: float = 1e-6, pre_norm: bool = True,
                   gated_ff: bool = False, use_bias: bool = True, scan_layers: bool = True,
-                  remat: bool | str = "dots") -> cl.Layer:
+                  remat: bool | str = "dots", pipeline_stages: int = 1, microbatches: int = 1) -> cl.Layer:
   """A decoder-only language model: token ids (batch, length) -> next-token logits (batch, length, vocab_size).
 
   Position t predicts token t from tokens < t (the inputs are shifted right inside). In `mode="predict"` it decodes:
@@ -239,7 +245,8 @@ def TransformerEncoder(vocab_size: int, n_classes: int | None = 10, d_model: int
                        type_vocab_size: int = 0, pad_id: int = 0, embed_norm: bool = False,
                        n_kv_heads: int | None = None, positions: str = "sinusoidal", rotary_base: float = 10000.0,
                        norm: str = "layer", norm_epsilon: float = 1e-6, pre_norm: bool = True, gated_ff: bool = False,
-                       use_bias: bool = True, scan_layers: bool = True, remat: bool | str = "dots") -> cl.Layer:
+                       use_bias: bool = True, scan_layers: bool = True, remat: bool | str = "dots",
+                       pipeline_stages: int = 1, microbatches: int = 1) -> cl.Layer:
   """A bidirectional encoder: token ids (batch, length) -> class logits (batch, n_classes), pooling the non-padding
   positions (`pool="mean"`) or taking the first token (`"cls"`). With `n_classes=None` it returns the activations
   (batch, length, d_model). With `type_vocab_size` it takes (ids, token type ids), as BERT does; `embed_norm`
@@ -272,7 +279,7 @@ def Transformer(input_vocab_size: int, output_vocab_size: int | None = None, d_m
                 tie_embeddings: bool = False, n_kv_heads: int | None = None, positions: str = "sinusoidal",
                 rotary_base: float = 10000.0, norm: str = "layer", norm_epsilon: float = 1e-6, pre_norm: bool = True,
                 gated_ff: bool = False, use_bias: bool = True, scan_layers: bool = True,
-                remat: bool | str = "dots") -> cl.Layer:
+                remat: bool | str = "dots", pipeline_stages: int = 1, microbatches: int = 1) -> cl.Layer:
   """An encoder-decoder (e.g. for translation): (source ids, target ids) -> logits (batch, target length, vocab).
 
   Without `output_vocab_size` source and target share one vocabulary and one embedding. In predict mode the encoder

@@ -107,6 +107,10 @@ class Pipeline(Repeat):
                        actual=f"stages={stages}")
     if self.microbatches < 1:
       raise LayerError(self, "microbatches must be positive", expected=">= 1", actual=microbatches)
+    if block.decodes:
+      raise LayerError(self, "a decoder (mode='predict') runs its layers one token at a time: build it without "
+                       "pipeline stages; it takes the pipelined model's params as they are",
+                       expected="pipeline_stages=1 in predict mode", actual=f"stages={stages}")
 
   def _constrain(self, spec_of):
     """Places (K, ...) arrays on the `stage` axis of the mesh the step runs under, if it has one."""

@@ -1,5 +1,6 @@
 """Sharding with `jax.sharding`: a (data, model) mesh over all devices, batches split on `data`, parameters placed
-by path-pattern rules (replicated by default; FSDP or tensor-parallel where a rule says so).
+by path-pattern rules (replicated by default; FSDP or tensor-parallel where a rule says so). A pipelined model gets a
+`stage` axis in front, with its stacked blocks split over it (`pipeline_rules`).
 
 A rule is `(pattern, spec)`: `pattern` a glob over `cx.paths(params)` (as everywhere in combinax), `spec` a
 `PartitionSpec` or a function `(shape, mesh) -> PartitionSpec`. The first matching rule wins. A spec whose axes do
@@ -8,28 +9,50 @@ not divide the array's dimensions falls back to replication (so small or odd-siz
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterable, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from combinax.parallel.pipeline import STAGE
 from combinax.paths import leaves_with_paths, matches
 
 DATA, MODEL = "data", "model"
 Spec = P | Callable[[tuple, Mesh], P]
 
 
-def make_mesh(model_parallel: int = 1, devices: Sequence | None = None) -> Mesh:
-  """A 2-D mesh (`data`, `model`) over `devices` (default: all), `model_parallel` devices on the `model` axis.
+def make_mesh(model_parallel: int = 1, devices: Sequence | None = None, *, pipeline_stages: int = 1) -> Mesh:
+  """A 2-D mesh (`data`, `model`) over `devices` (default: all), `model_parallel` devices on the `model` axis;
+  with `pipeline_stages` > 1, a 3-D one with a `stage` axis of that size in front.
 
   >>> make_mesh().shape["data"] == jax.device_count()
   True
+  >>> dict(make_mesh(pipeline_stages=4).shape)
+  {'stage': 4, 'data': 2, 'model': 1}
   """
   devices = list(devices if devices is not None else jax.devices())
-  if model_parallel < 1 or len(devices) % model_parallel:
-    raise ValueError(f"make_mesh: model_parallel={model_parallel} must divide the {len(devices)} devices")
-  return Mesh(np.array(devices).reshape(len(devices) // model_parallel, model_parallel), (DATA, MODEL))
+  if model_parallel < 1 or pipeline_stages < 1 or len(devices) % (model_parallel * pipeline_stages):
+    raise ValueError(f"make_mesh: pipeline_stages={pipeline_stages} x model_parallel={model_parallel} must divide "
+                     f"the {len(devices)} devices (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=8 "
+                     "simulates 8)")
+  if pipeline_stages == 1:
+    return Mesh(np.array(devices).reshape(len(devices) // model_parallel, model_parallel), (DATA, MODEL))
+  shape = (pipeline_stages, len(devices) // (model_parallel * pipeline_stages), model_parallel)
+  return Mesh(np.array(devices).reshape(shape), (STAGE, DATA, MODEL))
+
+
+def pipeline_rules() -> list:
+  """The stacked blocks of a pipelined model (`blocks/...`, leading layer axis) split over the `stage` axis, so the
+  layers of stage k, and their optimizer state, live on its devices."""
+  return [("*blocks/*", P(STAGE))]
+
+
+def running_on(mesh: Mesh):
+  """The context a step runs in: under a `stage` axis, the mesh itself (`jax.set_mesh`), which a `Pipeline` reads to
+  place its stages; otherwise nothing."""
+  return jax.set_mesh(mesh) if STAGE in mesh.axis_names else contextlib.nullcontext()
 
 
 def shard_largest_axis(axis: str = DATA, min_size: int = 1024) -> Callable[[tuple, Mesh], P]:

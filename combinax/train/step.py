@@ -216,4 +216,5 @@ class TrainStep:
       replicated = NamedSharding(self.mesh, P())
       self._compiled = jax.jit(self._step, in_shardings=(shardings, sharding.batch_sharding(self.mesh)),
                                out_shardings=(shardings, replicated), donate_argnums=0)
-    return self._compiled(train_state, batch)
+    with sharding.running_on(self.mesh):
+      return self._compiled(train_state, batch)

@@ -111,6 +111,9 @@ class Trainer:
     checkpoint_every, keep_checkpoints, best_metric ("eval/<name>", lower is better unless `best_mode="max"`).
     log_every: steps between logs (the only host syncs); seed: params init, dropout and data order keys.
     model_parallel, sharding_rules: the mesh's `model` axis size and "replicated", "fsdp", "tensor" or a rule list.
+    pipeline_stages, microbatches: train with GPipe (`combinax.parallel.Pipeline`): `model`, a function of `mode`
+      such as a gin-configured `TransformerLM`, is built with them; the mesh gets a `stage` axis of
+      `pipeline_stages` device groups, and the stacked blocks (and their optimizer state) are split over it.
     compute_dtype: "bfloat16" for bf16 compute with float32 master params.
     init_checkpoint: a checkpoint directory whose params start a new run (fine-tuning), when not resuming.
     early_stopping_patience: stop after this many evaluations without improving `best_metric`.
@@ -122,12 +125,17 @@ class Trainer:
                best_mode: str = "min", log_every: int = 50, model_parallel: int = 1,
                sharding_rules: str | list = "replicated", compute_dtype: str | None = None,
                init_checkpoint: str | None = None, early_stopping_patience: int | None = None,
-               progress: bool | None = None):
+               progress: bool | None = None, pipeline_stages: int = 1, microbatches: int = 1):
     if output_dir is None:
       raise ValueError("Trainer: output_dir is required (pass --output_dir to combinax-train)")
+    pipeline = {} if pipeline_stages == 1 else {"pipeline_stages": pipeline_stages, "microbatches": microbatches}
+    if pipeline and isinstance(model, Layer):
+      raise ValueError("Trainer: pipeline_stages needs the model as a function of mode (e.g. @TransformerLM in gin), "
+                       "which the Trainer builds with pipeline_stages and microbatches; or give Trainer a model "
+                       "built with them and no pipeline_stages")
     # One model for training and evaluation: `apply(train=...)` decides dropout and batch statistics ("train" and
     # "eval" build the same model).
-    self.model = model(mode="train") if not isinstance(model, Layer) else model
+    self.model = model(mode="train", **pipeline) if not isinstance(model, Layer) else model
     self.task, self.eval_task, self.output_dir = task, eval_task, Path(output_dir)
     self.steps, self.seed, self.log_every = int(steps), int(seed), int(log_every)
     self.checkpoint_every, self.init_checkpoint = int(checkpoint_every), init_checkpoint
@@ -135,8 +143,9 @@ class Trainer:
     self.manager = checkpoints.CheckpointManager(self.output_dir, keep_checkpoints,
                                                  best_metric=best_metric, mode=best_mode)
     rules = {"replicated": [], "fsdp": sharding.fsdp_rules(), "tensor": sharding.tensor_parallel_rules()}
-    self.rules = rules[sharding_rules] if isinstance(sharding_rules, str) else list(sharding_rules)
-    self.mesh = sharding.make_mesh(model_parallel)
+    self.rules = ((sharding.pipeline_rules() if pipeline else []) +
+                  (rules[sharding_rules] if isinstance(sharding_rules, str) else list(sharding_rules)))
+    self.mesh = sharding.make_mesh(model_parallel, pipeline_stages=pipeline_stages)
     self.compute_dtype = jnp.dtype(compute_dtype) if compute_dtype else None
     self._eval_fn = jax.jit(self._eval_metrics) if eval_task is not None else None
 
@@ -211,7 +220,8 @@ class Trainer:
     totals, count = {}, 0
     stream = self.eval_task.data()
     for _, batch in zip(range(self.eval_task.n_batches), stream):
-      values = self._eval_fn(params, model_state, sharding.shard_batch(tuple(batch), self.mesh))
+      with sharding.running_on(self.mesh):
+        values = self._eval_fn(params, model_state, sharding.shard_batch(tuple(batch), self.mesh))
       totals = {k: totals.get(k, 0.0) + float(v) for k, v in values.items()}
       count += 1
     if not count:

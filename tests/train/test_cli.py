@@ -19,6 +19,9 @@ TINY = {
     "transformer_lm_kjv": ["TransformerLM.d_model = 16", "TransformerLM.d_ff = 32", "TransformerLM.n_layers = 1",
                            "train/lm_pipeline.length = 16", "train/lm_pipeline.batch_size = 8",
                            "eval/lm_pipeline.length = 16", "eval/lm_pipeline.batch_size = 8", "VOCAB = 256"],
+    "pipeline_lm_kjv": ["TransformerLM.d_model = 16", "TransformerLM.d_ff = 32", "TransformerLM.n_layers = 4",
+                        "train/lm_pipeline.length = 16", "train/lm_pipeline.batch_size = 8",
+                        "eval/lm_pipeline.length = 16", "eval/lm_pipeline.batch_size = 8", "VOCAB = 256"],
     "lstm_lm_kjv": ["RNNLM.d_model = 16", "train/lm_pipeline.length = 16", "train/lm_pipeline.batch_size = 8",
                     "eval/lm_pipeline.length = 16", "eval/lm_pipeline.batch_size = 8", "VOCAB = 256"],
     "sentiment_imdb": ["TransformerEncoder.d_model = 16", "TransformerEncoder.d_ff = 32",
@@ -72,7 +75,8 @@ def test_recipe_trains_a_few_steps(config, tmp_path):
   assert (output / "config.gin").exists() and (output / "operative_config.gin").exists()
 
 
-@pytest.mark.parametrize("recipe", ["transformer_lm_kjv", "lstm_lm_kjv"])   # a KV cache of max_len; RNN carries
+# A KV cache of max_len; RNN carries; a pipelined run's checkpoint decoded by the plain model.
+@pytest.mark.parametrize("recipe", ["transformer_lm_kjv", "lstm_lm_kjv", "pipeline_lm_kjv"])
 def test_decode_samples_from_the_trained_lm(recipe, tmp_path, capsys):
   config = next(c for c in CONFIGS if c.stem == recipe)
   output = tmp_path / "run"

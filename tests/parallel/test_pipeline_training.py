@@ -1,0 +1,67 @@
+"""GPipe in the Trainer: `pipeline_stages`/`microbatches` train like the plain model, keep each stage's blocks on its
+devices, and leave checkpoints that the plain model (and its decoder) loads."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import combinax as cx
+from combinax import data, decoding
+from combinax.models import TransformerLM
+from combinax.parallel import Pipeline
+from combinax.train import checkpoints, schedules, sharding
+from combinax.train.trainer import EvalTask, Trainer, TrainTask
+
+LM = dict(d_model=16, d_ff=32, n_layers=4, n_heads=2, dropout=0.0, max_len=8)
+
+
+def lm_data():
+  rng = np.random.default_rng(0)
+  examples = [(((rng.integers(0, 14) + np.arange(rng.integers(3, 12))) % 14 + 2).astype(np.int32),)
+              for _ in range(200)]
+  return data.Serial(data.FromList(examples, shuffle=True, seed=0, repeat=True), data.PackLM(8, eos_id=1),
+                     data.Batch(8))
+
+
+def trainer(output_dir, **kwargs):
+  task = TrainTask(data=lm_data(), optimizer=optax.sgd, schedule=schedules.constant(0.5), clip_norm=None)
+  return Trainer(lambda mode, **pipeline: TransformerLM(16, **LM, mode=mode, **pipeline), task,
+                 eval_task=EvalTask(data=lm_data(), eval_every=4, n_batches=1), output_dir=str(output_dir), steps=4,
+                 checkpoint_every=4, log_every=4, progress=False, **kwargs)
+
+
+def test_the_pipelined_trainer_trains_like_the_plain_one_and_its_checkpoint_loads_into_the_plain_model(tmp_path):
+  plain = trainer(tmp_path / "plain").run()
+  piped_trainer = trainer(tmp_path / "piped", pipeline_stages=2, microbatches=2)
+  assert dict(piped_trainer.mesh.shape) == {"stage": 2, "data": 4, "model": 1}
+  piped = piped_trainer.run()
+  assert piped.params["blocks"]["attention"]["q"]["kernel"].sharding.spec == P("stage")   # stage k's layers on its
+  assert piped.opt_state is not None                                                      # devices; embed replicated
+  assert piped.params["embed"]["embedding"].sharding.spec == P()
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), piped.params,
+                         plain.params)
+  # The pipelined run's checkpoint is the plain model's: it loads by path and decodes.
+  model = TransformerLM(16, **LM)
+  template = jax.eval_shape(lambda: model.init(jax.random.key(0), cx.ShapeDtype((1, 8), jnp.int32))[0])
+  params, _ = checkpoints.restore(checkpoints.latest(tmp_path / "piped"), template, prefix="params")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, jax.device_get(piped.params))
+  decoder = TransformerLM(16, **LM, mode="predict")
+  out = decoding.autoregressive_sample(decoder, params, jnp.array([[2, 3, 4]]), max_length=4, temperature=0.0)
+  assert out.shape == (1, 4)
+
+
+def test_pipelining_is_named_where_it_can_work_and_refused_with_the_reason_elsewhere(tmp_path):
+  with pytest.raises(ValueError, match="needs the model as a function of mode"):
+    Trainer(TransformerLM(16, **LM), TrainTask(data=lm_data()), output_dir=str(tmp_path), pipeline_stages=2)
+  with pytest.raises(ValueError, match="pipeline_stages=3 x model_parallel=1 must divide the 8 devices"):
+    sharding.make_mesh(pipeline_stages=3)
+  with pytest.raises(cx.LayerError, match="a decoder .* runs its layers one token at a time"):
+    TransformerLM(16, **LM, mode="predict", pipeline_stages=2, microbatches=2)
+  with pytest.raises(ValueError, match="TransformerOptions.microbatches: expected a positive int, got 0"):
+    TransformerLM(16, **LM, pipeline_stages=2, microbatches=0)
+  with pytest.raises(cx.LayerError, match="the stages must split the layers evenly"):
+    TransformerLM(16, **{**LM, "n_layers": 3}, pipeline_stages=2)
+  assert isinstance(TransformerLM(16, **LM, pipeline_stages=2).sublayers[1].sublayers[-2], Pipeline)
