@@ -11,7 +11,7 @@ setup(
     packages=find_packages(include=["combinax", "combinax.*"]),
     package_data={"combinax.data": ["corpora/*.jsonl.gz", "corpora/DATA.md"]},
     install_requires=[
-        "jax>=0.4.35",
+        "jax>=0.7.1",  # jax.set_mesh: the mesh a Pipeline places its stages on
         "numpy>=1.26",
         "optax>=0.2.4",
         "gin-config>=0.5.0",
