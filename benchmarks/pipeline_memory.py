@@ -1,12 +1,14 @@
-"""GPipe's memory effect, from the compiled training step: per-device peak memory with K pipeline stages vs the plain
-stack, the deepest stack that fits a per-device budget, the schedule's utilisation, and compile time against M.
+"""GPipe's memory effect, from the compiled training step of a Transformer LM: per-device peak memory with K pipeline
+stages vs the plain model, the deepest LM that fits a per-device budget, the schedule's utilisation, and compile time
+against M.
 
-    python benchmarks/pipeline_memory.py [--budget-layers 4] [--d-model 256] [--seq 128] [--batch 32]
+    python benchmarks/pipeline_memory.py [--budget-layers 4] [--d-model 256] [--seq 128] [--batch 32] [--vocab 8192]
 
 Runs on 8 simulated CPU devices (XLA_FLAGS is set here). Nothing is executed: each step is compiled, and
 `compiled.memory_analysis()` gives its per-device arguments, outputs and temporaries. The budget is what the plain,
-not rematerialised stack of `--budget-layers` blocks needs on one device; for each setting the script finds the
-deepest stack (a multiple of K layers, so the stages split it) whose per-device peak stays within it. Wall-clock
+not rematerialised LM of `--budget-layers` blocks needs on one device; for each setting the script finds the deepest
+LM (a multiple of K layers, so the stages split it) whose per-device peak stays within it. The embeddings and the
+logits are not pipelined: every device holds them, as in GPipe. Wall-clock
 speed-up cannot be measured here: the 8 simulated devices share the machine's cores, so only the schedule's
 utilisation M / (M + K - 1) is reported for it.
 """
@@ -25,18 +27,22 @@ import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 from combinax import layers as cl  # noqa: E402
-from combinax.models import DecoderBlock, TransformerOptions  # noqa: E402
-from combinax.parallel import Pipeline, schedule  # noqa: E402
+from combinax.models import TransformerLM  # noqa: E402
+from combinax.parallel import schedule  # noqa: E402
+from combinax.train import sharding  # noqa: E402
+
+LOSS = cl.CategoryCrossEntropy()
 
 
 def compiled_step(model, n_devices_data: int, stages: int, x):
-  """The compiled gradient step of `model` on `x` under a (stage, data) mesh; params on their stages."""
+  """The compiled gradient step of `model` on token ids `x` under a (stage, data) mesh; the blocks on their stages
+  (the Trainer's `pipeline_rules`), everything else replicated."""
   mesh = Mesh(np.array(jax.devices()[:stages * n_devices_data]).reshape(stages, n_devices_data), ("stage", "data"))
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), x)[0])
-  param_sharding = NamedSharding(mesh, P("stage") if stages > 1 else P())
-  step = jax.jit(jax.grad(lambda p, x: jnp.mean(model.apply(p, {}, x)[0] ** 2)),
-                 in_shardings=(jax.tree_util.tree_map(lambda _: param_sharding, params),
-                               NamedSharding(mesh, P(None))), out_shardings=None)
+  rules = sharding.pipeline_rules() if stages > 1 else []
+  step = jax.jit(jax.grad(lambda p, x: LOSS.apply({}, {}, (model.apply(p, {}, x)[0], x))[0]),
+                 in_shardings=(sharding.tree_shardings(params, mesh, rules), NamedSharding(mesh, P(None))),
+                 out_shardings=None)
   with jax.set_mesh(mesh):
     start = time.perf_counter()
     compiled = step.lower(params, x).compile()
@@ -48,11 +54,8 @@ def peak_bytes(compiled) -> int:
   return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
 
 
-def make(n_layers: int, options, stages: int, microbatches: int, remat):
-  if stages == 1:
-    return cl.Repeat(DecoderBlock(options), n_layers, remat=remat, name="blocks")
-  return Pipeline(DecoderBlock(options), n_layers, stages=stages, microbatches=microbatches, remat=remat,
-                  name="blocks")
+def make(n_layers: int, options: dict, stages: int, microbatches: int, remat):
+  return TransformerLM(n_layers=n_layers, **options, remat=remat, pipeline_stages=stages, microbatches=microbatches)
 
 
 def deepest(options, x, stages, microbatches, remat, budget, limit=4096) -> int:
@@ -73,12 +76,14 @@ def main():
   parser.add_argument("--d-model", type=int, default=256)
   parser.add_argument("--seq", type=int, default=128)
   parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--vocab", type=int, default=8192)
   args = parser.parse_args()
-  options = TransformerOptions(d_model=args.d_model, d_ff=4 * args.d_model, n_heads=4, dropout=0.0,
-                               max_len=args.seq)
-  x = jax.ShapeDtypeStruct((args.batch, args.seq, args.d_model), jnp.float32)
-  print(f"DecoderBlock d_model {args.d_model}, d_ff {4 * args.d_model}, batch {args.batch} x {args.seq}; "
-        f"{jax.device_count()} simulated {jax.devices()[0].platform} devices; per-device peak from memory_analysis()")
+  options = dict(vocab_size=args.vocab, d_model=args.d_model, d_ff=4 * args.d_model, n_heads=4, dropout=0.0,
+                 max_len=args.seq)
+  x = jax.ShapeDtypeStruct((args.batch, args.seq), jnp.int32)
+  print(f"TransformerLM vocab {args.vocab}, d_model {args.d_model}, d_ff {4 * args.d_model}, batch {args.batch} x "
+        f"{args.seq}; {jax.device_count()} simulated {jax.devices()[0].platform} devices; per-device peak from "
+        "memory_analysis()")
 
   print("\nper-device peak of the training step, 32 layers (M = 4K micro-batches):")
   print(f"{'setting':<34} {'peak MB':>9} {'x plain':>8}")
@@ -89,13 +94,13 @@ def main():
     print(f"{name + (', remat' if remat else ''):<34} {peak / 2**20:>9.1f} {peak / plain:>7.2f}x")
 
   budget = peak_bytes(compiled_step(make(args.budget_layers, options, 1, 1, False), 1, 1, x)[0])
-  print(f"\ndeepest stack within {budget / 2**20:.1f} MB per device (the plain {args.budget_layers}-layer step's):")
+  print(f"\ndeepest LM within {budget / 2**20:.1f} MB per device (the plain {args.budget_layers}-layer step's):")
   base = None
   for stages, remat in [(1, False), (1, True), (2, True), (4, True), (8, False), (8, True)]:
     n = deepest(options, x, stages, 4 * stages, remat, budget)
     base = base or n
     name = "plain" if stages == 1 else f"K={stages}, M={4 * stages}"
-    print(f"  {name + (', remat' if remat else ''):<20} {n:>5} layers  ({n / base:.1f}x the plain stack)")
+    print(f"  {name + (', remat' if remat else ''):<20} {n:>5} layers  ({n / base:.1f}x the plain LM)")
 
   print("\ncompile time of a 32-layer K=4 step against M (one scan over M + K - 1 iterations):")
   for microbatches in (4, 8, 32):

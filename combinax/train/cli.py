@@ -35,7 +35,7 @@ flags.DEFINE_integer("top_k", 40, "combinax-decode: sample among the k likeliest
 flags.DEFINE_integer("seed", 0, "combinax-decode: sampling seed")
 
 
-TRAIN_HELP = """combinax-train: trains the model a gin config describes; rerunning it resumes from the newest checkpoint.
+TRAIN_HELP = """combinax-train: trains the model a gin config describes; rerunning resumes from the newest checkpoint.
 
   combinax-train --config_file=configs/transformer_lm_kjv.gin --output_dir=runs/lm [--config='Trainer.steps = 100']
 

@@ -26,10 +26,10 @@ def lm_data():
                      data.Batch(8))
 
 
-def trainer(output_dir, **kwargs):
+def trainer(output_dir, steps=4, **kwargs):
   task = TrainTask(data=lm_data(), optimizer=optax.sgd, schedule=schedules.constant(0.5), clip_norm=None)
   return Trainer(lambda mode, **pipeline: TransformerLM(16, **LM, mode=mode, **pipeline), task,
-                 eval_task=EvalTask(data=lm_data(), eval_every=4, n_batches=1), output_dir=str(output_dir), steps=4,
+                 eval_task=EvalTask(data=lm_data(), eval_every=4, n_batches=1), output_dir=str(output_dir), steps=steps,
                  checkpoint_every=4, log_every=4, progress=False, **kwargs)
 
 
@@ -65,3 +65,11 @@ def test_pipelining_is_named_where_it_can_work_and_refused_with_the_reason_elsew
   with pytest.raises(cx.LayerError, match="the stages must split the layers evenly"):
     TransformerLM(16, **{**LM, "n_layers": 3}, pipeline_stages=2)
   assert isinstance(TransformerLM(16, **LM, pipeline_stages=2).sublayers[1].sublayers[-2], Pipeline)
+
+
+def test_a_pipelined_run_resumes_bit_for_bit(tmp_path):
+  straight = trainer(tmp_path / "straight", pipeline_stages=4, microbatches=2).run()
+  trainer(tmp_path / "resumed", steps=2, pipeline_stages=4, microbatches=2).run()   # checkpoints at its end
+  resumed = trainer(tmp_path / "resumed", pipeline_stages=4, microbatches=2).run()
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(resumed.params),
+                         jax.device_get(straight.params))
