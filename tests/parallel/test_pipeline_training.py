@@ -48,6 +48,11 @@ def test_the_pipelined_trainer_trains_like_the_plain_one_and_its_checkpoint_load
   template = jax.eval_shape(lambda: model.init(jax.random.key(0), cx.ShapeDtype((1, 8), jnp.int32))[0])
   params, _ = checkpoints.restore(checkpoints.latest(tmp_path / "piped"), template, prefix="params")
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, jax.device_get(piped.params))
+  # And back: the plain run's checkpoint is the pipelined model's.
+  piped_template = jax.eval_shape(lambda: TransformerLM(16, **LM, pipeline_stages=2, microbatches=2).init(
+      jax.random.key(0), cx.ShapeDtype((8, 8), jnp.int32))[0])
+  back, _ = checkpoints.restore(checkpoints.latest(tmp_path / "plain"), piped_template, prefix="params")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, back, jax.device_get(plain.params))
   decoder = TransformerLM(16, **LM, mode="predict")
   out = decoding.autoregressive_sample(decoder, params, jnp.array([[2, 3, 4]]), max_length=4, temperature=0.0)
   assert out.shape == (1, 4)
