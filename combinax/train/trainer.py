@@ -131,8 +131,8 @@ class Trainer:
     pipeline = {} if pipeline_stages == 1 else {"pipeline_stages": pipeline_stages, "microbatches": microbatches}
     if pipeline and isinstance(model, Layer):
       raise ValueError("Trainer: pipeline_stages needs the model as a function of mode (e.g. @TransformerLM in gin), "
-                       "which the Trainer builds with pipeline_stages and microbatches; or give Trainer a model "
-                       "built with them and no pipeline_stages")
+                       "which the Trainer builds with pipeline_stages and microbatches, and places on a mesh with "
+                       "a 'stage' axis")
     # One model for training and evaluation: `apply(train=...)` decides dropout and batch statistics ("train" and
     # "eval" build the same model).
     self.model = model(mode="train", **pipeline) if not isinstance(model, Layer) else model
