@@ -57,15 +57,20 @@ class Repeat(Combinator):
     rngs = jnp.stack([child_rng(rng, i) for i in range(self.n_layers)])
     return jax.vmap(lambda r: self.block.init(r, input_signature))(rngs)
 
+  def rematerialised(self, fn, *, prevent_cse: bool):
+    """`fn` under `jax.checkpoint` with this layer's `remat` policy; `fn` itself when `remat` is False."""
+    if not self.remat:
+      return fn
+    policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if self.remat == "dots" else None
+    return jax.checkpoint(fn, policy=policy, prevent_cse=prevent_cse)
+
   def forward(self, params, state, inputs, *, rng, train):
     def one_block(inputs, layer_params, layer_state, index):
       layer_rng = None if rng is None else jax.random.fold_in(rng, index)
       return self.block.apply(layer_params, layer_state, inputs, rng=layer_rng, train=train)
 
-    if self.remat:
-      # In a scan, XLA cannot merge the recomputation back into the forward pass, so CSE may stay on.
-      policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if self.remat == "dots" else None
-      one_block = jax.checkpoint(one_block, policy=policy, prevent_cse=not self.scan)
+    # In a scan, XLA cannot merge the recomputation back into the forward pass, so CSE may stay on.
+    one_block = self.rematerialised(one_block, prevent_cse=not self.scan)
     if self.scan:
       def step(carry, per_layer):
         return one_block(carry, *per_layer)

@@ -150,9 +150,7 @@ class Pipeline(Repeat):
         return tuple(to_stack(ys, self.n_out)), None
       return lax.scan(one_layer, tuple(xs), (stage_params, jnp.arange(per_stage)))[0]
 
-    if self.remat:
-      policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if self.remat == "dots" else None
-      stage_fn = jax.checkpoint(stage_fn, policy=policy)
+    stage_fn = self.rematerialised(stage_fn, prevent_cse=True)
     microbatched = tuple(x.reshape((self.microbatches, batch // self.microbatches) + x.shape[1:]) for x in items)
     outputs = gpipe(stage_fn, staged, microbatched, stages=k,
                     constrain=self._constrain(lambda x, data: P(STAGE, data)))

@@ -16,10 +16,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from combinax.parallel.pipeline import STAGE
+from combinax.parallel.pipeline import DATA, STAGE
 from combinax.paths import leaves_with_paths, matches
 
-DATA, MODEL = "data", "model"
+MODEL = "model"
 Spec = P | Callable[[tuple, Mesh], P]
 
 
