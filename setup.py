@@ -31,6 +31,6 @@ setup(
         "pretrained": ["safetensors>=0.4", "gguf>=0.10", "h5py>=3.8"],
         # The peers of benchmarks/compare.py (run by hand, never by CI). Trax 1.4.1 pins old JAX and TensorFlow, so
         # it gets an environment of its own: bash benchmarks/setup_trax.sh.
-        "bench": ["torch==2.13.0", "flax>=0.12"],
+        "bench": ["torch==2.13.0", "flax>=0.12", "matplotlib"],
     },
 )

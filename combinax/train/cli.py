@@ -63,6 +63,7 @@ def parse_config(files, bindings, skip_unknown: bool = False):
   """Parses gin files and bindings; a bad binding or unknown configurable exits with gin's message, no traceback."""
   import combinax.train  # noqa: F401  (registers every configurable: models, layers' factories, data, optax)
   import combinax.models  # noqa: F401
+  import combinax.growth  # noqa: F401
   try:
     gin.parse_config_files_and_bindings(list(files), list(bindings), skip_unknown=skip_unknown)
   except (ValueError, KeyError, TypeError, IOError) as e:
@@ -77,12 +78,12 @@ def train_main(argv):
     import jax
     jax.distributed.initialize()
   parse_config(FLAGS.config_file, FLAGS.config)
-  from combinax.train.trainer import Trainer
+  from combinax.train.trainer import train_job
   output_dir = Path(FLAGS.output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
   (output_dir / "config.gin").write_text(gin.config_str())
   try:
-    trainer = Trainer(output_dir=str(output_dir))
+    trainer = train_job()(output_dir=str(output_dir))
   except (ValueError, TypeError) as e:
     if "gin" in str(e).lower() or "configurable" in str(e).lower() or "REQUIRED" in str(e):
       raise ConfigError(f"combinax-train: bad gin configuration: {e}") from None

@@ -97,6 +97,12 @@ class EvalTask:
         "loss": cl.WeightedCategoryCrossEntropy(), "accuracy": cl.WeightedCategoryAccuracy()}
 
 
+def train_job(job: Callable | None = None) -> Callable:
+  """What `combinax-train` runs: the `Trainer`, or the job a config names (`train_job.job = @GrowthRun`); it is
+  called with `output_dir` and has a `run()` method."""
+  return job if job is not None else Trainer
+
+
 def sample_setup(model=gin.REQUIRED, tokenizer=None):
   """What `combinax-decode` needs from the config: the model function and the tokenizer (bind them in the recipe)."""
   return model, tokenizer

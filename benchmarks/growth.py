@@ -1,0 +1,173 @@
+"""LiGO against stacking, Net2Net and scratch: held-out loss of the large LM against training FLOPs.
+
+    python benchmarks/growth.py [--seeds 0 1 2] [--runs runs/growth_bench] [--large-steps 1000] [--small-steps 2000] [--operator-steps 100]
+
+Every run is `combinax-train` on the shipped recipes (configs/grow_lm_kjv.gin and its scratch baseline), so this
+measures the code users run. The small LM (4 layers, d 128) is trained once (seed 0, 2,000 steps) and shared; for each
+seed the large LM (8 layers, d 256) is then
+  - ligo:    grown by the LiGO operator trained for 100 steps, then trained;
+  - stack:   grown by the operator's StackBERT setting (depth stacking, cyclic width copies), not trained;
+  - net2net: grown by its function-preserving setting (identity layers, cyclic copies), not trained;
+  - scratch: trained from random initialisation;
+all with the same schedule, data and `--large-steps` steps, evaluated every 50 steps on 16 held-out batches.
+
+FLOPs are XLA's count (`cost_analysis`) of one compiled training step of the large model (forward and backward) on
+one batch; operator steps are counted at the large model's cost, as in the paper, and the small model's training is
+reported separately. Savings: 1 - (FLOPs until the run's held-out loss first reaches scratch's final loss, mean over
+seeds) / (scratch's FLOPs: its whole run). Writes `<runs>/growth.json` and the plot `benchmarks/growth.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = {
+    "ligo": [],
+    "stack": ["GrowthRun.options = @stack/GrowthOptions()", "GrowthRun.steps = 0"],
+    "net2net": ["GrowthRun.options = @net2net/GrowthOptions()", "GrowthRun.steps = 0"],
+    "scratch": None,
+}
+
+
+def train(output_dir: Path, method: str, seed: int, args):
+  config = ROOT / "configs" / ("grow_lm_kjv_scratch.gin" if METHODS[method] is None else "grow_lm_kjv.gin")
+  bindings = (METHODS[method] or []) + [
+      f"large/Trainer.seed = {seed}", f"large/Trainer.steps = {args.large_steps}",
+      f"large/cosine.total_steps = {args.large_steps}", f"small/Trainer.steps = {args.small_steps}",
+      f"small/cosine.total_steps = {args.small_steps}", "EvalTask.n_batches = 16", "large/Trainer.progress = False",
+      "small/Trainer.progress = False"] + ([f"GrowthRun.steps = {args.operator_steps}"] if method == "ligo" else [])
+  command = [str(Path(sys.executable).parent / "combinax-train"), f"--config_file={config}",
+             f"--output_dir={output_dir}"] + [f"--config={b}" for b in bindings]
+  subprocess.run(command, check=True, cwd=ROOT)
+
+
+def eval_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, held-out loss) from a run's metrics.jsonl (the last record of each step wins: resumed runs)."""
+  losses = {}
+  for line in (run / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if "eval/loss" in record:
+      losses[record["step"]] = record["eval/loss"]
+  steps = np.array(sorted(losses))
+  return steps, np.array([losses[s] for s in steps])
+
+
+def steps_to_reach(steps, losses, target: float) -> float:
+  """The (linearly interpolated) step where the curve first reaches `target`; nan if it never does."""
+  below = np.nonzero(losses <= target)[0]
+  if not len(below):
+    return float("nan")
+  i = below[0]
+  if i == 0:
+    return float(steps[0])
+  s0, s1, l0, l1 = steps[i - 1], steps[i], losses[i - 1], losses[i]
+  return float(s0 + (l0 - target) / (l0 - l1) * (s1 - s0))
+
+
+def step_flops(d_model: int, d_ff: int, n_layers: int, n_heads: int, batch=16, length=64, vocab=8192) -> float:
+  """XLA's FLOP count of one training step's forward and backward pass of the recipe's LM."""
+  import jax
+  import jax.numpy as jnp
+
+  from combinax import layers as cl
+  from combinax.models import TransformerLM
+  model = TransformerLM(vocab, d_model=d_model, d_ff=d_ff, n_layers=n_layers, n_heads=n_heads, positions="rotary",
+                        max_len=length, tie_embeddings=True)
+  x = jnp.zeros((batch, length), jnp.int32)
+  params, _ = model.init(jax.random.key(0), x)
+  loss = cl.WeightedCategoryCrossEntropy()
+
+  def value(params, x):
+    logits, _ = model.apply(params, {}, x, rng=jax.random.key(1), train=True)
+    return loss.apply({}, {}, (logits, x, jnp.ones(x.shape, jnp.float32)))[0]
+  compiled = jax.jit(jax.grad(value)).lower(params, x).compile()
+  analysis = compiled.cost_analysis()
+  return float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
+
+
+def plot(results: dict, target: float, path: Path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for method, runs in results["curves"].items():
+    steps = np.array(runs[0]["steps"])
+    losses = np.array([r["losses"] for r in runs])
+    offset = results["operator_steps"] if method == "ligo" else 0
+    flops = (steps + offset) * results["large_step_flops"] / 1e15
+    ax.plot(flops, losses.mean(0), label=f"{method} ({len(runs)} seeds)")
+    ax.fill_between(flops, losses.min(0), losses.max(0), alpha=0.2)
+  ax.axhline(target, color="grey", linestyle=":", label="scratch's final loss")
+  ax.set_xlabel("training FLOPs of the large model (PFLOP; LiGO's operator steps included)")
+  ax.set_ylabel("held-out loss (KJV test split)")
+  ax.set_ylim(target - 0.3, target + 1.5)
+  ax.set_title("Growing a 4-layer d128 LM into 8 layers d256")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--runs", default="runs/growth_bench")
+  parser.add_argument("--large-steps", type=int, default=1000)
+  parser.add_argument("--small-steps", type=int, default=2000)
+  parser.add_argument("--operator-steps", type=int, default=100)
+  parser.add_argument("--methods", nargs="+", default=list(METHODS))
+  args = parser.parse_args()
+  runs = (ROOT / args.runs).resolve()
+  shared_small = runs / "small"
+  for seed in args.seeds:
+    for method in args.methods:
+      out = runs / f"{method}_{seed}"
+      if METHODS[method] is not None and shared_small.exists() and not (out / "small").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "small").symlink_to(shared_small)     # one small model for every growth run
+      train(out, method, seed, args)
+      if METHODS[method] is not None and not shared_small.exists():
+        (out / "small").rename(shared_small)
+        (out / "small").symlink_to(shared_small)
+  large_flops = step_flops(256, 1024, 8, 8)
+  small_flops = step_flops(128, 512, 4, 4)
+  small_steps, small_losses = eval_curve(shared_small)
+  def curve(method, seed):
+    steps, losses = eval_curve(runs / f"{method}_{seed}" / ("" if METHODS[method] is None else "large"))
+    return {"steps": steps.tolist(), "losses": losses.tolist()}
+  curves = {m: [curve(m, s) for s in args.seeds] for m in args.methods}
+  target = float(np.mean([c["losses"][-1] for c in curves["scratch"]]))
+  operator_steps = args.operator_steps
+  reach = {m: [steps_to_reach(np.array(c["steps"]), np.array(c["losses"]), target) for c in cs]
+           for m, cs in curves.items()}
+  scratch_steps = float(args.large_steps)   # scratch gets to its final loss at its last step, by definition
+  print(f"small LM: {int(small_steps[-1])} steps, held-out loss {small_losses[-1]:.3f}, "
+        f"{small_flops * small_steps[-1] / 1e15:.2f} PFLOP (not counted below)")
+  print(f"large LM step: {large_flops / 1e9:.1f} GFLOP (XLA); target = scratch's final held-out loss {target:.4f}")
+  print("| method | final held-out loss (mean ± sd) | steps to target (per seed) | FLOPs to target | saving |")
+  print("|---|---|---|---|---|")
+  for method in args.methods:
+    finals = [c["losses"][-1] for c in curves[method]]
+    extra = operator_steps if method == "ligo" else 0
+    to_target = [r + extra for r in reach[method]]
+    mean = float(np.mean(to_target))
+    saving = 1 - mean / scratch_steps
+    print(f"| {method} | {np.mean(finals):.4f} ± {np.std(finals):.4f} | "
+          f"{', '.join(f'{r:.0f}' for r in to_target)} | {mean * large_flops / 1e15:.2f} PFLOP | "
+          f"{saving * 100:.1f}% |")
+  results = {"curves": curves, "target": target, "large_step_flops": large_flops, "small_step_flops": small_flops,
+             "operator_steps": operator_steps, "reach": reach}
+  (runs / "growth.json").write_text(json.dumps(results, indent=1))
+  plot(results, target, ROOT / "benchmarks" / "growth.png")
+  print(f"wrote {runs / 'growth.json'} and benchmarks/growth.png")
+
+
+if __name__ == "__main__":
+  main()
