@@ -234,7 +234,7 @@ def _selection(rng, small: Dims, large: Dims, expander: str, width: str) -> jax.
     heads = jnp.concatenate([jnp.arange(small.n_kv_heads), kv_heads])[new // group] * group + new % group
   else:
     heads = kv_heads
-  return (heads[:, None] * small.d_head + jnp.arange(small.d_head)).reshape(-1)
+  return (heads[:, None] * small.d_head + jnp.arange(small.d_head)[None, :]).reshape(-1)
 
 
 def _expander_init(rng, plan: Plan, expander: str, layer: int | None, options: GrowthOptions) -> jax.Array:
