@@ -14,6 +14,14 @@ from combinax.train.logging import read_metrics
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.gin"))
 COMMON = ["Trainer.steps = 3", "Trainer.log_every = 1", "Trainer.checkpoint_every = 3", "EvalTask.n_batches = 1",
           "EvalTask.eval_every = 3", "corpus_tokenizer.kind = 'char'"]
+# The growth recipes bind per phase (scopes small/ and large/), so their tiny settings are scoped too.
+GROW = [f"{scope}/{binding}" for scope in ("small", "large") for binding in (
+    "Trainer.steps = 3", "Trainer.log_every = 1", "Trainer.checkpoint_every = 3", "EvalTask.eval_every = 3",
+    "TransformerLM.d_ff = 32")] + [
+    "small/TransformerLM.d_model = 16", "small/TransformerLM.n_heads = 2", "small/TransformerLM.n_layers = 1",
+    "large/TransformerLM.d_model = 32", "large/TransformerLM.n_heads = 4", "large/TransformerLM.n_layers = 2",
+    "train/lm_pipeline.length = 16", "train/lm_pipeline.batch_size = 8", "eval/lm_pipeline.length = 16",
+    "eval/lm_pipeline.batch_size = 8", "VOCAB = 256", "GrowthRun.steps = 2", "GrowthRun.log_every = 1"]
 TINY = {
     "digits_cnn": ["train/image_pipeline.batch_size = 16", "eval/image_pipeline.batch_size = 16"],
     "transformer_lm_kjv": ["TransformerLM.d_model = 16", "TransformerLM.d_ff = 32", "TransformerLM.n_layers = 1",
@@ -36,12 +44,16 @@ TINY = {
                           "train/translation_pipeline.batch_sizes = (8, 8)",
                           "eval/translation_pipeline.max_length = 16", "eval/translation_pipeline.boundaries = (8, 16)",
                           "eval/translation_pipeline.batch_sizes = (8, 8)", "VOCAB = 512"],
+    "grow_lm_kjv": GROW,
+    "grow_lm_kjv_scratch": GROW,
 }
+RUN_DIR = {"grow_lm_kjv": "large"}   # where a multi-phase recipe's final model trains
 
 
 @pytest.fixture(autouse=True)
 def clean(monkeypatch, tmp_path):
   monkeypatch.setenv("COMBINAX_CACHE", str(tmp_path / "cache"))
+  monkeypatch.chdir(CONFIGS[0].parents[1])   # recipes include each other relative to the project root
   gin.clear_config()
   yield
   gin.clear_config()
@@ -68,11 +80,12 @@ def test_recipe_trains_a_few_steps(config, tmp_path):
   output = tmp_path / "run"
   bindings = [f"--config={b}" for b in COMMON + TINY[config.stem]]
   run(cli.train_main, f"--config_file={config}", f"--output_dir={output}", *bindings)
+  assert (output / "config.gin").exists() and (output / "operative_config.gin").exists()
+  output = output / RUN_DIR.get(config.stem, "")
   assert checkpoints.latest(output).name == "step_00000003"
   records = read_metrics(output)
   assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3]
   assert any("eval/loss" in r for r in records)
-  assert (output / "config.gin").exists() and (output / "operative_config.gin").exists()
 
 
 # A KV cache of max_len; RNN carries; a pipelined run's checkpoint decoded by the plain model.

@@ -1,0 +1,116 @@
+"""`combinax-train` on configs/grow_lm_kjv.gin: small run -> operator steps -> large run, each phase resumable, the
+small params untouched by the operator steps, and the materialised large params a plain checkpoint."""
+
+import json
+from pathlib import Path
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+
+from combinax import growth
+from combinax.models import TransformerLM
+from combinax.paths import paths, unflatten
+from combinax.train import checkpoints, cli
+from combinax.train.logging import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "configs" / "grow_lm_kjv.gin"
+TINY = [f"{scope}/{binding}" for scope in ("small", "large") for binding in (
+    "Trainer.steps = 4", "Trainer.log_every = 1", "Trainer.checkpoint_every = 2", "EvalTask.eval_every = 2",
+    "TransformerLM.d_ff = 32", "TransformerLM.dropout = 0.0")] + [
+    "small/TransformerLM.d_model = 16", "small/TransformerLM.n_heads = 2", "small/TransformerLM.n_layers = 1",
+    "large/TransformerLM.d_model = 32", "large/TransformerLM.n_heads = 4", "large/TransformerLM.n_layers = 2",
+    "train/lm_pipeline.length = 16", "train/lm_pipeline.batch_size = 8", "eval/lm_pipeline.length = 16",
+    "eval/lm_pipeline.batch_size = 8", "VOCAB = 256", "EvalTask.n_batches = 1", "GrowthRun.steps = 3",
+    "GrowthRun.log_every = 1"]
+
+
+@pytest.fixture(autouse=True)
+def clean(monkeypatch, tmp_path):
+  monkeypatch.setenv("COMBINAX_CACHE", str(tmp_path / "cache"))
+  gin.clear_config()
+  yield
+  gin.clear_config()
+  flags.FLAGS.unparse_flags()
+
+
+def train(output, *extra):
+  gin.clear_config()
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["combinax-train", f"--config_file={RECIPE}", f"--output_dir={output}",
+               *[f"--config={b}" for b in TINY + list(extra)]])
+  cli.train_main([])
+
+
+def leaves(checkpoint, prefix="params/"):
+  manifest = checkpoints.read_manifest(checkpoint)
+  with np.load(Path(checkpoint) / "arrays.npz") as data:
+    return {e["path"][len(prefix):]: data[f"leaf_{i:06d}"] for i, e in enumerate(manifest["leaves"])
+            if e["path"].startswith(prefix)}
+
+
+def test_the_recipe_trains_small_then_the_operator_then_large(tmp_path, capsys):
+  train(tmp_path)
+  lines = capsys.readouterr().out
+  assert lines.index("phase 1/3") < lines.index("phase 2/3") < lines.index("phase 3/3")
+  small = leaves(checkpoints.latest(tmp_path / "small"))
+  operator_run = leaves(checkpoints.latest(tmp_path / "growth"))
+  # The operator steps leave every small param bit-identical (only growth/* trains: see test_operator.py).
+  assert {p for p in operator_run if not p.startswith("growth/")} == set(small)
+  for path, value in small.items():
+    np.testing.assert_array_equal(operator_run[path], value, err_msg=path)
+  model = growth.Grown(configured("small"), configured("large"), growth.METHODS["ligo"])
+  params, _ = model.init(jax.random.key(0), jax.ShapeDtypeStruct((8, 16), jnp.int32))
+  assert {f"growth/{p}" for p in paths(params["growth"])} == {p for p in operator_run if p.startswith("growth/")}
+  # The operator phase logs its own loss curve and evaluates the grown model.
+  records = read_metrics(tmp_path / "growth")
+  assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3]
+  assert any("eval/loss" in r for r in records)
+  # grown/ is a plain checkpoint of the large model; the large run started from it and is complete.
+  grown = checkpoints.latest(tmp_path / "grown")
+  assert json.loads((grown / "manifest.json").read_text())["metadata"]["operator_steps"] == 3
+  assert checkpoints.latest(tmp_path / "large").name == "step_00000004"
+  assert (tmp_path / "large" / "config.gin").exists()
+
+
+def test_a_rerun_resumes_the_unfinished_phase_and_redoes_none(tmp_path, capsys):
+  train(tmp_path, "large/Trainer.steps = 2")
+  grown = checkpoints.latest(tmp_path / "grown")
+  before = (grown / "arrays.npz").stat().st_mtime_ns
+  capsys.readouterr()
+  train(tmp_path, "large/Trainer.steps = 4")
+  out = capsys.readouterr().out
+  assert "phase 1/3" not in out and "phase 2/3" not in out and "resumed from step 2" in out
+  assert (grown / "arrays.npz").stat().st_mtime_ns == before
+  assert checkpoints.latest(tmp_path / "large").name == "step_00000004"
+
+
+def test_a_net2net_baseline_materialises_the_small_models_function(tmp_path):
+  train(tmp_path, "GrowthRun.options = @net2net/GrowthOptions()", "GrowthRun.steps = 0", "large/Trainer.steps = 0")
+  assert not (tmp_path / "growth").exists()
+  small_model, large_model = configured("small"), configured("large")
+  x = jax.random.randint(jax.random.key(0), (2, 16), 1, 256)
+  small_params = jax.tree_util.tree_map(jnp.asarray, unflatten(leaves(checkpoints.latest(tmp_path / "small"))))
+  large_params = jax.tree_util.tree_map(jnp.asarray, unflatten(leaves(checkpoints.latest(tmp_path / "grown"))))
+  np.testing.assert_allclose(large_model.apply(large_params, {}, x)[0], small_model.apply(small_params, {}, x)[0],
+                             atol=2e-5, rtol=1e-5)
+
+
+def test_decode_samples_from_the_grown_and_trained_model(tmp_path, capsys):
+  train(tmp_path)
+  capsys.readouterr()
+  gin.clear_config()
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["combinax-decode", f"--output_dir={tmp_path / 'large'}", "--prompt=And God", "--max_length=4"])
+  cli.decode_main([])
+  assert capsys.readouterr().out.startswith("And God")
+
+
+def configured(scope: str):
+  """The recipe's TransformerLM of `scope`, as the run built it."""
+  with gin.config_scope(scope):
+    return TransformerLM()
