@@ -1,6 +1,8 @@
 """LiGO against stacking, Net2Net and scratch: held-out loss of the large LM against training FLOPs.
 
-    python benchmarks/growth.py [--seeds 0 1 2] [--runs runs/growth_bench] [--large-steps 1000] [--small-steps 2000] [--operator-steps 100]
+    python benchmarks/growth.py [--seeds 0 1 2] [--runs runs/growth_bench] [--large-steps 1000]
+                                [--small-steps 2000] [--operator-steps 100]
+    python benchmarks/growth.py --speed      (the operator phase's step time against the large model's)
 
 Every run is `combinax-train` on the shipped recipes (configs/grow_lm_kjv.gin and its scratch baseline), so this
 measures the code users run. The small LM (4 layers, d 128) is trained once (seed 0, 2,000 steps) and shared; for each
@@ -93,6 +95,47 @@ def step_flops(d_model: int, d_ff: int, n_layers: int, n_heads: int, batch=16, l
   return float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
 
 
+def speed(rounds: int = 5, steps: int = 20):
+  """Median step time of the operator phase (`Grown`, only growth/* trained) and of the large model's ordinary
+  training step, interleaved round by round on the same batch."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from combinax import growth
+  from combinax import layers as cl
+  from combinax.models import TransformerLM
+  from combinax.train import TrainStep
+  lm = lambda d, layers, heads: TransformerLM(8192, d_model=d, d_ff=4 * d, n_layers=layers, n_heads=heads,
+                                              positions="rotary", max_len=64, tie_embeddings=True)
+  small, large = lm(128, 4, 4), lm(256, 8, 8)
+  x = jax.random.randint(jax.random.key(0), (16, 64), 0, 8192)
+  batch = (x, x, jnp.ones(x.shape, jnp.float32))
+  loss = cl.WeightedCategoryCrossEntropy()
+  runs = {"large step": TrainStep(large, loss, optax.adamw(1e-3)),
+          "operator step": TrainStep(growth.Grown(small, large), loss, optax.adam(1e-3), trainable=growth.TRAINABLE)}
+  states = {name: step.init(jax.random.key(0), batch) for name, step in runs.items()}
+  times = {name: [] for name in runs}
+  for name, step in runs.items():    # compile and warm up
+    for _ in range(3):
+      states[name], metrics = step(states[name], batch)
+    jax.block_until_ready(metrics)
+  for _ in range(rounds):
+    for name, step in runs.items():
+      start = time.perf_counter()
+      for _ in range(steps):
+        states[name], metrics = step(states[name], batch)
+      jax.block_until_ready(metrics)
+      times[name].append((time.perf_counter() - start) / steps)
+  medians = {name: float(np.median(t)) for name, t in times.items()}
+  for name, median in medians.items():
+    print(f"{name}: {median * 1e3:.1f} ms (median of {rounds} rounds of {steps}; "
+          f"{min(times[name]) * 1e3:.1f}-{max(times[name]) * 1e3:.1f})")
+  print(f"operator step / large step: {medians['operator step'] / medians['large step']:.3f} (target <= 1.3)")
+
+
 def plot(results: dict, target: float, path: Path):
   import matplotlib
   matplotlib.use("Agg")
@@ -123,7 +166,10 @@ def main():
   parser.add_argument("--small-steps", type=int, default=2000)
   parser.add_argument("--operator-steps", type=int, default=100)
   parser.add_argument("--methods", nargs="+", default=list(METHODS))
+  parser.add_argument("--speed", action="store_true", help="time the operator step against the large step, only")
   args = parser.parse_args()
+  if args.speed:
+    return speed()
   runs = (ROOT / args.runs).resolve()
   shared_small = runs / "small"
   for seed in args.seeds:

@@ -4,7 +4,7 @@ settings of the same operator): `grow`, `Grown`, `GrowthOptions`, `METHODS`, and
 import gin as _gin
 
 from combinax.configurable import register as _register
-from combinax.growth.grow import Grown, check_shapes, grow
+from combinax.growth.grow import TRAINABLE, Grown, check_shapes, grow
 from combinax.growth.operator import (METHODS, GrowthError, GrowthOptions, Plan, dims, expand, init_operator,
                                       make_plan, operator_size)
 from combinax.growth.run import GrowthRun
@@ -12,5 +12,5 @@ from combinax.growth.run import GrowthRun
 _register(globals(), "combinax.growth", ["GrowthRun"])
 _gin.external_configurable(GrowthOptions, module="combinax.growth")
 
-__all__ = ["Grown", "GrowthError", "GrowthRun", "GrowthOptions", "METHODS", "Plan", "check_shapes", "dims", "expand", "grow",
-           "init_operator", "make_plan", "operator_size"]
+__all__ = ["Grown", "GrowthError", "GrowthRun", "GrowthOptions", "METHODS", "Plan", "TRAINABLE", "check_shapes", "dims",
+           "expand", "grow", "init_operator", "make_plan", "operator_size"]

@@ -18,6 +18,7 @@ import optax
 from combinax import layers as cl
 from combinax.growth.operator import GrowthError, GrowthOptions, Plan, expand, init_operator, make_plan
 from combinax.layers.base import Layer, child_rng
+from combinax.paths import leaves_with_paths
 from combinax.train.step import TrainStep, frozen_mask
 
 TRAINABLE = ("growth/*",)
@@ -72,7 +73,6 @@ class Grown(Layer):
 
 def check_shapes(grown, large_params):
   """A GrowthError naming each leaf where the operator's output differs from the large model's own params."""
-  from combinax.paths import leaves_with_paths
   have = {path: tuple(x.shape) for path, x in leaves_with_paths(grown)}
   want = {path: tuple(x.shape) for path, x in leaves_with_paths(large_params)}
   if set(have) != set(want):

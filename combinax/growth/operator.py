@@ -46,6 +46,7 @@ import numpy as np
 
 from combinax.layers.base import Layer
 from combinax.layers.repeat import Repeat
+from combinax.models.transformer import TransformerOptions
 from combinax.paths import leaves_with_paths, unflatten
 
 GROWABLE = ("TransformerLM", "TransformerEncoder")
@@ -114,28 +115,26 @@ class Rule(NamedTuple):
   module: str | None
 
 
-def _find_transformer(model: Layer, role: str) -> Layer:
+def _find(model: Layer, wanted) -> list:
   found, todo = [], [model]
   while todo:
     layer = todo.pop()
-    if type(layer).__name__ == "_Model" and layer.name in GROWABLE:
+    if wanted(layer):
       found.append(layer)
     else:
       todo.extend(layer.sublayers)
-  if len(found) != 1:
-    raise GrowthError(f"grow: the {role} model must hold exactly one of {GROWABLE}, found {len(found)}: "
-                      f"{model.summary()}")
-  return found[0]
+  return found
 
 
 def dims(model: Layer, role: str = "model") -> Dims:
   """The sizes of the TransformerLM / TransformerEncoder inside `model` (which may wrap it, as BERT's does)."""
-  transformer = _find_transformer(model, role)
-  blocks = [child for child in transformer.sublayers if isinstance(child, Repeat)]
-  if not blocks:
-    decoder = [c for c in transformer.sublayers if any(isinstance(g, Repeat) for g in c.sublayers)]
-    blocks = [g for c in decoder for g in c.sublayers if isinstance(g, Repeat)]
-  o = transformer.options
+  found = _find(model, lambda layer: isinstance(getattr(layer, "options", None), TransformerOptions)
+                and layer.name in GROWABLE)
+  if len(found) != 1:
+    raise GrowthError(f"grow: the {role} model must hold exactly one of {GROWABLE}, found {len(found)}: "
+                      f"{model.summary()}")
+  transformer, o = found[0], found[0].options
+  blocks = _find(transformer, lambda layer: isinstance(layer, Repeat) and layer.name == "blocks")
   return Dims(transformer.name, o.d_model, o.d_ff, blocks[0].n_layers, o.n_heads, o.n_kv_heads or o.n_heads,
               o.pre_norm, o.gated_ff)
 

@@ -60,7 +60,8 @@ def test_net2net_setting_inserts_a_copy_with_zero_outputs_after_each_layer():
   s, g, _, _ = grown(small, large, METHODS["net2net"])
   blocks, small_blocks = g["blocks"], s["blocks"]
   for layer, (j, copy) in enumerate([(0, False), (0, True), (1, False), (1, True)]):
-    np.testing.assert_array_equal(blocks["attention"]["q"]["kernel"][layer], small_blocks["attention"]["q"]["kernel"][j])
+    np.testing.assert_array_equal(blocks["attention"]["q"]["kernel"][layer],
+                                  small_blocks["attention"]["q"]["kernel"][j])
     np.testing.assert_array_equal(blocks["ff"]["in"]["kernel"][layer], small_blocks["ff"]["in"]["kernel"][j])
     for module in (blocks["attention"]["o"], blocks["ff"]["out"]):
       zero = not np.any(module["kernel"][layer]) and not np.any(module["bias"][layer])
@@ -224,3 +225,13 @@ def test_growth_options_are_checked():
     GrowthOptions(width="zeros")
   with pytest.raises(ValueError, match="GrowthOptions.noise"):
     GrowthOptions(noise=-1.0)
+
+
+def test_grown_agrees_on_shapes_with_its_apply_and_with_the_large_model():
+  small, large = lm(8, 1, 2), lm(16, 2, 4)
+  model = growth.Grown(small, large)
+  params, state = model.init(jax.random.key(0), TOKENS)
+  outputs, _ = model.apply(params, state, tokens(shape=TOKENS.shape))
+  assert model.output_signature(TOKENS) == cx.shapes.signature(outputs) == large.output_signature(TOKENS)
+  assert str(model).startswith("Grown(TransformerLM(d_model=8, d_ff=32, n_heads=2")
+  assert "-> TransformerLM(d_model=16" in str(model)
