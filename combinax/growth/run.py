@@ -38,7 +38,7 @@ class GrowthRun:
     options: the operator's initialisation (`GrowthOptions`).
     steps: operator training steps (Adam at `learning_rate` on the large model's loss and data); 0 materialises the
       operator as initialised, which is how stacking, interpolation and Net2Net run as baselines.
-    log_every: the operator phase's log and evaluation interval (it evaluates with the large run's eval task).
+    log_every: the operator phase's log, evaluation (with the large run's eval task) and checkpoint interval.
   """
 
   def __init__(self, small: Callable[..., Trainer] = gin.REQUIRED, large: Callable[..., Trainer] = gin.REQUIRED,
@@ -71,7 +71,7 @@ class GrowthRun:
       eval_task = type(eval_task)(data=eval_task.data, metrics=eval_task.metrics, eval_every=self.log_every,
                                   n_batches=eval_task.n_batches)
     return Trainer(model=self.grown, task=task, eval_task=eval_task, output_dir=str(self.output_dir / "growth"),
-                   steps=self.steps, seed=large.seed, checkpoint_every=self.steps, keep_checkpoints=1,
+                   steps=self.steps, seed=large.seed, checkpoint_every=self.log_every, keep_checkpoints=1,
                    best_metric=None, log_every=self.log_every, model_parallel=large.mesh.shape.get("model", 1),
                    sharding_rules=list(large.rules), init_checkpoint=str(small_checkpoint),
                    early_stopping_patience=None, progress=large.progress)

@@ -2,6 +2,7 @@
 small params untouched by the operator steps, and the materialised large params a plain checkpoint."""
 
 import json
+import shutil
 from pathlib import Path
 
 import gin
@@ -114,3 +115,13 @@ def configured(scope: str):
   """The recipe's TransformerLM of `scope`, as the run built it."""
   with gin.config_scope(scope):
     return TransformerLM()
+
+
+def test_an_interrupted_operator_phase_resumes_from_its_checkpoint(tmp_path, capsys):
+  train(tmp_path, "GrowthRun.steps = 2", "large/Trainer.steps = 0")
+  shutil.rmtree(tmp_path / "grown")               # as if killed after operator step 2 of 3
+  capsys.readouterr()
+  train(tmp_path, "GrowthRun.steps = 3", "large/Trainer.steps = 0")
+  out = capsys.readouterr().out
+  assert "phase 1/3" not in out and "resumed from step 2" in out
+  assert checkpoints.latest(tmp_path / "growth").name == "step_00000003" and checkpoints.latest(tmp_path / "grown")
