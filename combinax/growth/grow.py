@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from combinax import layers as cl
@@ -108,8 +109,9 @@ def grow(small_model: Layer, small_params, large_model: Layer, data: Iterable, s
   batches = iter(data)
   first = next(batches)
   train_state = step_fn.init(jax.random.key(0) if rng is None else rng, first)
-  small = jax.tree_util.tree_map(lambda new, old: jax.device_put(new, old.sharding), small_params,
-                                 grown.small_params(train_state.params))
+  # Copies: the step donates its state, and the caller's small params must outlive it.
+  small = jax.tree_util.tree_map(lambda new, old: jax.device_put(jnp.array(new, copy=True), old.sharding),
+                                 small_params, grown.small_params(train_state.params))
   train_state = train_state._replace(params={**small, "growth": train_state.params["growth"]})
   batch = first
   for step in range(steps):

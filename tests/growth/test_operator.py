@@ -152,6 +152,9 @@ def test_grow_trains_the_operator_and_returns_the_large_models_params():
   params = growth.grow(small, small_params, large, batches, steps=30, callback=lambda step, m: losses.append(
       float(m["loss"])), optimizer=optax.adam(1e-2))
   assert len(losses) == 30 and losses[-1] < 0.7 * losses[0]
+  before = jax.tree_util.tree_map(np.asarray, small_params)           # the caller's params outlive the steps
+  growth.grow(small, small_params, large, iter([(x, x, jnp.ones(x.shape, jnp.float32))] * 2), steps=2)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.tree_util.tree_map(np.asarray, small_params), before)
   template = large.init(jax.random.key(0), TOKENS)[0]
   assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(template)
   assert [p.shape for p in jax.tree_util.tree_leaves(params)] == [p.shape for p in jax.tree_util.tree_leaves(template)]
