@@ -1,17 +1,20 @@
 """LiGO against stacking, Net2Net and scratch: held-out loss of the large LM against training FLOPs.
 
     python benchmarks/growth.py [--seeds 0 1 2] [--runs runs/growth_bench] [--large-steps 1000]
-                                [--small-steps 2000] [--operator-steps 100]
+                                [--scratch-steps 3000] [--small-steps 2000] [--operator-steps 100]
     python benchmarks/growth.py --speed      (the operator phase's step time against the large model's)
 
 Every run is `combinax-train` on the shipped recipes (configs/grow_lm_kjv.gin and its scratch baseline), so this
 measures the code users run. The small LM (4 layers, d 128) is trained once (seed 0, 2,000 steps) and shared; for each
 seed the large LM (8 layers, d 256) is then
-  - ligo:    grown by the LiGO operator trained for 100 steps, then trained;
+  - ligo:    grown by the LiGO operator trained for 100 steps, then trained for `--large-steps`;
   - stack:   grown by the operator's StackBERT setting (depth stacking, cyclic width copies), not trained;
   - net2net: grown by its function-preserving setting (identity layers, cyclic copies), not trained;
-  - scratch: trained from random initialisation;
-all with the same schedule, data and `--large-steps` steps, evaluated every 50 steps on 16 held-out batches.
+  - scratch: trained from random initialisation for `--scratch-steps` (3x longer by default: a grown model starts
+             below what scratch reaches in the grown runs' 1,000 steps, so that target would say nothing);
+each with the recipe's cosine schedule over its own length and the same data order, evaluated every 50 steps (and
+the grown params before any large step) on 16 held-out batches. Seeds change initialisation, operator noise and
+dropout.
 
 FLOPs are XLA's count (`cost_analysis`) of one compiled training step of the large model (forward and backward) on
 one batch; operator steps are counted at the large model's cost, as in the paper, and the small model's training is
@@ -41,9 +44,10 @@ METHODS = {
 
 def train(output_dir: Path, method: str, seed: int, args):
   config = ROOT / "configs" / ("grow_lm_kjv_scratch.gin" if METHODS[method] is None else "grow_lm_kjv.gin")
+  steps = args.large_steps if METHODS[method] is not None else args.scratch_steps
   bindings = (METHODS[method] or []) + [
-      f"large/Trainer.seed = {seed}", f"large/Trainer.steps = {args.large_steps}",
-      f"large/cosine.total_steps = {args.large_steps}", f"small/Trainer.steps = {args.small_steps}",
+      f"large/Trainer.seed = {seed}", f"large/Trainer.steps = {steps}",
+      f"large/cosine.total_steps = {steps}", f"small/Trainer.steps = {args.small_steps}",
       f"small/cosine.total_steps = {args.small_steps}", "EvalTask.n_batches = 16", "large/Trainer.progress = False",
       "small/Trainer.progress = False"] + ([f"GrowthRun.steps = {args.operator_steps}"] if method == "ligo" else [])
   command = [str(Path(sys.executable).parent / "combinax-train"), f"--config_file={config}",
@@ -60,6 +64,30 @@ def eval_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
       losses[record["step"]] = record["eval/loss"]
   steps = np.array(sorted(losses))
   return steps, np.array([losses[s] for s in steps])
+
+
+def grown_loss(run: Path) -> float:
+  """The held-out loss of a growth run's materialised params (grown/), before the large model trains: the same 16
+  batches as the runs' evaluations."""
+  import itertools
+
+  import jax
+  import jax.numpy as jnp
+
+  from combinax import layers as cl
+  from combinax.data.recipes import corpus_tokenizer, lm_pipeline
+  from combinax.models import TransformerLM
+  from combinax.train import checkpoints
+  model = TransformerLM(8192, d_model=256, d_ff=1024, n_layers=8, n_heads=8, positions="rotary", max_len=64,
+                        tie_embeddings=True)
+  template = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.ShapeDtypeStruct((16, 64), jnp.int32))[0])
+  params, _ = checkpoints.restore(checkpoints.latest(run / "grown"), template, prefix="params")
+  stream = lm_pipeline(corpus="kjv", split="test", tokenizer=corpus_tokenizer("kjv", vocab_size=8192), length=64,
+                       batch_size=16, repeat=False)()
+  loss = cl.WeightedCategoryCrossEntropy()
+  evaluate = jax.jit(lambda params, x, w: loss.apply({}, {}, (model.apply(params, {}, x)[0], x, w))[0])
+  return float(np.mean([evaluate(params, jnp.asarray(b[0]), jnp.asarray(b[2], jnp.float32))
+                        for b in itertools.islice(stream, 16)]))
 
 
 def steps_to_reach(steps, losses, target: float) -> float:
@@ -158,11 +186,16 @@ def plot(results: dict, target: float, path: Path):
   fig.savefig(path, dpi=120)
 
 
+def run_name(method: str, seed: int, args) -> str:
+  return f"scratch{args.scratch_steps}_{seed}" if METHODS[method] is None else f"{method}_{seed}"
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--runs", default="runs/growth_bench")
   parser.add_argument("--large-steps", type=int, default=1000)
+  parser.add_argument("--scratch-steps", type=int, default=3000)
   parser.add_argument("--small-steps", type=int, default=2000)
   parser.add_argument("--operator-steps", type=int, default=100)
   parser.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -174,7 +207,7 @@ def main():
   shared_small = runs / "small"
   for seed in args.seeds:
     for method in args.methods:
-      out = runs / f"{method}_{seed}"
+      out = runs / run_name(method, seed, args)
       if METHODS[method] is not None and shared_small.exists() and not (out / "small").exists():
         out.mkdir(parents=True, exist_ok=True)
         (out / "small").symlink_to(shared_small)     # one small model for every growth run
@@ -186,14 +219,17 @@ def main():
   small_flops = step_flops(128, 512, 4, 4)
   small_steps, small_losses = eval_curve(shared_small)
   def curve(method, seed):
-    steps, losses = eval_curve(runs / f"{method}_{seed}" / ("" if METHODS[method] is None else "large"))
+    run = runs / run_name(method, seed, args)
+    steps, losses = eval_curve(run / ("" if METHODS[method] is None else "large"))
+    if METHODS[method] is not None:   # the grown params before any large-model step
+      steps, losses = np.concatenate([[0], steps]), np.concatenate([[grown_loss(run)], losses])
     return {"steps": steps.tolist(), "losses": losses.tolist()}
   curves = {m: [curve(m, s) for s in args.seeds] for m in args.methods}
   target = float(np.mean([c["losses"][-1] for c in curves["scratch"]]))
   operator_steps = args.operator_steps
   reach = {m: [steps_to_reach(np.array(c["steps"]), np.array(c["losses"]), target) for c in cs]
            for m, cs in curves.items()}
-  scratch_steps = float(args.large_steps)   # scratch gets to its final loss at its last step, by definition
+  scratch_steps = float(args.scratch_steps)   # scratch gets to its final loss at its last step, by definition
   print(f"small LM: {int(small_steps[-1])} steps, held-out loss {small_losses[-1]:.3f}, "
         f"{small_flops * small_steps[-1] / 1e15:.2f} PFLOP (not counted below)")
   print(f"large LM step: {large_flops / 1e9:.1f} GFLOP (XLA); target = scratch's final held-out loss {target:.4f}")
