@@ -79,7 +79,7 @@ class GrowthRun:
   def _materialise(self, small_checkpoint: Path):
     """Writes grown/: the large model's params and state, from the operator run (or the initial operator)."""
     inputs, _ = split_batch(self.grown, self.large._first_batch_signature(self.large.task.data()))
-    abstract_params, abstract_state = jax.eval_shape(lambda: self.grown.init(jax.random.key(0), inputs))
+    abstract_params, _ = jax.eval_shape(lambda: self.grown.init(jax.random.key(0), inputs))
     small_template = self.grown.small_params(abstract_params)
     # Every small param must come from the small run: a partial restore would grow random weights silently.
     small_params, _ = checkpoints.restore(small_checkpoint, small_template, prefix="params")
