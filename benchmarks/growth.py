@@ -173,11 +173,11 @@ def plot(results: dict, target: float, path: Path):
     steps = np.array(runs[0]["steps"])
     losses = np.array([r["losses"] for r in runs])
     offset = results["operator_steps"] if method == "ligo" else 0
-    flops = (steps + offset) * results["large_step_flops"] / 1e15
+    flops = (steps + offset) * results["large_step_flops"] / 1e12
     ax.plot(flops, losses.mean(0), label=f"{method} ({len(runs)} seeds)")
     ax.fill_between(flops, losses.min(0), losses.max(0), alpha=0.2)
   ax.axhline(target, color="grey", linestyle=":", label="scratch's final loss")
-  ax.set_xlabel("training FLOPs of the large model (PFLOP; LiGO's operator steps included)")
+  ax.set_xlabel("training FLOPs of the large model (TFLOP; LiGO's operator steps included)")
   ax.set_ylabel("held-out loss (KJV test split)")
   ax.set_ylim(target - 0.3, target + 1.5)
   ax.set_title("Growing a 4-layer d128 LM into 8 layers d256")
@@ -231,7 +231,7 @@ def main():
            for m, cs in curves.items()}
   scratch_steps = float(args.scratch_steps)   # scratch gets to its final loss at its last step, by definition
   print(f"small LM: {int(small_steps[-1])} steps, held-out loss {small_losses[-1]:.3f}, "
-        f"{small_flops * small_steps[-1] / 1e15:.2f} PFLOP (not counted below)")
+        f"{small_flops * small_steps[-1] / 1e12:.1f} TFLOP (not counted below)")
   print(f"large LM step: {large_flops / 1e9:.1f} GFLOP (XLA); target = scratch's final held-out loss {target:.4f}")
   print("| method | final held-out loss (mean ± sd) | steps to target (per seed) | FLOPs to target | saving |")
   print("|---|---|---|---|---|")
@@ -242,7 +242,7 @@ def main():
     mean = float(np.mean(to_target))
     saving = 1 - mean / scratch_steps
     print(f"| {method} | {np.mean(finals):.4f} ± {np.std(finals):.4f} | "
-          f"{', '.join(f'{r:.0f}' for r in to_target)} | {mean * large_flops / 1e15:.2f} PFLOP | "
+          f"{', '.join(f'{r:.0f}' for r in to_target)} | {mean * large_flops / 1e12:.1f} TFLOP | "
           f"{saving * 100:.1f}% |")
   results = {"curves": curves, "target": target, "large_step_flops": large_flops, "small_step_flops": small_flops,
              "operator_steps": operator_steps, "reach": reach}
