@@ -20,6 +20,7 @@ setup(
         "tokenizers>=0.20",
         "tqdm>=4.60",
         "tensorboardX>=2.6",
+        "orbax-checkpoint>=0.11.0",  # checkpoints: each process writes its own shards, asynchronously
     ],
     entry_points={"console_scripts": ["combinax-train = combinax.train.cli:train",
                                       "combinax-decode = combinax.train.cli:decode"]},

@@ -1,23 +1,33 @@
-"""Checkpoints of any pytree (a train state), written atomically, verified on load, never pickled.
+"""Checkpoints of any pytree (a train state) on Orbax: each process writes only its own shards, saves can run while
+training goes on, commits are atomic, and nothing damaged is ever loaded as if it were whole. Nothing is pickled.
 
-A checkpoint is a directory `step_00000042/` holding `arrays.npz` (one entry per leaf, keyed by its path, loaded with
-`allow_pickle=False`) and `manifest.json` (step, each leaf's path, shape and dtype, the archive's sha256, and free
-JSON metadata such as the data pipeline's position or metrics). It is written to a temporary directory and renamed
-into place only when complete, so a run killed mid-save leaves the previous checkpoints as they were. Loading checks
-the sha256 and every path, shape and dtype against a *template* tree (e.g. a freshly initialised train state), and
-places each array with the template leaf's sharding. PRNG keys are stored as their raw key data.
+A checkpoint is a directory `step_00000042/`, written by Orbax in a temporary directory and renamed into place once
+every process has finished its part. It holds:
 
-`CheckpointManager` keeps the last `keep` checkpoints, plus the best one by a metric if asked.
+    state/     the arrays (Orbax PyTree, OCDBT), as nested dicts by readable path (`params/blocks/attention/q/kernel`);
+               every process writes the shards it holds, so a sharded model is never gathered on one host.
+    manifest/  manifest.json: the step, the number of processes, every leaf's path, shape, dtype and checksum (see
+               `integrity`), free JSON metadata (metrics, ...), and a sha256 of all of it.
+    hosts/     process_<i>-of-<n>.json: what belongs to one process, e.g. its data pipeline's position (every host
+               reads its own shard of the data), with a sha256.
+
+Loading checks the manifest's digest, every path, shape and dtype against a *template* tree (e.g. a freshly
+initialised train state), places each array with the template leaf's sharding (any mesh, any number of processes:
+a checkpoint of 2 processes on 8 devices loads in 1 process on 2), and compares every array's checksum with the
+manifest's. A checkpoint that fails any check raises a `CheckpointError` naming what is wrong; `CheckpointManager`
+then sets it aside and the Trainer falls back to the previous one. PRNG keys are stored as their raw key data.
+
+Checkpoints written by combinax 0.1 (`arrays.npz` + `manifest.json`, see `checkpoint_v1`) load through the same
+functions: old runs resume, fine-tune (`init_checkpoint`) and serve as pretrained caches.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,89 +35,211 @@ import jax
 import numpy as np
 
 from combinax.paths import leaves_with_paths
+from combinax.train import checkpoint_v1, integrity
 
 _NAME = re.compile(r"^step_(\d{8,})$")
-FORMAT = "combinax-checkpoint-v1"
+FORMAT = "combinax-checkpoint-v2"
+_STATE, _MANIFEST, _HOSTS = "state", "manifest", "hosts"
+# Leftovers of a process killed mid-save or mid-delete: never checkpoints, removed when a manager starts.
+_LEFTOVER = re.compile(r"^(step_\d{8,}\.orbax-checkpoint-tmp-.*|\.step_\d{8,}\.tmp-.*|\.deleting-step_\d{8,})$")
 
 
 class CheckpointError(ValueError):
   """A checkpoint is missing, damaged, or does not fit the tree it is restored into."""
 
 
-def _sha256(path: Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
+def _ocp():
+  import orbax.checkpoint as ocp   # imported when first needed: `import combinax` stays light
+  return ocp
+
+
+def _host_file(index: int, count: int) -> str:
+  return f"process_{index}-of-{count}.json"
+
+
+_handler_types: dict = {}
+
+
+def _handler():
+  """The composite handler of a checkpoint's three items (its classes made once, on first use)."""
+  ocp = _ocp()
+  if not _handler_types:
+
+    class HostsHandler(ocp.handlers.JsonCheckpointHandler):
+      """Every process writes its own JSON file (Orbax's JSON handler writes on the primary host only)."""
+
+      async def _save_fn(self, x, directory):
+        (directory / _host_file(jax.process_index(), jax.process_count())).write_text(json.dumps(x))
+
+    @ocp.args.register_with_handler(HostsHandler, for_save=True)
+    @dataclasses.dataclass
+    class HostsSave(ocp.args.CheckpointArgs):
+      item: dict
+
+    @ocp.args.register_with_handler(HostsHandler, for_restore=True)
+    @dataclasses.dataclass
+    class HostsRestore(ocp.args.CheckpointArgs):   # unused (read_host_metadata reads the file), but Orbax wants one
+      item: dict | None = None
+
+    _handler_types.update(handler=HostsHandler, save=HostsSave)
+  return ocp.handlers.CompositeCheckpointHandler(**{
+      _STATE: ocp.handlers.PyTreeCheckpointHandler(),
+      _MANIFEST: ocp.handlers.JsonCheckpointHandler(filename="manifest.json"),
+      _HOSTS: _handler_types["handler"]()})
 
 
 def _is_key(leaf) -> bool:
-  return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+  dtype = getattr(leaf, "dtype", None)
+  return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
-def _fsync_dir(path: Path):
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
+def _stored_form(leaf) -> tuple[tuple, str]:
+  """(shape, dtype name) of what a leaf is stored as (a PRNG key as its key data)."""
+  if _is_key(leaf):
+    leaf = jax.eval_shape(jax.random.key_data, leaf)
+  dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+  return tuple(np.shape(leaf)), np.dtype(dtype).name
 
 
-def save(directory: str | os.PathLike, step: int, tree: Any, metadata: dict | None = None) -> Path:
-  """Writes `tree` as checkpoint `step` under `directory` (atomically); returns its path."""
-  directory = Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  final = directory / f"step_{int(step):08d}"
-  leaves = leaves_with_paths(tree)
-  arrays, entries = {}, []
-  for index, (path, leaf) in enumerate(leaves):
+def _nest(flat: dict[str, Any]) -> dict:
+  """{"a/b/c": x} -> {"a": {"b": {"c": x}}}: the stored tree reads as the params' paths."""
+  nested: dict = {}
+  for path, value in flat.items():
+    node = nested
+    *parents, last = path.split("/")
+    for part in parents:
+      node = node.setdefault(part, {})
+      if not isinstance(node, dict):
+        raise CheckpointError(f"cannot store a tree with both a leaf and a subtree at {part!r} ({path})")
+    if last in node:
+      raise CheckpointError(f"cannot store two leaves at {path!r}")
+    node[last] = value
+  return nested
+
+
+def _lookup(nested: dict, path: str):
+  for part in path.split("/"):
+    nested = nested[part]
+  return nested
+
+
+def _all_processes_agree(ok: bool) -> bool:
+  """True when `ok` holds on every process (each process reads its own shards, so one may fail alone)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)], np.int32))))
+
+
+def _barrier(name: str):
+  if jax.process_count() > 1:
+    _ocp().multihost.sync_global_processes(f"combinax:{name}")
+
+
+# --- Saving -----------------------------------------------------------------------------------------------------
+
+
+def _save_args(step: int, tree: Any, metadata: dict | None, host_metadata: dict | None):
+  """Orbax's arguments for one checkpoint: the arrays by path, the sealed manifest and this process's host record."""
+  ocp = _ocp()
+  flat, entries = {}, []
+  for path, leaf in leaves_with_paths(tree):
     key = _is_key(leaf)
-    value = np.asarray(jax.random.key_data(leaf) if key else jax.device_get(leaf))
-    arrays[f"leaf_{index:06d}"] = value
-    entries.append({"path": path, "shape": list(value.shape), "dtype": value.dtype.name,
+    value = jax.random.key_data(leaf) if key else leaf if isinstance(leaf, jax.Array) else np.asarray(leaf)
+    flat[path] = value
+    entries.append({"path": path, "shape": list(value.shape), "dtype": np.dtype(value.dtype).name,
                     "prng_key": str(jax.random.key_impl(leaf)) if key else None})
-  tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=directory))
+  for entry, checksum in zip(entries, integrity.checksums(list(flat.values()))):
+    entry["checksum"] = checksum
   try:
-    with open(tmp / "arrays.npz", "wb") as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    manifest = {"format": FORMAT, "step": int(step), "leaves": entries, "sha256": _sha256(tmp / "arrays.npz"),
-                "metadata": metadata or {}}
-    with open(tmp / "manifest.json", "w") as f:
-      json.dump(manifest, f, indent=1)
-      f.flush()
-      os.fsync(f.fileno())
-    if final.exists():  # re-saving a step (e.g. after a restart): replace it whole
-      shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return final
+    manifest = integrity.sealed({"format": FORMAT, "step": int(step), "processes": jax.process_count(),
+                                 "leaves": entries, "metadata": metadata or {}})
+    host = integrity.sealed({"process_index": jax.process_index(), "process_count": jax.process_count(),
+                             "metadata": host_metadata or {}})
+  except TypeError as e:
+    raise CheckpointError(f"checkpoint metadata must be JSON (numbers, strings, lists, dicts): {e}") from None
+  items = {_MANIFEST: ocp.args.JsonSave(manifest), _HOSTS: _handler_types["save"](host)}
+  if flat:
+    items[_STATE] = ocp.args.PyTreeSave(_nest(flat))
+  return ocp.args.Composite(**items)
+
+
+def _step_path(directory: Path, step: int) -> Path:
+  return directory / f"step_{int(step):08d}"
+
+
+def _remove(checkpoint: Path):
+  """Deletes a checkpoint so that no half-deleted directory ever looks like one: renamed first, then removed."""
+  doomed = checkpoint.with_name(f".deleting-{checkpoint.name}")
+  os.rename(checkpoint, doomed)
+  shutil.rmtree(doomed)
+
+
+def save(directory: str | os.PathLike, step: int, tree: Any, metadata: dict | None = None, *,
+         host_metadata: dict | None = None) -> Path:
+  """Writes `tree` as checkpoint `step` under `directory` and waits until it is committed; returns its path.
+
+  `metadata` (JSON) is shared by all processes (process 0's is written); `host_metadata` (JSON) is kept per process.
+  A checkpoint already at `step` is replaced.
+  """
+  directory = Path(directory)
+  manager = CheckpointManager(directory, keep=1 << 30, asynchronous=False, clean_up=False)
+  try:
+    return manager.save(step, tree, metadata, host_metadata=host_metadata)
+  finally:
+    manager.close()
+
+
+# --- Reading ----------------------------------------------------------------------------------------------------
 
 
 def read_manifest(checkpoint: str | os.PathLike) -> dict:
-  """The manifest of one checkpoint directory (step, leaves, metadata)."""
-  path = Path(checkpoint) / "manifest.json"
+  """The manifest of one checkpoint directory (step, leaves, metadata), checked against its digest."""
+  checkpoint = Path(checkpoint)
+  if checkpoint_v1.is_v1(checkpoint):
+    return checkpoint_v1.read_manifest(checkpoint, CheckpointError)
+  path = checkpoint / _MANIFEST / "manifest.json"
   try:
     manifest = json.loads(path.read_text())
   except FileNotFoundError:
-    raise CheckpointError(f"{checkpoint}: no manifest.json; not a complete combinax checkpoint") from None
+    raise CheckpointError(f"{checkpoint}: no {_MANIFEST}/manifest.json; not a complete combinax checkpoint") from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise CheckpointError(f"{path}: the manifest is damaged ({e})") from None
-  if manifest.get("format") != FORMAT:
-    raise CheckpointError(f"{path}: unknown format {manifest.get('format')!r}, expected {FORMAT!r}")
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+    raise CheckpointError(f"{path}: unknown format {found!r}, expected {FORMAT!r}")
+  if not integrity.is_intact(manifest):
+    raise CheckpointError(f"{path}: the manifest was changed or damaged after it was written (its sha256 does not "
+                          "match its contents)")
   return manifest
+
+
+def read_host_metadata(checkpoint: str | os.PathLike) -> dict | None:
+  """What this process saved in `checkpoint` (`host_metadata` of `save`), or None when the checkpoint was written by
+  a different number of processes (e.g. a data position of host 1 of 2 means nothing to a run of 1 host)."""
+  checkpoint = Path(checkpoint)
+  index, count = jax.process_index(), jax.process_count()
+  if checkpoint_v1.is_v1(checkpoint):   # 0.1 ran on one process and kept the data position in the manifest
+    metadata = checkpoint_v1.read_manifest(checkpoint, CheckpointError)["metadata"]
+    return {"data": metadata["data"]} if count == 1 and "data" in metadata else None
+  path = checkpoint / _HOSTS / _host_file(index, count)
+  if not path.exists():
+    return None
+  try:
+    record = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{path}: damaged ({e})") from None
+  if not integrity.is_intact(record):
+    raise CheckpointError(f"{path}: changed or damaged after it was written (its sha256 does not match its contents)")
+  return record["metadata"]
 
 
 def restore(checkpoint: str | os.PathLike, template: Any, prefix: str = "") -> tuple[Any, dict]:
   """Loads a checkpoint into the structure of `template`; returns (tree, metadata).
 
-  Every path, shape and dtype must match the template's; arrays take the template leaves' shardings. With
-  `prefix` (e.g. "params"), only the saved subtree under it is loaded (e.g. a model's params from a train state).
+  Every path, shape and dtype must match the template's; arrays take the template leaves' shardings (leaves without
+  one load as ordinary, uncommitted arrays). With `prefix` (e.g. "params"), only the saved subtree under it is loaded
+  (e.g. a model's params from a train state).
   """
   tree, metadata, _ = _restore(checkpoint, template, prefix, partial=False)
   return tree, metadata
@@ -126,73 +258,138 @@ def restore_matching(checkpoint: str | os.PathLike, template: Any, prefix: str =
 def _restore(checkpoint, template, prefix: str, partial: bool):
   checkpoint = Path(checkpoint)
   manifest = read_manifest(checkpoint)
-  archive = checkpoint / "arrays.npz"
-  if not archive.exists() or _sha256(archive) != manifest["sha256"]:
-    raise CheckpointError(f"{archive}: missing, truncated or corrupted (its sha256 differs from the manifest's); "
-                          "restore an older checkpoint instead")
   template_leaves = leaves_with_paths(template)
-  indexed = list(enumerate(manifest["leaves"]))
-  if prefix:
-    start = prefix.rstrip("/") + "/"
-    indexed = [(i, {**e, "path": e["path"][len(start):]}) for i, e in indexed if e["path"].startswith(start)]
-  saved = {entry["path"]: (index, entry) for index, entry in indexed}
+  start = prefix.rstrip("/") + "/" if prefix else ""
+  saved = {e["path"][len(start):]: (i, e) for i, e in enumerate(manifest["leaves"]) if e["path"].startswith(start)}
   wanted_paths = [path for path, _ in template_leaves]
   missing, extra = sorted(set(wanted_paths) - set(saved)), sorted(set(saved) - set(wanted_paths))
-  if extra or (missing and not partial) or (not partial and list(saved) != wanted_paths):
+  if extra or (missing and not partial):
     raise CheckpointError(f"{checkpoint}: the checkpoint does not fit this model/optimizer: missing {missing[:5]}, "
                           f"unexpected {extra[:5]}")
-  values = []
-  with np.load(archive, allow_pickle=False) as data:
-    for path, like in template_leaves:
-      if path not in saved:
-        values.append(like)
-        continue
-      index, entry = saved[path]
-      value = data[f"leaf_{index:06d}"]
-      if entry["prng_key"]:
-        value = jax.random.wrap_key_data(value, impl=entry["prng_key"])
-      expected_shape = tuple(like.shape)
-      expected_dtype = like.dtype
-      if tuple(value.shape) != expected_shape or value.dtype != expected_dtype:
-        raise CheckpointError(f"{checkpoint}: {path} is {value.dtype}{list(value.shape)} in the checkpoint but "
-                              f"{expected_dtype}{list(expected_shape)} in the model")
-      sharding = getattr(like, "sharding", None)
-      values.append(jax.device_put(value, sharding) if sharding is not None else jax.numpy.asarray(value))
+  wanted = [(path, like) for path, like in template_leaves if path in saved]
+  for path, like in wanted:
+    entry = saved[path][1]
+    shape, dtype = _stored_form(like)
+    if tuple(entry["shape"]) != shape or entry["dtype"] != dtype:
+      raise CheckpointError(f"{checkpoint}: {path} is {entry['dtype']}{list(entry['shape'])} in the checkpoint but "
+                            f"{dtype}{list(shape)} in the model")
+  if checkpoint_v1.is_v1(checkpoint):
+    values = checkpoint_v1.read_leaves(checkpoint, manifest, {p: saved[p][0] for p, _ in wanted}, CheckpointError)
+    loaded = {p: _place(values[p], like) for p, like in wanted}
+  else:
+    loaded = _read_arrays(checkpoint, [(start + path, saved[path][1], like) for path, like in wanted])
+    loaded = {path[len(start):]: value for path, value in loaded.items()}
+  values = [loaded.get(path, like) for path, like in template_leaves]
   treedef = jax.tree_util.tree_structure(template)
   return jax.tree_util.tree_unflatten(treedef, values), manifest["metadata"], missing
 
 
+def read_arrays(checkpoint: str | os.PathLike, prefix: str = "") -> dict[str, np.ndarray]:
+  """{path: numpy array} of every saved leaf under `prefix` (paths relative to it; PRNG keys as their key data),
+  checked like `restore`: for looking into a checkpoint without building its model."""
+  checkpoint = Path(checkpoint)
+  manifest = read_manifest(checkpoint)
+  start = prefix.rstrip("/") + "/" if prefix else ""
+  entries = [(i, e) for i, e in enumerate(manifest["leaves"]) if e["path"].startswith(start)]
+  if checkpoint_v1.is_v1(checkpoint):
+    values = checkpoint_v1.read_leaves(checkpoint, manifest, {e["path"]: i for i, e in entries}, CheckpointError)
+    values = {p: np.asarray(jax.random.key_data(v) if _is_key(v) else v) for p, v in values.items()}
+  else:
+    like = lambda e: jax.ShapeDtypeStruct(tuple(e["shape"]), np.dtype(e["dtype"]))
+    values = _read_arrays(checkpoint, [(e["path"], {**e, "prng_key": None}, like(e)) for _, e in entries])
+    values = {p: np.asarray(v) for p, v in values.items()}
+  return {p[len(start):]: v for p, v in values.items()}
+
+
+def _place(value, like):
+  sharding = getattr(like, "sharding", None)
+  return jax.device_put(value, sharding) if sharding is not None else jax.numpy.asarray(value)
+
+
+def _read_arrays(checkpoint: Path, items: list) -> dict:
+  """{saved path: array} of `items` ((saved path, manifest entry, template leaf)), each checked against its
+  checksum and placed with its template leaf's sharding."""
+  if not items:
+    return {}
+  ocp = _ocp()
+  abstract = {}
+  for path, entry, like in items:
+    sharding = getattr(like, "sharding", None)   # none: restored as numpy, then an uncommitted array
+    abstract[path] = jax.ShapeDtypeStruct(tuple(entry["shape"]), np.dtype(entry["dtype"]), sharding=sharding)
+  nested = _nest(abstract)
+  error = None
+  try:
+    restored = ocp.Checkpointer(_handler()).restore(checkpoint, args=ocp.args.Composite(**{
+        _STATE: ocp.args.PyTreeRestore(item=nested, restore_args=ocp.checkpoint_utils.construct_restore_args(nested),
+                                       partial_restore=True)}))[_STATE]
+    arrays = [_lookup(restored, path) for path, _, _ in items]
+  except Exception as e:  # Orbax and TensorStore raise many kinds for a damaged file; say where, keep the cause
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    error = CheckpointError(f"{checkpoint}: its arrays cannot be read ({type(e).__name__}: {first_line[:300]}); "
+                            "the checkpoint is damaged or incomplete")
+  if not _all_processes_agree(error is None):
+    raise error or CheckpointError(f"{checkpoint}: another process could not read its part of the arrays")
+  bad = [path for (path, entry, _), checksum in zip(items, integrity.checksums(arrays))
+         if checksum != entry["checksum"]]
+  if bad:
+    raise CheckpointError(f"{checkpoint}: {len(bad)} array(s) differ from what was saved (checksum mismatch): "
+                          f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; the checkpoint is damaged")
+  out = {}
+  for (path, entry, like), value in zip(items, arrays):
+    if entry["prng_key"]:
+      value = jax.random.wrap_key_data(value, impl=entry["prng_key"])
+    out[path] = value if getattr(like, "sharding", None) is not None else jax.numpy.asarray(value)
+  return out
+
+
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
-  """Complete checkpoints under `directory`, oldest first (temporary directories of unfinished saves are skipped)."""
+  """Committed checkpoints under `directory`, oldest first (unfinished saves and set-aside ones are skipped)."""
   directory = Path(directory)
   if not directory.is_dir():
     return []
-  found = [p for p in directory.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / "manifest.json").exists()]
+  found = [p for p in directory.iterdir() if p.is_dir() and _NAME.match(p.name) and
+           ((p / _MANIFEST / "manifest.json").exists() or checkpoint_v1.is_v1(p))]
   return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
 def latest(directory: str | os.PathLike) -> Path | None:
-  """The newest complete checkpoint under `directory`, or None."""
+  """The newest committed checkpoint under `directory`, or None."""
   found = list_checkpoints(directory)
   return found[-1] if found else None
+
+
+# --- The manager --------------------------------------------------------------------------------------------------
 
 
 class CheckpointManager:
   """Saves checkpoints under `directory`, keeping the last `keep` and (with `best_metric`) the best one.
 
-  `mode="min"` keeps the lowest value of `metadata["metrics"][best_metric]`, `"max"` the highest.
+  With `asynchronous` (the default), `save` returns once the arrays are copied off the devices and the files are
+  written in the background while training goes on; the next `save` (or `wait`, or `close`) waits for it first.
+  A checkpoint counts only once Orbax has committed it, so a process killed mid-save leaves the earlier ones as
+  they were. `mode="min"` keeps the lowest value of `metadata["metrics"][best_metric]`, `"max"` the highest.
+  Process 0 deletes old checkpoints; a new manager clears the leftovers of killed saves (`clean_up`).
   """
 
   def __init__(self, directory: str | os.PathLike, keep: int = 3, best_metric: str | None = None,
-               mode: str = "min"):
+               mode: str = "min", *, asynchronous: bool = True, clean_up: bool = True):
     if keep < 1:
       raise ValueError(f"CheckpointManager: keep must be >= 1, got {keep}")
     if mode not in ("min", "max"):
       raise ValueError(f"CheckpointManager: mode must be 'min' or 'max', got {mode!r}")
     self.directory, self.keep, self.best_metric, self.mode = Path(directory), keep, best_metric, mode
+    self.asynchronous = asynchronous
+    self._checkpointer = None
+    self._pending: Path | None = None
+    if clean_up and jax.process_index() == 0 and self.directory.is_dir():
+      for leftover in [p for p in self.directory.iterdir() if _LEFTOVER.match(p.name)]:
+        shutil.rmtree(leftover, ignore_errors=True)
 
   def _score(self, checkpoint: Path):
-    value = read_manifest(checkpoint)["metadata"].get("metrics", {}).get(self.best_metric)
+    try:
+      value = read_manifest(checkpoint)["metadata"].get("metrics", {}).get(self.best_metric)
+    except CheckpointError:   # a damaged checkpoint is never the best
+      return None
     if value is None:
       return None
     return value if self.mode == "min" else -value
@@ -204,16 +401,67 @@ class CheckpointManager:
     scored = [(s, p) for p in list_checkpoints(self.directory) if (s := self._score(p)) is not None]
     return min(scored, key=lambda sp: sp[0])[1] if scored else None
 
-  def save(self, step: int, tree: Any, metadata: dict | None = None) -> Path:
-    path = save(self.directory, step, tree, metadata)
-    keep = set(list_checkpoints(self.directory)[-self.keep:])
+  def save(self, step: int, tree: Any, metadata: dict | None = None, *, host_metadata: dict | None = None) -> Path:
+    """Starts writing checkpoint `step` (see `save`); returns the path it will have once committed."""
+    self.wait()
+    ocp = _ocp()
+    if self._checkpointer is None:
+      self._checkpointer = (ocp.AsyncCheckpointer if self.asynchronous else ocp.Checkpointer)(_handler())
+    final = _step_path(self.directory, step)
+    if final.exists():   # re-saving a step (e.g. after falling back from a damaged newer one): replace it whole
+      if jax.process_index() == 0:
+        _remove(final)
+      _barrier(f"resave-{final.name}")
+    self.directory.mkdir(parents=True, exist_ok=True)
+    self._checkpointer.save(final, args=_save_args(step, tree, metadata, host_metadata))
+    self._pending = final
+    if not self.asynchronous:
+      self.wait()
+    return final
+
+  def wait(self):
+    """Blocks until the save in flight (if any) is committed, then deletes checkpoints no longer kept."""
+    if self._pending is None:
+      return
+    self._pending = None
+    if self.asynchronous:
+      self._checkpointer.wait_until_finished()
+    if jax.process_index() == 0:
+      self._retain()
+
+  def _retain(self):
+    found = list_checkpoints(self.directory)
+    keep = set(found[-self.keep:])
     best = self.best()
     if best is not None:
       keep.add(best)
-    for old in list_checkpoints(self.directory):
+    for old in found:
       if old not in keep:
-        shutil.rmtree(old)
-    return path
+        _remove(old)
+
+  def set_aside(self, checkpoint: Path) -> Path:
+    """Renames a damaged checkpoint to `<name>.damaged` (kept for inspection, never loaded); returns the new path."""
+    target = checkpoint.with_name(f"{checkpoint.name}.damaged")
+    n = 1
+    while target.exists():
+      n += 1
+      target = checkpoint.with_name(f"{checkpoint.name}.damaged-{n}")
+    if jax.process_index() == 0:
+      os.rename(checkpoint, target)
+    _barrier(f"set-aside-{checkpoint.name}")
+    return target
+
+  def checkpoints(self) -> list[Path]:
+    return list_checkpoints(self.directory)
 
   def latest(self) -> Path | None:
     return latest(self.directory)
+
+  def close(self):
+    """Waits for the save in flight and releases Orbax's threads."""
+    try:
+      self.wait()
+    finally:
+      if self._checkpointer is not None:
+        self._checkpointer.close()
+        self._checkpointer = None

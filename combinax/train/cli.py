@@ -154,8 +154,17 @@ def _run(main):
   """Runs `main` under absl, JAX's startup notes kept quiet; a ConfigError exits with its message (code 2)."""
   # "Unable to initialize backend 'tpu'" and its like are INFO lines of JAX's backend discovery, not ours.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+
+  def quiet_main(argv):
+    # Orbax reports each stage of every save at absl's INFO level; combinax prints its own lines (--verbosity=0
+    # shows Orbax's too).
+    if not FLAGS["verbosity"].present:
+      from absl import logging as absl_logging
+      absl_logging.set_verbosity(absl_logging.WARNING)
+    return main(argv)
+
   try:
-    app.run(main)
+    app.run(quiet_main)
   except ConfigError as e:
     print(e.code if isinstance(e.code, str) else e, file=sys.stderr)
     sys.exit(2)

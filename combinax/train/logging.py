@@ -67,6 +67,19 @@ class RunLogger:
       self.bar.close()
 
 
+class QuietLogger:
+  """What processes other than 0 log on a multi-host run: nothing (process 0 writes for all)."""
+
+  def log(self, step: int, metrics: dict, prefix: str = "train"):
+    return None
+
+  def message(self, text: str):
+    pass
+
+  def close(self):
+    pass
+
+
 def read_metrics(output_dir: str | Path) -> list[dict]:
   """The records of `metrics.jsonl`."""
   path = Path(output_dir) / "metrics.jsonl"

@@ -23,8 +23,12 @@ from combinax import layers as cl
 from combinax.layers.base import Layer
 from combinax.paths import matches
 from combinax.train import checkpoints, regularization, schedules, sharding
-from combinax.train.logging import RunLogger, plot_loss_curve
+from combinax.train.logging import QuietLogger, RunLogger, plot_loss_curve
 from combinax.train.step import TrainState, TrainStep, frozen_mask, loss_inputs, split_batch
+
+def _is_checkpoint(path: Path) -> bool:
+  return path in checkpoints.list_checkpoints(path.parent)
+
 
 class TrainingError(RuntimeError):
   """The run cannot go on (e.g. a non-finite loss); the message names the step and the last good checkpoint."""
@@ -178,15 +182,34 @@ class Trainer:
 
   def _restore(self, stream, fresh: TrainState) -> tuple[TrainState, list, list]:
     """(the state to start from, the best-metric history so far, notes for the log): the newest checkpoint in
-    `output_dir` (with the stream put back at its position), else `init_checkpoint`'s params, else `fresh`."""
-    latest = self.manager.latest()
-    if latest is not None:
-      state, metadata = checkpoints.restore(latest, fresh)
-      stream.set_state(cx_data.loads_state(metadata["data"]))
-      return state, metadata.get("best_history", []), []
+    `output_dir` that loads whole (with the stream put back at its position), else `init_checkpoint`'s params, else
+    `fresh`. A damaged checkpoint is set aside as `step_XXXXXXXX.damaged` and the one before it is tried; when every
+    checkpoint is damaged, the run stops rather than start again over them."""
+    notes, damaged = [], []
+    for checkpoint in reversed(self.manager.checkpoints()):
+      try:
+        state, metadata = checkpoints.restore(checkpoint, fresh)
+        host = checkpoints.read_host_metadata(checkpoint)
+      except checkpoints.CheckpointError as e:
+        aside = self.manager.set_aside(checkpoint)
+        damaged.append(f"{checkpoint.name}: {e}")
+        notes.append(f"checkpoint {checkpoint.name} cannot be used, set aside as {aside.name}: {e}")
+        continue
+      if host is not None and "data" in host:
+        stream.set_state(cx_data.loads_state(host["data"]))
+      else:   # saved by another number of hosts: each host's shard of the data is another one now
+        saved_by = checkpoints.read_manifest(checkpoint).get("processes", 1)
+        notes.append(f"{checkpoint.name} was saved by {saved_by} process(es) and this run has "
+                     f"{jax.process_count()}: params, optimizer state, step and rng are restored, but the data "
+                     "pipeline starts again from its beginning (a data position belongs to one host's shard)")
+      return state, metadata.get("best_history", []), notes
+    if damaged:
+      raise TrainingError(f"{self.output_dir}: no checkpoint there loads whole, so the run stops rather than start "
+                          "again from scratch over them (each was set aside as *.damaged; move them away to start "
+                          "afresh): " + "; ".join(damaged))
     if self.init_checkpoint:  # fine-tuning: the params and model state of another run, nothing else
       source = Path(self.init_checkpoint)
-      source = source if (source / "manifest.json").exists() else checkpoints.latest(source)
+      source = source if _is_checkpoint(source) else checkpoints.latest(source)
       if source is None:
         raise TrainingError(f"init_checkpoint {self.init_checkpoint}: no checkpoint there")
       params, kept = checkpoints.restore_matching(source, fresh.params, prefix="params")
@@ -201,16 +224,19 @@ class Trainer:
   def _check_finite(self, train_state: TrainState):
     bad = int(train_state.bad_step)
     if bad >= 0:
+      self.manager.wait()
       latest = self.manager.latest()
       raise TrainingError(f"step {bad + 1}: the loss or the gradients are not finite (NaN/inf); the run stopped "
                           f"there. The last good checkpoint is {latest or 'none (no checkpoint was saved)'}.")
 
   def _save(self, train_state: TrainState, stream, metrics: dict, best_history: list):
+    """Starts an asynchronous save (the files are written while training goes on); each host keeps its own data
+    position."""
     self._check_finite(train_state)
-    metadata = {"data": cx_data.dumps_state(stream.get_state()), "metrics": metrics,
-                "best_history": best_history}
-    self.manager.save(int(train_state.step), train_state, metadata)
-    (self.output_dir / "operative_config.gin").write_text(gin.operative_config_str())
+    self.manager.save(int(train_state.step), train_state, {"metrics": metrics, "best_history": best_history},
+                      host_metadata={"data": cx_data.dumps_state(stream.get_state())})
+    if jax.process_index() == 0:
+      (self.output_dir / "operative_config.gin").write_text(gin.operative_config_str())
 
   def _eval_metrics(self, params, model_state, batch) -> dict:
     """Each metric of the eval task on one batch (jitted once, in `__init__`)."""
@@ -235,13 +261,16 @@ class Trainer:
     return {k: v / count for k, v in totals.items()}
 
   def run(self) -> TrainState:
-    """Trains until `steps` updates; returns the final train state."""
-    self.output_dir.mkdir(parents=True, exist_ok=True)
+    """Trains until `steps` updates; returns the final train state. On several processes (`jax.distributed`), every
+    process runs this; process 0 alone writes logs, metrics and TensorBoard files."""
+    primary = jax.process_index() == 0
+    if primary:
+      self.output_dir.mkdir(parents=True, exist_ok=True)
     stream = self.task.data()
     step_fn, fresh = self._build(stream)
     train_state, best_history, notes = self._restore(stream, fresh)
     start = int(train_state.step)
-    logger = RunLogger(self.output_dir, self.steps, start, progress=self.progress)
+    logger = RunLogger(self.output_dir, self.steps, start, progress=self.progress) if primary else QuietLogger()
     if start:
       logger.message(f"resumed from step {start} ({self.manager.latest()})")
     for note in notes:
@@ -261,16 +290,20 @@ class Trainer:
           logger.log(step, {k.split("/", 1)[1]: v for k, v in eval_metrics.items()}, prefix="eval")
           if self.best_metric in eval_metrics:
             best_history.append(eval_metrics[self.best_metric])
-        if step % self.checkpoint_every == 0 or step == self.steps:
+        stop = self._should_stop_early(best_history)
+        if stop or step % self.checkpoint_every == 0 or step == self.steps:
           self._save(train_state, stream, eval_metrics, best_history)
-        if self._should_stop_early(best_history):
+        if stop:
           logger.message(f"early stopping at step {step}: {self.best_metric} has not improved for "
                          f"{self.patience} evaluations")
-          self._save(train_state, stream, eval_metrics, best_history)
           break
     finally:
-      logger.close()
-      plot_loss_curve(self.output_dir)
+      try:
+        self.manager.close()   # the save in flight is committed before the run returns (or raises)
+      finally:
+        logger.close()
+        if primary:
+          plot_loss_curve(self.output_dir)
     return train_state
 
   def _should_stop_early(self, history: list) -> bool:

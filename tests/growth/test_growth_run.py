@@ -1,7 +1,6 @@
 """`combinax-train` on configs/grow_lm_kjv.gin: small run -> operator steps -> large run, each phase resumable, the
 small params untouched by the operator steps, and the materialised large params a plain checkpoint."""
 
-import json
 import shutil
 from pathlib import Path
 
@@ -47,11 +46,8 @@ def train(output, *extra):
   cli.train_main([])
 
 
-def leaves(checkpoint, prefix="params/"):
-  manifest = checkpoints.read_manifest(checkpoint)
-  with np.load(Path(checkpoint) / "arrays.npz") as data:
-    return {e["path"][len(prefix):]: data[f"leaf_{i:06d}"] for i, e in enumerate(manifest["leaves"])
-            if e["path"].startswith(prefix)}
+def leaves(checkpoint, prefix="params"):
+  return checkpoints.read_arrays(checkpoint, prefix)
 
 
 def test_the_recipe_trains_small_then_the_operator_then_large(tmp_path, capsys):
@@ -73,7 +69,7 @@ def test_the_recipe_trains_small_then_the_operator_then_large(tmp_path, capsys):
   assert any("eval/loss" in r for r in records)
   # grown/ is a plain checkpoint of the large model; the large run started from it and is complete.
   grown = checkpoints.latest(tmp_path / "grown")
-  assert json.loads((grown / "manifest.json").read_text())["metadata"]["operator_steps"] == 3
+  assert checkpoints.read_manifest(grown)["metadata"]["operator_steps"] == 3
   assert checkpoints.latest(tmp_path / "large").name == "step_00000004"
   assert (tmp_path / "large" / "config.gin").exists()
 
@@ -81,12 +77,12 @@ def test_the_recipe_trains_small_then_the_operator_then_large(tmp_path, capsys):
 def test_a_rerun_resumes_the_unfinished_phase_and_redoes_none(tmp_path, capsys):
   train(tmp_path, "large/Trainer.steps = 2")
   grown = checkpoints.latest(tmp_path / "grown")
-  before = (grown / "arrays.npz").stat().st_mtime_ns
+  before = (grown / "manifest" / "manifest.json").stat().st_mtime_ns
   capsys.readouterr()
   train(tmp_path, "large/Trainer.steps = 4")
   out = capsys.readouterr().out
   assert "phase 1/3" not in out and "phase 2/3" not in out and "resumed from step 2" in out
-  assert (grown / "arrays.npz").stat().st_mtime_ns == before
+  assert (grown / "manifest" / "manifest.json").stat().st_mtime_ns == before
   assert checkpoints.latest(tmp_path / "large").name == "step_00000004"
 
 
