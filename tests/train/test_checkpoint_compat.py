@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from combinax.train import checkpoints
-from combinax.train.trainer import Trainer
 from test_trainer import classifier_trainer
 
 OLD_RUN = Path(__file__).parent / "data" / "combinax_0_1_run"

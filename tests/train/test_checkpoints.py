@@ -133,7 +133,7 @@ def test_a_failed_save_leaves_earlier_checkpoints_intact(tmp_path, monkeypatch):
   original = ckpt._save_args
 
   def explode(*args, **kwargs):
-    result = original(*args, **kwargs)
+    original(*args, **kwargs)   # the arrays are ready, then the write fails
     raise OSError("disk full")
   monkeypatch.setattr(ckpt, "_save_args", explode)
   with pytest.raises(OSError, match="disk full"):
