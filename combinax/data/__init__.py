@@ -45,6 +45,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | batching | `Batch`, `BucketByLength`, `stack_examples` |
 | language models | `ConcatenateToLMInput`, `PackLM`, `MLM` |
 | threads | `Prefetch` |
+| several hosts | sources read the host's shard, `Batch` sizes are global; `as_host`, `SimulatedHosts` (see `hosts`) |
 | tokenizers | `CharTokenizer`, `SentencePieceTokenizer`, `BPETokenizer`, `WordPieceTokenizer` |
 | vocabularies | `load_tokenizer(path)`, `tokenizer_for(corpus, kind, vocab_size)` (trained once, cached) |
 | recipes | `lm_pipeline`, `classification_pipeline`, `translation_pipeline`, `image_pipeline` (the configs') |
@@ -53,6 +54,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 from combinax.configurable import register as _register
 from combinax.data.base import DataError, FnStage, Serial, Stage, Stream
 from combinax.data.batching import Batch, BucketByLength, stack_examples
+from combinax.data.hosts import SimulatedHosts, as_host, current_host
 from combinax.data.hf_tokenizers import BPETokenizer, WordPieceTokenizer
 from combinax.data.lm import MLM, ConcatenateToLMInput, PackLM
 from combinax.data.prefetch import Prefetch
@@ -73,7 +75,7 @@ __all__ = [
     "Batch", "BucketByLength", "stack_examples", "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch",
     "Tokenizer", "CharTokenizer", "SentencePieceTokenizer", "BPETokenizer", "WordPieceTokenizer", "load_tokenizer",
     "tokenizer_for", "corpora", "lm_pipeline", "classification_pipeline", "translation_pipeline", "corpus_tokenizer",
-    "image_pipeline",
+    "image_pipeline", "SimulatedHosts", "as_host", "current_host",
 ]
 
 # gin: every stage and recipe (`TrainTask.data = @train/lm_pipeline()`), here in one place.
@@ -81,7 +83,7 @@ _register(globals(), "combinax.data", [
     "Serial", "TFDS", "TextLines", "CSV", "TSV", "JSONL", "Corpus", "FromList", "Map", "Tokenize", "Detokenize",
     "FilterByLength", "TruncateToLength", "PadToLength", "AddLossWeights", "Shuffle", "Batch", "BucketByLength",
     "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch", "lm_pipeline", "classification_pipeline",
-    "translation_pipeline", "corpus_tokenizer", "image_pipeline"])
+    "translation_pipeline", "corpus_tokenizer", "image_pipeline", "SimulatedHosts"])
 
 
 def __getattr__(name):

@@ -11,6 +11,7 @@ import bisect
 import numpy as np
 
 from combinax.data.base import DataError, Stage, Stream, check_tuple
+from combinax.data.hosts import current_host, host_batch_size
 from combinax.data.transforms import _keys, length_of
 
 
@@ -58,18 +59,19 @@ class _BatchStream(Stream):
 
   def __init__(self, stage, upstream):
     super().__init__(stage, upstream)
+    self.size = host_batch_size(stage.batch_size, stage.name)
     self.dropped = 0
 
   def next(self):
     examples = []
-    for _ in range(self.stage.batch_size):
+    for _ in range(self.size):
       try:
         examples.append(next(self.upstream))
       except StopIteration:
         break
     if not examples:
       raise StopIteration
-    if len(examples) < self.stage.batch_size and self.stage.drop_remainder:
+    if len(examples) < self.size and self.stage.drop_remainder:
       self.dropped += len(examples)
       raise StopIteration
     return stack_examples(examples, self.stage.pad_value)
@@ -86,6 +88,8 @@ class _BatchStream(Stream):
 
 class Batch(Stage):
   """Groups `batch_size` examples into a batch, padding sequences to the longest in the batch.
+
+  `batch_size` is global: on a job of n hosts each host makes `batch_size / n` rows (`combinax.data.hosts`).
 
   The last, smaller batch is kept unless `drop_remainder` (its examples are then counted as dropped).
 
@@ -111,6 +115,10 @@ class _BucketStream(Stream):
 
   def __init__(self, stage, upstream):
     super().__init__(stage, upstream)
+    if current_host()[1] > 1:
+      raise DataError("BucketByLength: its batch shapes depend on the data, so they would differ between hosts, and "
+                      "a multi-host step needs one shape on all; on several hosts pad to fixed lengths "
+                      "(TruncateToLength + PadToLength + Batch)")
     self._buckets = [[] for _ in stage.boundaries]
     self._exhausted = False
     self.dropped_long = 0

@@ -3,7 +3,9 @@
 Every source reads examples by index, so its position is just `(epoch, index)`: it resumes instantly. Each
 example comes out as a tuple of the fields named in `keys` (Trax style). Options common to all sources:
 `shuffle` (a fresh seeded permutation of the examples each epoch), `seed`, `repeat` (loop over epochs for ever),
-and `shard=(index, count)` (this host reads examples `index, index + count, ...` of each epoch's order).
+and `shard=(index, count)`: read examples `index, index + count, ...` of each epoch's order. By default a source
+reads the shard of the host it runs on (`combinax.data.hosts`): all of it on one process, its own part on each
+process of a multi-host job.
 Local files (`TextLines`, `CSV`, `TSV`, `JSONL`) are in `combinax.data.files`.
 """
 
@@ -15,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from combinax.data.base import DataError, Stage, Stream
+from combinax.data.hosts import current_host
 
 _BLOCK = 64   # examples fetched at once from a random-access store (a cache, not part of the state)
 
@@ -88,6 +91,11 @@ class SourceStream(Stream):
   def __init__(self, source: Source):
     super().__init__(source, None)
     self._data = source.data()
+    if source.shard is not None:
+      self._shard = source.shard
+    else:
+      host = current_host()
+      self._shard = host if host[1] > 1 else None
     self.epoch, self.index = 0, 0
     self._order = self._epoch_order(0)
     self._block, self._block_start = [], 0
@@ -96,10 +104,13 @@ class SourceStream(Stream):
     source = self.stage
     n = len(self._data)
     order = np.random.default_rng([source.seed, epoch]).permutation(n) if source.shuffle else np.arange(n)
-    if source.shard is not None:
-      order = order[source.shard[0]::source.shard[1]]
+    if self._shard is not None:
+      index, count = self._shard
+      order = order[index::count]
       if len(order) == 0:
-        raise DataError(f"{source.name}: shard {source.shard} of {n} examples is empty")
+        whose = "" if source.shard is not None else f" (host {index} of {count}: each host reads its own shard)"
+        raise DataError(f"{source.describe()}: shard {index} of {count} holds none of its {n} examples{whose}; "
+                        f"use fewer hosts or more data")
     return order
 
   def next(self):
@@ -120,9 +131,14 @@ class SourceStream(Stream):
     return self.stage.select(self._block[offset], i)
 
   def state(self):
-    return {"epoch": self.epoch, "index": self.index, "size": len(self._data)}
+    return {"epoch": self.epoch, "index": self.index, "size": len(self._data),
+            "shard": list(self._shard) if self._shard is not None else None}
 
   def restore(self, state):
+    saved = tuple(state["shard"]) if state.get("shard") is not None else None
+    if "shard" in state and saved != self._shard:   # (positions saved by combinax 0.1 have no shard)
+      raise DataError(f"{self.stage.name}: the saved position is for shard {saved} (index, count), but this stream "
+                      f"reads shard {self._shard}; a host's position only fits the same host of the same number")
     if state["size"] != len(self._data):
       raise DataError(f"{self.stage.name}: the saved position is for {state['size']} examples, but the data now "
                       f"has {len(self._data)}; the data changed since the state was saved")

@@ -179,4 +179,5 @@ def test_examples_are_tuples_of_numpy_values():
   stream = data.Serial(data.FromList([{"x": np.arange(3), "y": 1}], keys=("x", "y")), data.Batch(1))()
   x, y = next(stream)
   assert isinstance(x, np.ndarray) and x.shape == (1, 3) and y.tolist() == [1]
-  assert json.loads(json.dumps(stream.get_state()))[0]["state"] == {"epoch": 0, "index": 1, "size": 1}
+  assert json.loads(json.dumps(stream.get_state()))[0]["state"] == {"epoch": 0, "index": 1, "size": 1,
+                                                                     "shard": None}
