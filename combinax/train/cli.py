@@ -5,8 +5,10 @@
 
 `combinax-train` writes `config.gin` (every binding it was given) and `operative_config.gin` (the values used) next
 to the checkpoints; `combinax-decode` reads `config.gin` back, so it builds the same model and tokenizer.
-Multi-host: start the same command on every host with `--multihost` (and JAX's coordinator environment variables,
-or a cluster JAX detects); it calls `jax.distributed.initialize()` before anything else.
+Multi-host: start the same command on every host with `--multihost --coordinator_address=HOST0:PORT
+--num_processes=N --process_id=I` (or just `--multihost` on a cluster JAX detects); it calls
+`jax.distributed.initialize()` before anything else. Every process reads its own shard of the data and writes its
+own shards of each checkpoint; process 0 alone writes configs, logs, metrics and TensorBoard files.
 
 `--help` prints what each command does and its flags; the console shows combinax's own lines only (JAX's note
 that it found no TPU is kept out). `combinax-train` restarts itself once on Linux, and says so (see `TRAIN_HELP`).
@@ -27,7 +29,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("config_file", [], "gin config file(s), applied in order")
 flags.DEFINE_multi_string("config", [], "gin bindings, e.g. 'Trainer.steps = 100', applied after the files")
 flags.DEFINE_string("output_dir", None, "where checkpoints, configs and logs go (rerunning resumes from it)")
-flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() first (one process per host)")
+flags.DEFINE_bool("multihost", False, "one process of a multi-host job: calls jax.distributed.initialize() first")
+flags.DEFINE_string("coordinator_address", None, "with --multihost: host:port of process 0, which coordinates the "
+                    "job (default: what JAX detects on a cluster: Slurm, Open MPI, Kubernetes, Cloud TPU)")
+flags.DEFINE_integer("num_processes", None, "with --multihost: how many processes the job has (default: detected)")
+flags.DEFINE_integer("process_id", None, "with --multihost: this process's index, 0 to num_processes - 1 "
+                     "(default: detected)")
 flags.DEFINE_multi_string("prompt", [], "combinax-decode: prompt text(s); several make a batch")
 flags.DEFINE_integer("max_length", 60, "combinax-decode: tokens to generate")
 flags.DEFINE_float("temperature", 0.8, "combinax-decode: 0 is greedy")
@@ -40,6 +47,10 @@ TRAIN_HELP = """combinax-train: trains the model a gin config describes; rerunni
   combinax-train --config_file=configs/transformer_lm_kjv.gin --output_dir=runs/lm [--config='Trainer.steps = 100']
 
 Writes checkpoints, config.gin, operative_config.gin, metrics.jsonl and TensorBoard files to --output_dir.
+
+Several hosts: run the same command on each, adding --multihost --coordinator_address=HOST0:PORT --num_processes=N
+--process_id=I (or only --multihost where JAX detects the cluster). Each process reads its own shard of the data
+(batch sizes stay global) and writes its own shards of each checkpoint; process 0 writes the logs.
 
 Huge pages: on Linux, combinax-train restarts itself once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (and prints a
 line saying so), unless GLIBC_TUNABLES already names it or the environment has COMBINAX_HUGE_PAGES=0. XLA:CPU
@@ -74,14 +85,13 @@ def train_main(argv):
   del argv
   if FLAGS.output_dir is None:
     raise ConfigError("combinax-train: --output_dir is required")
-  if FLAGS.multihost:
-    import jax
-    jax.distributed.initialize()
+  primary = start_multihost() == 0
   parse_config(FLAGS.config_file, FLAGS.config)
   from combinax.train.trainer import train_job
   output_dir = Path(FLAGS.output_dir)
-  output_dir.mkdir(parents=True, exist_ok=True)
-  (output_dir / "config.gin").write_text(gin.config_str())
+  if primary:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.gin").write_text(gin.config_str())
   try:
     trainer = train_job()(output_dir=str(output_dir))
   except (ValueError, TypeError) as e:
@@ -89,7 +99,30 @@ def train_main(argv):
       raise ConfigError(f"combinax-train: bad gin configuration: {e}") from None
     raise
   trainer.run()
-  (output_dir / "operative_config.gin").write_text(gin.operative_config_str())
+  if primary:
+    (output_dir / "operative_config.gin").write_text(gin.operative_config_str())
+
+
+def start_multihost() -> int:
+  """With --multihost, joins the job (`jax.distributed.initialize`); returns this process's index (0 without)."""
+  explicit = {"coordinator_address": FLAGS.coordinator_address, "num_processes": FLAGS.num_processes,
+              "process_id": FLAGS.process_id}
+  given = [f"--{name}" for name, value in explicit.items() if value is not None]
+  if not FLAGS.multihost:
+    if given:
+      raise ConfigError(f"combinax-train: {', '.join(given)} only mean something with --multihost")
+    return 0
+  import jax
+  # Processes on CPUs exchange gradients over TCP with gloo (GPUs and TPUs use their own links; this setting only
+  # concerns the CPU backend). It must be set before the backend starts.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
+  except (ValueError, RuntimeError) as e:
+    raise ConfigError(f"combinax-train --multihost: cannot join the job ({type(e).__name__}: {e}); give "
+                      "--coordinator_address=HOST:PORT of process 0, --num_processes and --process_id, or run "
+                      "where JAX detects the cluster") from None
+  return jax.process_index()
 
 
 def decode_main(argv):

@@ -130,13 +130,16 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def shard_batch(batch, mesh: Mesh):
   """Places every array of `batch` on the mesh, split along its leading (batch) axis. On several hosts, each host
-  passes its own part (its data shard) and the parts form the global batch."""
-  size = mesh.shape[DATA]
+  passes its own rows (its data shard: `combinax.data.hosts`) and the hosts' rows, host 0's first, form the global
+  batch."""
+  size, hosts = mesh.shape[DATA], jax.process_count()
   for leaf in jax.tree_util.tree_leaves(batch):
-    if np.ndim(leaf) == 0 or np.shape(leaf)[0] % size:
-      raise ValueError(f"shard_batch: the batch size must be a multiple of the {size} data-parallel devices; "
-                       f"got an array of shape {np.shape(leaf)}")
-  if jax.process_count() > 1:  # each host holds its own part of the global batch
+    if np.ndim(leaf) == 0 or (np.shape(leaf)[0] * hosts) % size:
+      rows = f"{hosts} hosts x {np.shape(leaf)[0] if np.ndim(leaf) else 0} rows" if hosts > 1 else \
+          f"an array of shape {np.shape(leaf)}"
+      raise ValueError(f"shard_batch: the global batch size must be a multiple of the {size} data-parallel "
+                       f"devices; got {rows}")
+  if hosts > 1:  # each host holds its own part of the global batch
     return jax.tree_util.tree_map(
         lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), np.asarray(x)), batch)
   return jax.device_put(batch, batch_sharding(mesh))

@@ -1,0 +1,217 @@
+"""Multi-host training for real: `combinax-train --multihost` in 2 processes x 4 CPU devices on localhost (gloo
+collectives), against 1 process x 8 devices reading the same global batches (`data.SimulatedHosts`).
+
+(a) the loss curve and final params match the 1-process run; (b) both processes killed (SIGKILL) after a
+checkpoint and restarted finish with the params of an uninterrupted run; (c) the 2-process checkpoint restores in 1
+process, on 8 devices or on 2, and a 1-process run resumes from it; (d) with FSDP rules each process wrote only its
+own shards."""
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gin
+import jax
+import numpy as np
+import pytest
+from absl import flags
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from combinax.train import checkpoints, cli
+from combinax.train.logging import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "configs" / "transformer_lm_kjv.gin"
+STEPS = 40
+TINY = ["TransformerLM.d_model = 32", "TransformerLM.d_ff = 64", "TransformerLM.n_layers = 1",
+        "TransformerLM.n_heads = 2", "VOCAB = 256", "corpus_tokenizer.kind = 'char'",
+        "train/lm_pipeline.length = 16", "train/lm_pipeline.batch_size = 8", "eval/lm_pipeline.length = 16",
+        "eval/lm_pipeline.batch_size = 8", f"Trainer.steps = {STEPS}", "Trainer.log_every = 1",
+        "Trainer.checkpoint_every = 4", "Trainer.keep_checkpoints = 20", "EvalTask.eval_every = 10",
+        "EvalTask.n_batches = 2", "cosine.warmup_steps = 5", f"cosine.total_steps = {STEPS}"]
+# The 1-process reference reads what the 2 hosts read: each host's shard, its rows of each global batch.
+SIMULATED = ["TrainTask.data = @train/SimulatedHosts()", "train/SimulatedHosts.pipeline = @train/lm_pipeline()",
+             "train/SimulatedHosts.hosts = 2", "EvalTask.data = @eval/SimulatedHosts()",
+             "eval/SimulatedHosts.pipeline = @eval/lm_pipeline()", "eval/SimulatedHosts.hosts = 2"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("cache")
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def start_job(output_dir, cache, *bindings, processes=2):
+  """`combinax-train --multihost` in `processes` processes of 4 CPU devices each; returns the Popen objects."""
+  port = free_port()
+  environ = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+             "COMBINAX_HUGE_PAGES": "0", "COMBINAX_CACHE": str(cache)}
+  return [subprocess.Popen(
+      [sys.executable, "-c", "from combinax.train.cli import train; train()", "--multihost",
+       f"--coordinator_address=localhost:{port}", f"--num_processes={processes}", f"--process_id={i}",
+       f"--config_file={RECIPE}", f"--output_dir={output_dir}", *[f"--config={b}" for b in TINY + list(bindings)]],
+      cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(processes)]
+
+
+def finish(job, timeout=300):
+  outputs = []
+  try:
+    for process in job:
+      outputs.append(process.communicate(timeout=timeout)[0])
+  finally:
+    for process in job:
+      process.kill()
+  for process, output in zip(job, outputs):
+    assert process.returncode == 0, output[-4000:]
+  return outputs
+
+
+def train_here(output_dir, *bindings):
+  """combinax-train in this process (8 devices)."""
+  gin.clear_config()
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["combinax-train", f"--config_file={RECIPE}", f"--output_dir={output_dir}",
+               *[f"--config={b}" for b in TINY + list(bindings)]])
+  try:
+    cli.train_main([])
+  finally:
+    gin.clear_config()
+    flags.FLAGS.unparse_flags()
+
+
+def losses(output_dir):
+  return [(r["step"], r["train/loss"]) for r in read_metrics(output_dir) if "train/loss" in r]
+
+
+def final_params(output_dir):
+  return checkpoints.read_arrays(checkpoints.latest(output_dir), "params")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cache):
+  """The 1-process reference and an uninterrupted 2-process run, shared by the tests below."""
+  root = tmp_path_factory.mktemp("runs")
+  os.environ["COMBINAX_CACHE"] = str(cache)
+  cwd = os.getcwd()
+  os.chdir(ROOT)
+  try:
+    train_here(root / "one", *SIMULATED)   # also trains and caches the tokenizer before the processes start
+  finally:
+    os.chdir(cwd)
+  outputs = finish(start_job(root / "two", cache))
+  return root, outputs
+
+
+def test_two_processes_train_as_one_process_on_the_same_global_batches(runs):
+  root, outputs = runs
+  one, two = losses(root / "one"), losses(root / "two")
+  assert [s for s, _ in two] == list(range(1, STEPS + 1))
+  # Same data and math; the gradients' sum runs over gloo between processes and inside XLA within one, in another
+  # order, so float rounding differs slightly.
+  np.testing.assert_allclose([l for _, l in two], [l for _, l in one], rtol=1e-5)
+  two_params = final_params(root / "two")
+  for path, value in final_params(root / "one").items():
+    # The key bias gets no true gradient (softmax ignores a shift shared by all keys), only rounding noise, which
+    # Adam scales up to full-size steps: equal within the learning rate's reach, not to float precision.
+    tolerance = {"atol": 1e-2} if path.endswith("attention/k/bias") else {"rtol": 1e-4, "atol": 1e-6}
+    np.testing.assert_allclose(two_params[path], value, err_msg=path, **tolerance)
+  evals = [r for r in read_metrics(root / "two") if "eval/loss" in r]
+  assert [r["step"] for r in evals] == [10, 20, 30, 40]
+  # Process 0 alone logs; both processes ran every step.
+  assert "step      40  train" in outputs[0] and "step " not in outputs[1]
+  assert (root / "two" / "config.gin").exists() and (root / "two" / "tensorboard").is_dir()
+  assert sorted(p.name for p in (checkpoints.latest(root / "two") / "hosts").glob("*.json")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_both_processes_killed_after_a_checkpoint_resume_to_the_uninterrupted_params(runs, cache, tmp_path):
+  root, _ = runs
+  job = start_job(tmp_path, cache)
+  deadline = time.time() + 300
+  while checkpoints.latest(tmp_path) is None or checkpoints.read_manifest(checkpoints.latest(tmp_path))["step"] < 8:
+    assert time.time() < deadline and all(p.poll() is None for p in job), "the job ended before it could be killed"
+    time.sleep(0.02)
+  for process in job:
+    process.send_signal(signal.SIGKILL)
+  for process in job:
+    process.wait()
+  killed_at = checkpoints.read_manifest(checkpoints.latest(tmp_path))["step"]
+  assert killed_at < STEPS
+  outputs = finish(start_job(tmp_path, cache))
+  assert f"resumed from step {killed_at} " in outputs[0]
+  assert not [p for p in tmp_path.iterdir() if "tmp" in p.name or p.name.startswith(".")]
+  resumed, straight = final_params(tmp_path), final_params(root / "two")
+  for path, value in straight.items():
+    np.testing.assert_array_equal(resumed[path], value, err_msg=path)
+
+
+def test_a_two_process_checkpoint_restores_in_one_process_on_any_mesh(runs, tmp_path, capsys):
+  root, _ = runs
+  latest = checkpoints.latest(root / "two")
+  saved = checkpoints.read_arrays(latest, "params")
+  template = {}
+  for entry in checkpoints.read_manifest(latest)["leaves"]:
+    if entry["path"].startswith("params/"):
+      node = template
+      *parents, last = entry["path"].split("/")[1:]
+      for part in parents:
+        node = node.setdefault(part, {})
+      node[last] = (tuple(entry["shape"]), np.dtype(entry["dtype"]))
+  for devices in (8, 2):
+    sharding = NamedSharding(Mesh(np.array(jax.devices()[:devices]), ("data",)), P())
+    like = jax.tree_util.tree_map(lambda sd: jax.ShapeDtypeStruct(*sd, sharding=sharding), template,
+                                  is_leaf=lambda x: isinstance(x, tuple))
+    params, _ = checkpoints.restore(latest, like, prefix="params")
+    for path, value in saved.items():
+      restored = params
+      for part in path.split("/"):
+        restored = restored[part]
+      assert restored.sharding == sharding
+      np.testing.assert_array_equal(restored, value)
+  # A 1-process run goes on from the 2-process run (its data restarts: a host's position is its shard's).
+  shutil.copytree(root / "two", tmp_path / "continued")
+  cwd = os.getcwd()
+  os.chdir(ROOT)
+  try:
+    train_here(tmp_path / "continued", f"Trainer.steps = {STEPS + 2}")
+  finally:
+    os.chdir(cwd)
+  assert checkpoints.read_manifest(checkpoints.latest(tmp_path / "continued"))["step"] == STEPS + 2
+  assert "was saved by 2 process(es) and this run has 1" in capsys.readouterr().out
+
+
+def test_with_fsdp_each_process_writes_only_its_own_shards(cache, tmp_path):
+  # Wide enough that the arrays, not Orbax's indexes, make most of the bytes.
+  finish(start_job(tmp_path, cache, "Trainer.sharding_rules = 'fsdp'", "Trainer.steps = 4",
+                   "TransformerLM.d_model = 128", "TransformerLM.d_ff = 512"))
+  latest = checkpoints.latest(tmp_path)
+  manifest = checkpoints.read_manifest(latest)
+  sharded = [e for e in manifest["leaves"] if np.prod(e["shape"]) >= 1024]   # what the FSDP rules split
+  assert {e["path"] for e in sharded} >= {"params/embed/embedding", "params/blocks/ff/in/kernel"}
+  # Orbax records each array's sharding (keyed by the base64 of its dotted path): split over the 8 devices of both
+  # processes, so no process ever held one whole.
+  specs = {base64.b64decode(k).decode().replace(".", "/"): json.loads(v)
+           for k, v in json.loads((latest / "state" / "_sharding").read_text()).items()}
+  for entry in sharded:
+    assert specs[entry["path"]]["partition_spec"] != [] and "data" in json.dumps(specs[entry["path"]]), entry
+  written = [sum(f.stat().st_size for f in (latest / "state" / f"ocdbt.process_{i}").rglob("*") if f.is_file())
+             for i in range(2)]
+  total = sum(int(np.prod(e["shape"])) * np.dtype(e["dtype"]).itemsize for e in manifest["leaves"])
+  sharded_bytes = sum(int(np.prod(e["shape"])) * np.dtype(e["dtype"]).itemsize for e in sharded)
+  assert sharded_bytes > 0.95 * total
+  for size in written:   # each wrote about its half of the split arrays, far from the whole state
+    assert 0.4 * total < size < 0.6 * total, (written, total)
+  assert final_params(tmp_path)["embed/embedding"].shape == (256, 128)
