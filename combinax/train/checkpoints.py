@@ -41,7 +41,7 @@ _NAME = re.compile(r"^step_(\d{8,})$")
 FORMAT = "combinax-checkpoint-v2"
 _STATE, _MANIFEST, _HOSTS = "state", "manifest", "hosts"
 # Leftovers of a process killed mid-save or mid-delete: never checkpoints, removed when a manager starts.
-_LEFTOVER = re.compile(r"^(step_\d{8,}\.orbax-checkpoint-tmp-.*|\.step_\d{8,}\.tmp-.*|\.deleting-step_\d{8,})$")
+_LEFTOVER = re.compile(r"^(step_\d{8,}\.orbax-checkpoint-tmp.*|\.step_\d{8,}\.tmp-.*|\.deleting-step_\d{8,})$")
 
 
 class CheckpointError(ValueError):

@@ -1,11 +1,13 @@
 """What makes a checkpoint trustworthy: checksums of arrays' values (not of files) and digests of JSON.
 
-An array's checksum is two uint32 sums over its elements' bits, `sum(b)` and `sum(b * (2i + 1))` (i the flat index,
-arithmetic mod 2**32). Integer sums do not depend on the order of addition, so the checksum of a sharded array is the
-same on any mesh and any number of processes, and it is computed where the shards are (a jitted reduction: nothing is
-gathered on one host). Any single flipped bit changes the second sum: the bit's value times an odd weight is never 0
-mod 2**32. Files are not hashed, because each process writes and reads only its own shards; the values they decode
-to are what must be right.
+An array's checksum is two uint32 sums over its elements: `sum(mix(b ^ (i * G)))` and `sum(mix(b + mix(i)))`, b an
+element's bits, i its flat index, `mix` MurmurHash3's 32-bit finaliser (a bijection), arithmetic mod 2**32. Integer
+sums do not depend on the order of addition, so the checksum of a sharded array is the same on any mesh and any
+number of processes, and it is computed where the shards are (a jitted reduction: nothing is gathered on one host).
+A change to any one element changes both sums (each term is a bijection of the element), and mixing in the index
+makes equal values at different places count differently (a plain sum of 2**21 equal floats wraps to 0). Files are
+not hashed, because each process writes and reads only its own shards; the values they decode to are what must be
+right.
 """
 
 from __future__ import annotations
@@ -36,10 +38,21 @@ def _bits(x, xp):
   return bits.astype(xp.uint32)
 
 
+def _mix(h, xp):
+  """MurmurHash3's fmix32: a bijection of uint32 that spreads every input bit over the output."""
+  h = h ^ (h >> xp.uint32(16))
+  h = h * xp.uint32(0x85EBCA6B)
+  h = h ^ (h >> xp.uint32(13))
+  h = h * xp.uint32(0xC2B2AE35)
+  return h ^ (h >> xp.uint32(16))
+
+
 def _checksum(x, xp):
   bits = _bits(x, xp).reshape(-1)
-  weights = xp.arange(bits.shape[0], dtype=xp.uint32) * xp.uint32(2) + xp.uint32(1)
-  return xp.stack([xp.sum(bits, dtype=xp.uint32), xp.sum(bits * weights, dtype=xp.uint32)])
+  index = xp.arange(bits.shape[0], dtype=xp.uint32)
+  first = _mix(bits ^ (index * xp.uint32(0x9E3779B1)), xp)
+  second = _mix(bits + _mix(index, xp), xp)
+  return xp.stack([xp.sum(first, dtype=xp.uint32), xp.sum(second, dtype=xp.uint32)])
 
 
 @functools.partial(jax.jit)

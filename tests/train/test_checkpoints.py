@@ -74,8 +74,10 @@ def test_checksums_do_not_depend_on_the_sharding():
   forms = [values, np.asarray(values), jax.device_put(values, NamedSharding(mesh(8), P("data"))),
            jax.device_put(values, NamedSharding(mesh(4), P(None, "data")))]
   assert len({tuple(c) for c in integrity.checksums(forms)}) == 1
+  assert integrity.checksums([np.ones(1 << 21, np.float32)]) != integrity.checksums([np.full(1 << 21, 2.0,
+                                                                                              np.float32)])
   flipped = np.asarray(values).copy().view(np.uint32)
-  for bit in (0, 17, 31):   # any single flipped bit changes the weighted sum
+  for bit in (0, 17, 31):   # any single flipped bit changes both sums
     changed = flipped.copy()
     changed[5, 7] ^= np.uint32(1 << bit)
     assert integrity.checksums([changed.view(np.float32)]) != integrity.checksums([values])
