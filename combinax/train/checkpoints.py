@@ -83,7 +83,8 @@ def _handler():
 
     _handler_types.update(handler=HostsHandler, save=HostsSave)
   return ocp.handlers.CompositeCheckpointHandler(**{
-      _STATE: ocp.handlers.PyTreeCheckpointHandler(),
+      # Uncompressed: zstd took most of a save's CPU time and saved little on float weights (benchmarks/RESULTS.md).
+      _STATE: ocp.handlers.PyTreeCheckpointHandler(use_compression=False),
       _MANIFEST: ocp.handlers.JsonCheckpointHandler(filename="manifest.json"),
       _HOSTS: _handler_types["handler"]()})
 
