@@ -112,6 +112,14 @@ def test_bad_configuration_is_a_clear_error(binding, message, tmp_path):
   assert "bad gin configuration" in str(info.value.code) and message in str(info.value.code)
 
 
+def test_multihost_flags_without_multihost_are_a_clear_error(tmp_path):
+  with pytest.raises(SystemExit) as info:
+    run(cli.train_main, f"--config_file={CONFIGS[0]}", f"--output_dir={tmp_path}", "--process_id=1",
+        "--num_processes=2")
+  assert str(info.value.code) == ("combinax-train: --num_processes, --process_id only mean something with "
+                                  "--multihost")
+
+
 def test_combinax_train_restarts_once_on_huge_pages_where_it_can():
   env = cli.huge_pages_environment({"PATH": "/bin"}, "madvise")
   assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
