@@ -124,7 +124,7 @@ def _lookup(nested: dict, path: str):
   return nested
 
 
-def _all_processes_agree(ok: bool) -> bool:
+def all_processes_agree(ok: bool) -> bool:
   """True when `ok` holds on every process (each process reads its own shards, so one may fail alone)."""
   if jax.process_count() == 1:
     return ok
@@ -328,7 +328,7 @@ def _read_arrays(checkpoint: Path, items: list) -> dict:
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
     error = CheckpointError(f"{checkpoint}: its arrays cannot be read ({type(e).__name__}: {first_line[:300]}); "
                             "the checkpoint is damaged or incomplete")
-  if not _all_processes_agree(error is None):
+  if not all_processes_agree(error is None):
     raise error or CheckpointError(f"{checkpoint}: another process could not read its part of the arrays")
   bad = [path for (path, entry, _), checksum in zip(items, integrity.checksums(arrays))
          if checksum != entry["checksum"]]

@@ -26,6 +26,7 @@ from combinax.train import checkpoints, regularization, schedules, sharding
 from combinax.train.logging import QuietLogger, RunLogger, plot_loss_curve
 from combinax.train.step import TrainState, TrainStep, frozen_mask, loss_inputs, split_batch
 
+
 def _is_checkpoint(path: Path) -> bool:
   return path in checkpoints.list_checkpoints(path.parent)
 
@@ -187,13 +188,18 @@ class Trainer:
     checkpoint is damaged, the run stops rather than start again over them."""
     notes, damaged = [], []
     for checkpoint in reversed(self.manager.checkpoints()):
+      error = None
       try:
         state, metadata = checkpoints.restore(checkpoint, fresh)
         host = checkpoints.read_host_metadata(checkpoint)
       except checkpoints.CheckpointError as e:
+        error = e
+      # Every process takes the same decision, even when only one of them found its own part damaged.
+      if not checkpoints.all_processes_agree(error is None):
+        error = error or checkpoints.CheckpointError(f"{checkpoint}: another process found its part damaged")
         aside = self.manager.set_aside(checkpoint)
-        damaged.append(f"{checkpoint.name}: {e}")
-        notes.append(f"checkpoint {checkpoint.name} cannot be used, set aside as {aside.name}: {e}")
+        damaged.append(f"{checkpoint.name}: {error}")
+        notes.append(f"checkpoint {checkpoint.name} cannot be used, set aside as {aside.name}: {error}")
         continue
       if host is not None and "data" in host:
         stream.set_state(cx_data.loads_state(host["data"]))

@@ -215,3 +215,19 @@ def test_with_fsdp_each_process_writes_only_its_own_shards(cache, tmp_path):
   for size in written:   # each wrote about its half of the split arrays, far from the whole state
     assert 0.4 * total < size < 0.6 * total, (written, total)
   assert final_params(tmp_path)["embed/embedding"].shape == (256, 128)
+
+
+def test_both_processes_set_a_damaged_newest_checkpoint_aside_and_resume_from_the_one_before(runs, cache, tmp_path):
+  root, _ = runs
+  shutil.copytree(root / "two", tmp_path / "run")
+  latest = checkpoints.latest(tmp_path / "run")
+  # The biggest data file holds array values (OCDBT keeps arrays this small inline in its index, in state/d/).
+  data = max((latest / "state").rglob("d/*"), key=lambda p: p.stat().st_size)
+  flipped = bytearray(data.read_bytes())
+  flipped[len(flipped) // 2] ^= 0x40
+  data.write_bytes(bytes(flipped))
+  outputs = finish(start_job(tmp_path / "run", cache, f"Trainer.steps = {STEPS + 4}"))
+  assert f"checkpoint {latest.name} cannot be used, set aside as {latest.name}.damaged" in outputs[0]
+  assert "the checkpoint is damaged" in outputs[0] and "resumed from step 36 " in outputs[0]
+  assert (tmp_path / "run" / f"{latest.name}.damaged").is_dir()
+  assert checkpoints.read_manifest(checkpoints.latest(tmp_path / "run"))["step"] == STEPS + 4
