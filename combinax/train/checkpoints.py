@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from combinax.paths import leaves_with_paths
+from combinax.paths import leaves_with_paths, unflatten
 from combinax.train import checkpoint_v1, integrity
 
 _NAME = re.compile(r"^step_(\d{8,})$")
@@ -104,17 +104,12 @@ def _stored_form(leaf) -> tuple[tuple, str]:
 
 def _nest(flat: dict[str, Any]) -> dict:
   """{"a/b/c": x} -> {"a": {"b": {"c": x}}}: the stored tree reads as the params' paths."""
-  nested: dict = {}
-  for path, value in flat.items():
-    node = nested
-    *parents, last = path.split("/")
-    for part in parents:
-      node = node.setdefault(part, {})
-      if not isinstance(node, dict):
-        raise CheckpointError(f"cannot store a tree with both a leaf and a subtree at {part!r} ({path})")
-    if last in node:
-      raise CheckpointError(f"cannot store two leaves at {path!r}")
-    node[last] = value
+  try:
+    nested = unflatten(flat)
+  except ValueError as e:
+    raise CheckpointError(f"cannot store this tree: {e}") from None
+  if len(jax.tree_util.tree_leaves(nested, is_leaf=lambda x: x is None)) != len(flat):
+    raise CheckpointError(f"cannot store this tree: a leaf's path is also another's subtree")
   return nested
 
 

@@ -24,6 +24,7 @@ import pytest
 from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from combinax.paths import unflatten
 from combinax.train import checkpoints, cli
 from combinax.train.logging import read_metrics
 
@@ -162,14 +163,8 @@ def test_a_two_process_checkpoint_restores_in_one_process_on_any_mesh(runs, tmp_
   root, _ = runs
   latest = checkpoints.latest(root / "two")
   saved = checkpoints.read_arrays(latest, "params")
-  template = {}
-  for entry in checkpoints.read_manifest(latest)["leaves"]:
-    if entry["path"].startswith("params/"):
-      node = template
-      *parents, last = entry["path"].split("/")[1:]
-      for part in parents:
-        node = node.setdefault(part, {})
-      node[last] = (tuple(entry["shape"]), np.dtype(entry["dtype"]))
+  template = unflatten({e["path"][len("params/"):]: (tuple(e["shape"]), np.dtype(e["dtype"]))
+                        for e in checkpoints.read_manifest(latest)["leaves"] if e["path"].startswith("params/")})
   for devices in (8, 2):
     sharding = NamedSharding(Mesh(np.array(jax.devices()[:devices]), ("data",)), P())
     like = jax.tree_util.tree_map(lambda sd: jax.ShapeDtypeStruct(*sd, sharding=sharding), template,
