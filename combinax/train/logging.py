@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import sys
 import time
@@ -19,12 +20,15 @@ class RunLogger:
   def __init__(self, output_dir: str | Path, total_steps: int, start_step: int = 0, progress: bool | None = None):
     self.output_dir = Path(output_dir)
     self.output_dir.mkdir(parents=True, exist_ok=True)
+    # A run resumed from step N logs steps N+1, ... again: what a killed run logged past its checkpoint goes, so the
+    # logs equal an uninterrupted run's (metrics.jsonl rewritten atomically; TensorBoard hides them: purge_step).
+    _keep_records_up_to(self.output_dir / "metrics.jsonl", start_step)
     self.jsonl = open(self.output_dir / "metrics.jsonl", "a")
     self.total_steps, self.last_step, self.last_time = total_steps, start_step, time.perf_counter()
     self.writer = None
     try:
       from tensorboardX import SummaryWriter
-      self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+      self.writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=start_step + 1)
     except ImportError:  # TensorBoard files are optional; metrics.jsonl is always written
       pass
     self.bar = None
@@ -65,6 +69,19 @@ class RunLogger:
       self.writer.close()
     if self.bar is not None:
       self.bar.close()
+
+
+def _keep_records_up_to(path: Path, step: int):
+  """Drops the records of `metrics.jsonl` logged after `step` (atomically: a temporary file renamed over it)."""
+  if not path.exists():
+    return
+  lines = path.read_text().splitlines(keepends=True)
+  kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+  if len(kept) == len(lines):
+    return
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text("".join(kept))
+  os.replace(tmp, path)
 
 
 class QuietLogger:

@@ -1,6 +1,7 @@
 """The Trainer: exact resume, checkpoints, evaluation, early stopping, fine-tuning init, and non-finite stops."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -59,6 +60,22 @@ def test_resume_is_bit_identical(tmp_path):
   assert (tmp_path / "resumed" / "operative_config.gin").exists()
   assert [p.name for p in checkpoints.list_checkpoints(tmp_path / "resumed")] == [
       "step_00000010", "step_00000015", "step_00000020"]
+
+
+def test_a_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path):
+  def records(output_dir):
+    return [{k: v for k, v in r.items() if k != "steps_per_sec"}
+            for r in map(json.loads, (output_dir / "metrics.jsonl").read_text().splitlines())]
+  def trainer(output_dir, steps):
+    t = classifier_trainer(output_dir, steps)
+    t.log_every = 2
+    return t
+  trainer(tmp_path / "straight", 20).run()
+  trainer(tmp_path / "killed", 12).run()   # logged up to step 12; its checkpoints: 5, 10, 12
+  shutil.rmtree(checkpoints.latest(tmp_path / "killed"))   # as if killed after logging 12, before saving it
+  trainer(tmp_path / "killed", 20).run()   # resumes from 10 and logs 12 again
+  assert [r["step"] for r in records(tmp_path / "killed")] == list(range(2, 21, 2))
+  assert records(tmp_path / "killed") == records(tmp_path / "straight")
 
 
 def test_loss_falls_and_eval_keeps_the_best_checkpoint(tmp_path):
