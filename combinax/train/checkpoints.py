@@ -48,6 +48,10 @@ class CheckpointError(ValueError):
   """A checkpoint is missing, damaged, or does not fit the tree it is restored into."""
 
 
+class CheckpointMismatchError(CheckpointError):
+  """A whole checkpoint of another model or optimizer: its paths, shapes or dtypes differ from the template's."""
+
+
 def _ocp():
   import orbax.checkpoint as ocp   # imported when first needed: `import combinax` stays light
   return ocp
@@ -260,15 +264,16 @@ def _restore(checkpoint, template, prefix: str, partial: bool):
   wanted_paths = [path for path, _ in template_leaves]
   missing, extra = sorted(set(wanted_paths) - set(saved)), sorted(set(saved) - set(wanted_paths))
   if extra or (missing and not partial):
-    raise CheckpointError(f"{checkpoint}: the checkpoint does not fit this model/optimizer: missing {missing[:5]}, "
+    raise CheckpointMismatchError(f"{checkpoint}: the checkpoint does not fit this model/optimizer: missing "
+                                  f"{missing[:5]}, "
                           f"unexpected {extra[:5]}")
   wanted = [(path, like) for path, like in template_leaves if path in saved]
   for path, like in wanted:
     entry = saved[path][1]
     shape, dtype = _stored_form(like)
     if tuple(entry["shape"]) != shape or entry["dtype"] != dtype:
-      raise CheckpointError(f"{checkpoint}: {path} is {entry['dtype']}{list(entry['shape'])} in the checkpoint but "
-                            f"{dtype}{list(shape)} in the model")
+      raise CheckpointMismatchError(f"{checkpoint}: {path} is {entry['dtype']}{list(entry['shape'])} in the "
+                                    f"checkpoint but {dtype}{list(shape)} in the model")
   if checkpoint_v1.is_v1(checkpoint):
     values = checkpoint_v1.read_leaves(checkpoint, manifest, {p: saved[p][0] for p, _ in wanted}, CheckpointError)
     loaded = {p: _place(values[p], like) for p, like in wanted}

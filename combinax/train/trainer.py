@@ -192,6 +192,9 @@ class Trainer:
       try:
         state, metadata = checkpoints.restore(checkpoint, fresh)
         host = checkpoints.read_host_metadata(checkpoint)
+      except checkpoints.CheckpointMismatchError as e:   # not damage: another model's run (same on all processes)
+        raise TrainingError(f"{e}. {self.output_dir} holds a run of another model or optimizer: train this one in "
+                            "a new --output_dir, or resume with the configuration that run was trained with") from None
       except checkpoints.CheckpointError as e:
         error = e
       # Every process takes the same decision, even when only one of them found its own part damaged.

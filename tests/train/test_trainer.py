@@ -78,6 +78,16 @@ def test_a_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path):
   assert records(tmp_path / "killed") == records(tmp_path / "straight")
 
 
+def test_resuming_with_another_model_stops_and_leaves_the_checkpoints_alone(tmp_path):
+  classifier_trainer(tmp_path, 5).run()
+  other = classifier_trainer(tmp_path, 10)
+  other.model = cl.Serial(cl.Dense(8), cl.Relu(), cl.Dense(2))   # 8 hidden units instead of 16
+  with pytest.raises(TrainingError, match=r"Dense_0/bias is float32\[16\] in the checkpoint but float32\[8\] in the "
+                                          r"model\. .* holds a run of another model or optimizer"):
+    other.run()
+  assert [p.name for p in tmp_path.iterdir() if p.name.startswith("step_")] == ["step_00000005"]
+
+
 def test_loss_falls_and_eval_keeps_the_best_checkpoint(tmp_path):
   eval_task = EvalTask(data=lm_data(seed=1), eval_every=10, n_batches=2)
   trainer = lm_trainer(tmp_path, 40, eval_task=eval_task, best_metric="eval/loss", keep_checkpoints=1)
