@@ -113,7 +113,7 @@ def _nest(flat: dict[str, Any]) -> dict:
   except ValueError as e:
     raise CheckpointError(f"cannot store this tree: {e}") from None
   if len(jax.tree_util.tree_leaves(nested, is_leaf=lambda x: x is None)) != len(flat):
-    raise CheckpointError(f"cannot store this tree: a leaf's path is also another's subtree")
+    raise CheckpointError("cannot store this tree: a leaf's path is also another's subtree")
   return nested
 
 
