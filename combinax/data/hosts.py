@@ -55,7 +55,7 @@ def as_host(index: int, count: int):
 
 def host_batch_size(global_size: int, stage: str) -> int:
   """The rows of a global batch of `global_size` that this host makes."""
-  index, count = current_host()
+  count = current_host()[1]
   if global_size % count:
     raise DataError(f"{stage}: the global batch size {global_size} is not a multiple of the {count} hosts "
                     f"(processes); each host makes batch_size / {count} rows")

@@ -265,8 +265,7 @@ def _restore(checkpoint, template, prefix: str, partial: bool):
   missing, extra = sorted(set(wanted_paths) - set(saved)), sorted(set(saved) - set(wanted_paths))
   if extra or (missing and not partial):
     raise CheckpointMismatchError(f"{checkpoint}: the checkpoint does not fit this model/optimizer: missing "
-                                  f"{missing[:5]}, "
-                          f"unexpected {extra[:5]}")
+                                  f"{missing[:5]}, unexpected {extra[:5]}")
   wanted = [(path, like) for path, like in template_leaves if path in saved]
   for path, like in wanted:
     entry = saved[path][1]
@@ -339,7 +338,7 @@ def _read_arrays(checkpoint: Path, items: list) -> dict:
   for (path, entry, like), value in zip(items, arrays):
     if entry["prng_key"]:
       value = jax.random.wrap_key_data(value, impl=entry["prng_key"])
-    out[path] = value if getattr(like, "sharding", None) is not None else jax.numpy.asarray(value)
+    out[path] = _place(value, like)   # (already in the template's sharding where it has one)
   return out
 
 
