@@ -45,6 +45,21 @@ def _check_model(model: Layer, n_positions: int, inputs):
                        f"but {layer.name} has max_len={layer.max_len}")
 
 
+def _check_sampling(max_length, temperature, top_k, top_p):
+  """Each sampling setting in its range, or a ValueError naming it, what it must be and what it was."""
+  problems = []
+  if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
+    problems.append(f"max_length: expected a positive number of tokens, got {max_length!r}")
+  if not isinstance(temperature, (int, float, np.number)) or not np.isfinite(temperature) or temperature < 0:
+    problems.append(f"temperature: expected a finite number >= 0 (0 is greedy), got {temperature!r}")
+  if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+    problems.append(f"top_k: expected None or a positive number of tokens, got {top_k!r}")
+  if top_p is not None and not (isinstance(top_p, (int, float, np.number)) and 0 < top_p <= 1):
+    problems.append(f"top_p: expected None or a probability in (0, 1], got {top_p!r}")
+  if problems:
+    raise ValueError("; ".join(problems))
+
+
 def _as_prompt(prompt, inputs, batch_size: int):
   """The prompt as int32 (batch, length); no prompt is an empty one for each input (or `batch_size` of them)."""
   if prompt is None:
@@ -79,6 +94,8 @@ def sample_logits(logits, rng, temperature: float = 1.0, top_k: int | None = Non
   probability reaches `top_p` (nucleus sampling)."""
   if temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  if top_k is not None and top_k > logits.shape[-1]:
+    raise ValueError(f"top_k: expected at most the vocabulary's {logits.shape[-1]} tokens, got {top_k}")
   logits = logits / temperature
   if top_k is not None:
     kth = lax.top_k(logits, top_k)[0][:, -1:]
@@ -108,6 +125,7 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
     temperature, top_k, top_p: sampling (temperature 0 is greedy); eos_id: where a sequence ends.
     rng: needed unless greedy. inputs: the encoder's inputs for an encoder-decoder.
   """
+  _check_sampling(max_length, temperature, top_k, top_p)
   prompt = _as_prompt(prompt, inputs, batch_size)
   batch, width = prompt.shape
   lengths = np.full((batch,), width) if prompt_lengths is None else np.asarray(prompt_lengths)
@@ -189,6 +207,9 @@ def beam_search(model: Layer, params, prompt=None, *, max_length: int = 100, bea
   ends at `eos_id` (kept, then `pad_id`). Prompts share one length. Returns (sequences int32 (batch, beam_size,
   max_length), scores (batch, beam_size)), best first. With beam_size 1 and length_penalty 0 it is greedy decoding.
   """
+  _check_sampling(max_length, 0.0, None, None)
+  if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
+    raise ValueError(f"beam_size: expected a positive number of beams, got {beam_size!r}")
   prompt = _as_prompt(prompt, inputs, batch_size)
   batch = prompt.shape[0]
   _check_model(model, prompt.shape[1] + max_length, inputs)
