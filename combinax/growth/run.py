@@ -24,7 +24,7 @@ import optax
 
 from combinax.growth.grow import TRAINABLE, Grown
 from combinax.growth.operator import GrowthOptions
-from combinax.train import checkpoints, schedules
+from combinax.train import checkpoints, rundir, schedules
 from combinax.train.step import split_batch
 from combinax.train.trainer import Trainer, TrainingError, TrainTask
 
@@ -96,12 +96,21 @@ class GrowthRun:
     checkpoints.save(self.output_dir / "grown", 0, {"params": jax.jit(self.grown.large_params)(params),
                                                     "state": state}, metadata)
 
-  def run(self):
-    """Runs (or resumes) each phase that is not complete; returns the large run's final train state."""
+  def run(self, *, allow_config_change: bool = False):
+    """Runs (or resumes) each phase that is not complete; returns the large run's final train state. Holds
+    `output_dir`'s lock throughout; `allow_config_change` goes to each phase's `Trainer.run`."""
+    with rundir.locked(self.output_dir):
+      final = self._run(allow_config_change)
+      if jax.process_index() == 0:   # the whole run's configuration, once every phase accepted it
+        rundir.write_atomically(self.output_dir / "config.gin", gin.config_str())
+        rundir.write_atomically(self.output_dir / "operative_config.gin", gin.operative_config_str())
+      return final
+
+  def _run(self, allow_config_change: bool):
     small_checkpoint = self._complete(self.small)
     if small_checkpoint is None:
       _say(f"phase 1/3: the small model ({self.small.output_dir})")
-      self.small.run()
+      self.small.run(allow_config_change=allow_config_change)
       small_checkpoint = self._complete(self.small)
       if small_checkpoint is None:   # it stopped early
         small_checkpoint = self.small.manager.latest()
@@ -110,14 +119,12 @@ class GrowthRun:
     if self.large.manager.latest() is None and checkpoints.latest(self.output_dir / "grown") is None:
       if self.steps:
         _say(f"phase 2/3: {self.steps} operator steps ({self.output_dir / 'growth'})")
-        self._growth_trainer(small_checkpoint).run()
+        self._growth_trainer(small_checkpoint).run(allow_config_change=allow_config_change)
       self._materialise(small_checkpoint)
       _say(f"grown: {self.output_dir / 'grown'} holds the large model's params")
-    # combinax-decode --output_dir=<output_dir>/large reads the model and tokenizer from here
-    self.large.output_dir.mkdir(parents=True, exist_ok=True)
-    (self.large.output_dir / "config.gin").write_text(gin.config_str())
+    # (the large run writes its config.gin, from which combinax-decode --output_dir=<output_dir>/large builds it)
     _say(f"phase 3/3: the large model ({self.large.output_dir})")
-    return self.large.run()
+    return self.large.run(allow_config_change=allow_config_change)
 
 
 def _say(line: str):

@@ -381,7 +381,12 @@ class CheckpointManager:
     self.asynchronous = asynchronous
     self._checkpointer = None
     self._pending: Path | None = None
-    if clean_up and jax.process_index() == 0 and self.directory.is_dir():
+    if clean_up:
+      self.clear_leftovers()
+
+  def clear_leftovers(self):
+    """Removes what killed saves and deletes left (process 0; only while no other run uses the directory)."""
+    if jax.process_index() == 0 and self.directory.is_dir():
       for leftover in [p for p in self.directory.iterdir() if _LEFTOVER.match(p.name)]:
         shutil.rmtree(leftover, ignore_errors=True)
 

@@ -35,10 +35,20 @@ flags.DEFINE_string("coordinator_address", None, "with --multihost: host:port of
 flags.DEFINE_integer("num_processes", None, "with --multihost: how many processes the job has (default: detected)")
 flags.DEFINE_integer("process_id", None, "with --multihost: this process's index, 0 to num_processes - 1 "
                      "(default: detected)")
+flags.DEFINE_bool("allow_config_change", False, "combinax-train: resume although the configuration differs from the "
+                  "one the newest checkpoint was trained with (e.g. more steps, another learning rate)")
+flags.DEFINE_bool("traceback", False, "show the Python traceback of an error, not only its message")
 flags.DEFINE_multi_string("prompt", [], "combinax-decode: prompt text(s); several make a batch")
-flags.DEFINE_integer("max_length", 60, "combinax-decode: tokens to generate")
-flags.DEFINE_float("temperature", 0.8, "combinax-decode: 0 is greedy")
+flags.DEFINE_integer("max_length", None, "combinax-decode: tokens to generate (default: up to the model's max_len, "
+                     "the positions it was trained for; 60 for models without one)")
+flags.DEFINE_float("temperature", 0.8, "combinax-decode: >= 0; 0 is greedy")
 flags.DEFINE_integer("top_k", 40, "combinax-decode: sample among the k likeliest tokens (0: all)")
+flags.DEFINE_float("top_p", None, "combinax-decode: sample among the likeliest tokens whose probabilities sum to "
+                   "top_p, in (0, 1] (nucleus sampling)")
+flags.DEFINE_bool("allow_longer", False, "combinax-decode: decode past the max_len the model was trained with. "
+                  "Positions beyond it were never seen in training: sinusoidal and rotary encodings give them "
+                  "values, but the model has not learned to use them, and text degrades; a learned position table "
+                  "has no rows for them at all, so it is refused even then")
 flags.DEFINE_integer("seed", 0, "combinax-decode: sampling seed")
 
 
@@ -46,7 +56,13 @@ TRAIN_HELP = """combinax-train: trains the model a gin config describes; rerunni
 
   combinax-train --config_file=configs/transformer_lm_kjv.gin --output_dir=runs/lm [--config='Trainer.steps = 100']
 
-Writes checkpoints, config.gin, operative_config.gin, metrics.jsonl and TensorBoard files to --output_dir.
+Writes checkpoints, config.gin, operative_config.gin, metrics.jsonl and TensorBoard files to --output_dir, which
+the run holds locked: a second run on it is refused, naming the first. Each checkpoint keeps the configuration it
+was trained with; rerunning with another configuration stops, naming what differs (--allow_config_change resumes
+anyway, e.g. with more steps or another learning rate).
+
+Errors print one line (exit code 2 for a bad flag or configuration, 1 for a run that cannot go on); --traceback
+shows the Python traceback too.
 
 Several hosts: run the same command on each, adding --multihost --coordinator_address=HOST0:PORT --num_processes=N
 --process_id=I (or only --multihost where JAX detects the cluster). Each process reads its own shard of the data
@@ -62,45 +78,49 @@ DECODE_HELP = """combinax-decode: samples from the language model that combinax-
 
   combinax-decode --output_dir=runs/lm --prompt="In the beginning" [--max_length=60 --temperature=0.8 --top_k=40]
 
-Builds the model and tokenizer from --output_dir/config.gin and loads the newest checkpoint's params.
+Builds the model and tokenizer from the configuration the newest checkpoint was trained with (or
+--output_dir/config.gin for runs older than that) and loads that checkpoint's params. It decodes up to the max_len
+the model was trained with (--allow_longer goes past it, where the positional encoding allows).
 """
 
 
 class ConfigError(SystemExit):
-  pass
+  """A bad flag or configuration: the command exits with its message and code 2, before anything is written."""
 
 
 def parse_config(files, bindings, skip_unknown: bool = False):
-  """Parses gin files and bindings; a bad binding or unknown configurable exits with gin's message, no traceback."""
+  """Parses gin files and bindings; a bad binding, an unknown configurable or a value of the wrong type (checked
+  against the parameter's annotation) exits with one line per problem, no traceback."""
   import combinax.train  # noqa: F401  (registers every configurable: models, layers' factories, data, optax)
   import combinax.models  # noqa: F401
   import combinax.growth  # noqa: F401
+  from combinax.configurable import binding_type_errors
   try:
     gin.parse_config_files_and_bindings(list(files), list(bindings), skip_unknown=skip_unknown)
   except (ValueError, KeyError, TypeError, IOError) as e:
     raise ConfigError(f"combinax: bad gin configuration: {e}") from None
+  errors = binding_type_errors(gin.config_str())
+  if errors:
+    raise ConfigError("combinax: bad gin configuration: " + "; ".join(errors))
 
 
 def train_main(argv):
   del argv
   if FLAGS.output_dir is None:
     raise ConfigError("combinax-train: --output_dir is required")
-  primary = start_multihost() == 0
+  start_multihost()
   parse_config(FLAGS.config_file, FLAGS.config)
   from combinax.train.trainer import train_job
-  output_dir = Path(FLAGS.output_dir)
-  if primary:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.gin").write_text(gin.config_str())
+  # Nothing is written here: the job locks --output_dir, and writes config.gin once the run is known to start (a
+  # refused rerun leaves the run directory as it was).
   try:
-    trainer = train_job()(output_dir=str(output_dir))
-  except (ValueError, TypeError) as e:
-    if "gin" in str(e).lower() or "configurable" in str(e).lower() or "REQUIRED" in str(e):
-      raise ConfigError(f"combinax-train: bad gin configuration: {e}") from None
+    trainer = train_job()(output_dir=str(Path(FLAGS.output_dir)))
+  except (ValueError, TypeError, RuntimeError) as e:
+    if "gin" in str(e).lower() or "configurable" in str(e).lower() or "required" in str(e).lower():
+      raise ConfigError(f"combinax-train: bad gin configuration: {e} (bind it in a config file or with "
+                        "--config='NAME.parameter = value')") from None
     raise
-  trainer.run()
-  if primary:
-    (output_dir / "operative_config.gin").write_text(gin.operative_config_str())
+  trainer.run(allow_config_change=FLAGS.allow_config_change)
 
 
 def start_multihost() -> int:
@@ -132,21 +152,26 @@ def decode_main(argv):
   import numpy as np
 
   from combinax import decoding
+  from combinax.layers.positional import LearnedPositionalEncoding
   from combinax.train import checkpoints
   if FLAGS.output_dir is None:
     raise ConfigError("combinax-decode: --output_dir is required")
   output_dir = Path(FLAGS.output_dir)
-  config = output_dir / "config.gin"
-  if not config.exists():
-    raise ConfigError(f"combinax-decode: {config} not found; train with combinax-train --output_dir={output_dir}")
-  parse_config([str(config)], FLAGS.config, skip_unknown=True)
+  latest = checkpoints.latest(output_dir)
+  if latest is None:
+    raise ConfigError(f"combinax-decode: no checkpoint in {output_dir}; train with combinax-train "
+                      f"--output_dir={output_dir}")
+  # The configuration the checkpoint was trained with (kept in it), not config.gin, which a later run may rewrite.
+  config = checkpoints.read_manifest(latest)["metadata"].get("run", {}).get("config")
+  if config is None:   # a checkpoint older than that
+    if not (output_dir / "config.gin").exists():
+      raise ConfigError(f"combinax-decode: {latest} records no configuration and {output_dir}/config.gin is missing")
+    config = (output_dir / "config.gin").read_text()
+  parse_config([], [config, *FLAGS.config], skip_unknown=True)
   from combinax.train import sample_setup
   model_fn, tokenizer = sample_setup()
   if tokenizer is None:
     raise ConfigError("combinax-decode: the config binds no tokenizer (sample_setup.tokenizer)")
-  latest = checkpoints.latest(output_dir)
-  if latest is None:
-    raise ConfigError(f"combinax-decode: no checkpoint in {output_dir}")
   prompts = FLAGS.prompt or [""]
   eos = getattr(tokenizer, "eos_id", None)
   # Training texts follow an EOS in the packed stream, so a prompt starts after one too.
@@ -155,23 +180,57 @@ def decode_main(argv):
   prompt = np.zeros((len(encoded), width), np.int32)
   for i, ids in enumerate(encoded):
     prompt[i, :len(ids)] = ids
-  total = width + FLAGS.max_length
   train_model = model_fn(mode="eval")
+  max_length = _max_length(train_model, width, LearnedPositionalEncoding)
+  total = width + max_length
   # A KV cache holds max_len positions: just enough for this run. Models without one (RNNs) take no max_len.
   parameters = inspect.signature(model_fn).parameters
   takes_max_len = "max_len" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
   decoder = model_fn(mode="predict", **({"max_len": total} if takes_max_len else {}))
   template = jax.eval_shape(lambda: train_model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 1), jnp.int32))[0])
   params, _ = checkpoints.restore(latest, template, prefix="params")
-  out = decoding.autoregressive_sample(decoder, params, prompt, max_length=FLAGS.max_length,
-                                       temperature=FLAGS.temperature, top_k=FLAGS.top_k or None,
-                                       eos_id=eos, rng=jax.random.key(FLAGS.seed),
-                                       prompt_lengths=[len(e) for e in encoded])
+  try:
+    out = decoding.autoregressive_sample(decoder, params, prompt, max_length=max_length,
+                                         temperature=FLAGS.temperature, top_k=FLAGS.top_k or None,
+                                         top_p=FLAGS.top_p, eos_id=eos, rng=jax.random.key(FLAGS.seed),
+                                         prompt_lengths=[len(e) for e in encoded])
+  except ValueError as e:   # a sampling setting out of range (each flag is named)
+    raise ConfigError(f"combinax-decode: {e}") from None
   for given, ids in zip(encoded, np.asarray(out)):
     ids = [int(i) for i in ids if i != 0]
     if eos in ids:
       ids = ids[:ids.index(eos)]
     print(tokenizer.decode(np.asarray([i for i in given if i != eos] + ids, np.int32)))
+
+
+def _max_length(train_model, prompt_width: int, learned_positions: type) -> int:
+  """--max_length, checked against the positions the model was trained for (its layers' `max_len`): by default as
+  many tokens as fit after the prompt; beyond them only with --allow_longer, and never with a learned table."""
+  from combinax.decoding import _check_sampling, _layers
+  layers = list(_layers(train_model))
+  trained = min((layer.max_len for layer in layers if isinstance(getattr(layer, "max_len", None), int)), default=None)
+  requested = FLAGS.max_length
+  if requested is None:
+    requested = 60 if trained is None else trained - prompt_width
+    if requested < 1:
+      raise ConfigError(f"combinax-decode: the prompt takes {prompt_width} of the {trained} positions the model was "
+                        "trained for, which leaves none to generate; shorten it")
+  try:
+    _check_sampling(requested, FLAGS.temperature, FLAGS.top_k or None, FLAGS.top_p)
+  except ValueError as e:
+    raise ConfigError(f"combinax-decode: {e}") from None
+  if trained is None or prompt_width + requested <= trained:
+    return requested
+  why = (f"combinax-decode: the prompt ({prompt_width} tokens) + --max_length={requested} needs "
+         f"{prompt_width + requested} positions, but the model was trained with max_len={trained}")
+  if any(isinstance(layer, learned_positions) for layer in layers):
+    raise ConfigError(f"{why}, and its learned position table has no rows past {trained}: give --max_length <= "
+                      f"{trained - prompt_width}")
+  if not FLAGS.allow_longer:
+    raise ConfigError(f"{why}. Positions past {trained} were never seen in training (its positional encoding gives "
+                      "them values, but the model has not learned to use them, and text degrades): give "
+                      f"--max_length <= {trained - prompt_width}, or --allow_longer to decode past it anyway")
+  return requested
 
 
 def _shown_help(help_text: str) -> bool:
@@ -183,8 +242,22 @@ def _shown_help(help_text: str) -> bool:
   return True
 
 
-def _run(main):
-  """Runs `main` under absl, JAX's startup notes kept quiet; a ConfigError exits with its message (code 2)."""
+def _known_error(error: Exception) -> bool:
+  """True for the errors combinax raises to explain why a run cannot go on: their message is the whole story."""
+  from combinax.data.base import DataError
+  from combinax.growth.operator import GrowthError
+  from combinax.layers.base import LayerError
+  from combinax.pretrained.families import PretrainedError
+  from combinax.train.checkpoints import CheckpointError
+  from combinax.train.rundir import RunDirectoryError
+  from combinax.train.trainer import TrainingError
+  return isinstance(error, (DataError, GrowthError, LayerError, PretrainedError, CheckpointError, RunDirectoryError,
+                            TrainingError, OSError))
+
+
+def _run(main, program: str):
+  """Runs `main` under absl, JAX's startup notes kept quiet. A ConfigError exits with its message (code 2); an
+  error combinax raised to say why the run cannot go on prints its message alone (code 1), unless --traceback."""
   # "Unable to initialize backend 'tpu'" and its like are INFO lines of JAX's backend discovery, not ours.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
@@ -194,7 +267,14 @@ def _run(main):
     if not FLAGS["verbosity"].present:
       from absl import logging as absl_logging
       absl_logging.set_verbosity(absl_logging.WARNING)
-    return main(argv)
+    try:
+      return main(argv)
+    except Exception as e:
+      if FLAGS.traceback or not _known_error(e):
+        raise
+      message = " ".join(str(e).split("\n"))
+      print(f"{program}: {type(e).__name__}: {message}", file=sys.stderr, flush=True)
+      sys.exit(1)
 
   try:
     app.run(quiet_main)
@@ -236,10 +316,10 @@ def train():
           file=sys.stderr, flush=True)
     os.execve(sys.executable, [sys.executable, "-c", "from combinax.train.cli import train; train()",
                                *sys.argv[1:]], environment)
-  _run(train_main)
+  _run(train_main, "combinax-train")
 
 
 def decode():
   """Entry point of `combinax-decode`."""
   if not _shown_help(DECODE_HELP):
-    _run(decode_main)
+    _run(decode_main, "combinax-decode")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 import sys
 import time
 import zlib
 from pathlib import Path
+
+from combinax.train.rundir import write_atomically
 
 
 class RunLogger:
@@ -79,9 +80,7 @@ def _keep_records_up_to(path: Path, step: int):
   kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
   if len(kept) == len(lines):
     return
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text("".join(kept))
-  os.replace(tmp, path)
+  write_atomically(path, "".join(kept))
 
 
 class QuietLogger:

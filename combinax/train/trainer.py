@@ -8,6 +8,7 @@ checkpoint. It checks for a non-finite loss only when it logs or saves (no host 
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from pathlib import Path
 from typing import Callable, Iterable
@@ -21,8 +22,8 @@ import optax
 from combinax import data as cx_data
 from combinax import layers as cl
 from combinax.layers.base import Layer
-from combinax.paths import matches
-from combinax.train import checkpoints, regularization, schedules, sharding
+from combinax.paths import leaves_with_paths, matches
+from combinax.train import checkpoints, regularization, rundir, schedules, sharding
 from combinax.train.logging import QuietLogger, RunLogger, plot_loss_curve
 from combinax.train.step import TrainState, TrainStep, frozen_mask, loss_inputs, split_batch
 
@@ -37,8 +38,6 @@ class TrainingError(RuntimeError):
 
 def _scale_by_pattern(multipliers: dict[str, float]) -> optax.GradientTransformation:
   """Multiplies the updates of parameters whose path matches a pattern (first match wins) by its factor."""
-  from combinax.paths import leaves_with_paths
-
   def factors(tree):
     flat = leaves_with_paths(tree)
     values = [next((f for pattern, f in multipliers.items() if matches(path, pattern)), 1.0) for path, _ in flat]
@@ -151,8 +150,10 @@ class Trainer:
     self.steps, self.seed, self.log_every = int(steps), int(seed), int(log_every)
     self.checkpoint_every, self.init_checkpoint = int(checkpoint_every), init_checkpoint
     self.best_metric, self.patience, self.progress = best_metric, early_stopping_patience, progress
-    self.manager = checkpoints.CheckpointManager(self.output_dir, keep_checkpoints,
-                                                 best_metric=best_metric, mode=best_mode)
+    # (Leftovers of killed saves are cleared in `run`, holding the directory's lock: not here, where another run
+    # may be writing.)
+    self.manager = checkpoints.CheckpointManager(self.output_dir, keep_checkpoints, best_metric=best_metric,
+                                                 mode=best_mode, clean_up=False)
     rules = {"replicated": [], "fsdp": sharding.fsdp_rules(), "tensor": sharding.tensor_parallel_rules()}
     self.rules = ((sharding.pipeline_rules() if pipeline else []) +
                   (rules[sharding_rules] if isinstance(sharding_rules, str) else list(sharding_rules)))
@@ -181,11 +182,41 @@ class Trainer:
                         fuse_loss=self.task.fuse_loss)
     return step_fn, step_fn.init(jax.random.key(self.seed), signature)
 
-  def _restore(self, stream, fresh: TrainState) -> tuple[TrainState, list, list]:
+  def _record(self, fresh: TrainState) -> dict:
+    """What this run is, saved in every checkpoint: the gin configuration it was given, the model as `str` shows it,
+    and a fingerprint of the model and its params' structure (paths, shapes, dtypes)."""
+    structure = [(path, leaf.shape, str(leaf.dtype)) for path, leaf in leaves_with_paths(fresh.params)]
+    model = str(self.model)
+    fingerprint = hashlib.sha256(repr((model, structure)).encode()).hexdigest()
+    return {"config": gin.config_str(), "model": model, "model_fingerprint": fingerprint}
+
+  def _check_same_run(self, checkpoint: Path, saved: dict | None, record: dict, allow_change: bool) -> list[str]:
+    """Notes for the log when the run resumed from `checkpoint` is configured as it was; a `TrainingError` naming
+    what differs otherwise, unless `allow_change`."""
+    if not saved:   # saved before checkpoints recorded their run (combinax 0.1, 0.2)
+      return [f"{checkpoint.name} records no configuration: resuming without comparing it with this one"]
+    changes = rundir.config_differences(saved["config"], record["config"])
+    if saved["model_fingerprint"] != record["model_fingerprint"]:
+      changes.append("the model: " + "; ".join(rundir.model_differences(saved["model"], record["model"])
+                                               or ["the same text, other params"]))
+    if not changes:
+      return []
+    if allow_change:
+      return [f"resuming {checkpoint.name} with a changed configuration (allowed): " + "; ".join(changes)]
+    raise TrainingError(
+        f"{self.output_dir}: this configuration differs from the one {checkpoint.name} was trained with: "
+        + "; ".join(changes) + ". Nothing was changed in the run directory. Rerun with the configuration it was "
+        "trained with (kept in each checkpoint, and in config.gin), or allow the change deliberately "
+        "(combinax-train --allow_config_change, or Trainer.run(allow_config_change=True)), or use another "
+        "--output_dir")
+
+  def _restore(self, stream, fresh: TrainState, record: dict,
+               allow_change: bool) -> tuple[TrainState, list, list]:
     """(the state to start from, the best-metric history so far, notes for the log): the newest checkpoint in
     `output_dir` that loads whole (with the stream put back at its position), else `init_checkpoint`'s params, else
     `fresh`. A damaged checkpoint is set aside as `step_XXXXXXXX.damaged` and the one before it is tried; when every
-    checkpoint is damaged, the run stops rather than start again over them."""
+    checkpoint is damaged, the run stops rather than start again over them. A checkpoint of another configuration
+    stops the run (`_check_same_run`)."""
     notes, damaged = [], []
     for checkpoint in reversed(self.manager.checkpoints()):
       error = None
@@ -204,6 +235,7 @@ class Trainer:
         damaged.append(f"{checkpoint.name}: {error}")
         notes.append(f"checkpoint {checkpoint.name} cannot be used, set aside as {aside.name}: {error}")
         continue
+      notes += self._check_same_run(checkpoint, metadata.get("run"), record, allow_change)
       if host is not None and "data" in host:
         stream.set_state(cx_data.loads_state(host["data"]))
       else:   # saved by another number of hosts: each host's shard of the data is another one now
@@ -238,14 +270,15 @@ class Trainer:
       raise TrainingError(f"step {bad + 1}: the loss or the gradients are not finite (NaN/inf); the run stopped "
                           f"there. The last good checkpoint is {latest or 'none (no checkpoint was saved)'}.")
 
-  def _save(self, train_state: TrainState, stream, metrics: dict, best_history: list):
+  def _save(self, train_state: TrainState, stream, metrics: dict, best_history: list, record: dict):
     """Starts an asynchronous save (the files are written while training goes on); each host keeps its own data
-    position."""
+    position, and the checkpoint keeps the run's configuration (`_record`)."""
     self._check_finite(train_state)
-    self.manager.save(int(train_state.step), train_state, {"metrics": metrics, "best_history": best_history},
+    self.manager.save(int(train_state.step), train_state,
+                      {"metrics": metrics, "best_history": best_history, "run": record},
                       host_metadata={"data": cx_data.dumps_state(stream.get_state())})
     if jax.process_index() == 0:
-      (self.output_dir / "operative_config.gin").write_text(gin.operative_config_str())
+      rundir.write_atomically(self.output_dir / "operative_config.gin", gin.operative_config_str())
 
   def _eval_metrics(self, params, model_state, batch) -> dict:
     """Each metric of the eval task on one batch (jitted once, in `__init__`)."""
@@ -269,15 +302,27 @@ class Trainer:
       raise TrainingError("EvalTask: its data produced no batch")
     return {k: v / count for k, v in totals.items()}
 
-  def run(self) -> TrainState:
+  def run(self, *, allow_config_change: bool = False) -> TrainState:
     """Trains until `steps` updates; returns the final train state. On several processes (`jax.distributed`), every
-    process runs this; process 0 alone writes logs, metrics and TensorBoard files."""
+    process runs this; process 0 alone writes logs, metrics and TensorBoard files.
+
+    The run holds `output_dir`'s lock throughout (another run there is refused, naming this one). A resumed run
+    whose gin configuration or model differs from its checkpoint's stops, naming the difference, unless
+    `allow_config_change` (e.g. more steps, another learning rate)."""
+    with rundir.locked(self.output_dir):
+      self.manager.clear_leftovers()
+      if jax.process_index() == 0:
+        rundir.clear_leftovers(self.output_dir)
+      return self._run(allow_config_change)
+
+  def _run(self, allow_config_change: bool) -> TrainState:
     primary = jax.process_index() == 0
-    if primary:
-      self.output_dir.mkdir(parents=True, exist_ok=True)
     stream = self.task.data()
     step_fn, fresh = self._build(stream)
-    train_state, best_history, notes = self._restore(stream, fresh)
+    record = self._record(fresh)
+    train_state, best_history, notes = self._restore(stream, fresh, record, allow_config_change)
+    if primary:   # the run is known to start: its configuration replaces the last one (each checkpoint keeps its own)
+      rundir.write_atomically(self.output_dir / "config.gin", record["config"])
     start = int(train_state.step)
     logger = RunLogger(self.output_dir, self.steps, start, progress=self.progress) if primary else QuietLogger()
     if start:
@@ -301,7 +346,7 @@ class Trainer:
             best_history.append(eval_metrics[self.best_metric])
         stop = self._should_stop_early(best_history)
         if stop or step % self.checkpoint_every == 0 or step == self.steps:
-          self._save(train_state, stream, eval_metrics, best_history)
+          self._save(train_state, stream, eval_metrics, best_history, record)
         if stop:
           logger.message(f"early stopping at step {step}: {self.best_metric} has not improved for "
                          f"{self.patience} evaluations")

@@ -1,0 +1,154 @@
+"""The run directory as a unit: one run at a time writes it (`locked`), and its files are replaced whole
+(`write_atomically`).
+
+Two `combinax-train` processes on one `--output_dir` would delete each other's checkpoints and interleave their
+logs, so a run holds an exclusive lock on `<output_dir>/.lock` for as long as it runs. The lock is `flock`: the
+kernel releases it when the holder exits, however it exits (SIGKILL included), so a stale lock never blocks a
+rerun. The file names its holder (pid, host, command), which is what the refused run reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+LOCK_FILE = ".lock"
+
+# directory -> [open lock file, depth]: a process that holds a directory's lock may take it again (the Trainers of a
+# GrowthRun inside its own locked directory, a Trainer run twice), because flock would refuse a second descriptor.
+_held: dict[Path, list] = {}
+
+
+class RunDirectoryError(RuntimeError):
+  """The output directory cannot be used: another run holds it, or it cannot be created or written."""
+
+
+def prepare(directory: str | os.PathLike) -> Path:
+  """Creates `directory` (and its parents), or says in one line why it cannot."""
+  directory = Path(directory)
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    if not os.access(directory, os.W_OK | os.X_OK):
+      raise PermissionError(f"[Errno 13] Permission denied: '{directory}'")
+  except FileExistsError:
+    raise RunDirectoryError(f"output directory {directory}: a file of that name is there, not a directory") from None
+  except OSError as e:
+    raise RunDirectoryError(f"output directory {directory} cannot be created or written: {e}") from None
+  return directory
+
+
+@contextlib.contextmanager
+def locked(directory: str | os.PathLike):
+  """Holds `directory`'s run lock for the `with` block; a `RunDirectoryError` names the holder if another process
+  has it. On several processes, process 0 takes the lock and all of them stop if it could not."""
+  directory = prepare(directory).resolve()
+  if directory in _held:
+    _held[directory][1] += 1
+    try:
+      yield directory
+    finally:
+      _held[directory][1] -= 1
+    return
+  error, handle = None, None
+  if jax.process_index() == 0:
+    try:
+      handle = _acquire(directory)
+    except RunDirectoryError as e:
+      error = e
+  from combinax.train import checkpoints   # (imports Orbax lazily; this module stays light)
+  if not checkpoints.all_processes_agree(error is None):
+    if handle is not None:
+      handle.close()
+    raise error or RunDirectoryError(f"output directory {directory}: process 0 found it held by another run")
+  _held[directory] = [handle, 1]
+  try:
+    yield directory
+  finally:
+    del _held[directory]
+    if handle is not None:
+      handle.close()   # closing the descriptor releases the lock
+
+
+def _acquire(directory: Path):
+  path = directory / LOCK_FILE
+  try:
+    handle = open(path, "a+")
+  except OSError as e:
+    raise RunDirectoryError(f"output directory {directory}: cannot open its lock file {path.name}: {e}") from None
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.seek(0)
+    holder = _describe(handle.read())
+    handle.close()
+    raise RunDirectoryError(f"output directory {directory} is in use by another run ({holder}); wait for it to "
+                            "finish or stop it, or give another --output_dir") from None
+  handle.seek(0)
+  handle.truncate()
+  handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}) + "\n")
+  handle.flush()
+  return handle
+
+
+def _describe(text: str) -> str:
+  try:
+    holder = json.loads(text)
+    return f"pid {holder['pid']} on host {holder['host']}, since {holder['since']}: {holder['command']}"
+  except (ValueError, KeyError, TypeError):   # the holder has not written its name yet
+    return "a process that has just started"
+
+
+def clear_leftovers(directory: str | os.PathLike):
+  """Removes the temporary files of `write_atomically` calls that a kill interrupted (call it holding the lock)."""
+  for leftover in Path(directory).glob(".*.tmp-*"):
+    if leftover.is_file():
+      leftover.unlink(missing_ok=True)
+
+
+def write_atomically(path: str | os.PathLike, text: str):
+  """Writes `text` to `path` through a temporary file renamed over it: a reader sees the old file or the new one."""
+  path = Path(path)
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+# --- What a run was trained with ------------------------------------------------------------------------------
+
+
+def bindings(config: str) -> dict[str, str]:
+  """`gin.config_str()`'s text as {binding: value}, each value's whitespace normalised (a binding's value may span
+  several lines: they start with a space or a closing bracket)."""
+  found, key = {}, None
+  for line in config.splitlines():
+    if not line.strip() or line.startswith("#"):
+      continue
+    if line[0] in " \t)]}" and key is not None:
+      found[key] += " " + line.strip()
+      continue
+    key, _, value = line.partition(" = ")
+    found[key.strip()] = value.strip()
+  return {k: " ".join(v.split()) for k, v in found.items()}
+
+
+def config_differences(saved: str, now: str) -> list[str]:
+  """One line per binding that differs between two gin configurations: `name: <saved> -> <now>`."""
+  before, after = bindings(saved), bindings(now)
+  return [f"{key}: {before.get(key, '(unset)')} -> {after.get(key, '(unset)')}"
+          for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+
+
+def model_differences(saved: str, now: str, limit: int = 6) -> list[str]:
+  """The lines of `str(model)` that differ (at most `limit` of each side), as `- saved` / `+ now`."""
+  import difflib
+  changed = [line for line in difflib.ndiff(saved.splitlines(), now.splitlines()) if line[:2] in ("- ", "+ ")]
+  return [" ".join(line.split()) for line in changed[:2 * limit]]
