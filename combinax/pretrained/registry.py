@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -120,6 +121,10 @@ def import_to_cache(name: str) -> Path:
   folder = cache_path(name)
   folder.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+  # mkdtemp makes it private (0700); the cache is an ordinary folder, readable as the user's umask allows.
+  mask = os.umask(0)
+  os.umask(mask)
+  tmp.chmod(0o777 & ~mask)
   try:
     metadata = {"name": name, "family": info(name).family, "config": imported.config,
                 "source": f"{info(name).package}=={info(name).version}", "tokenizer": type(imported.tokenizer).__name__}

@@ -77,10 +77,20 @@ def _keep_records_up_to(path: Path, step: int):
   if not path.exists():
     return
   lines = path.read_text().splitlines(keepends=True)
-  kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+  kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
   if len(kept) == len(lines):
     return
   write_atomically(path, "".join(kept))
+
+
+def _step_of(line: str) -> int | None:
+  """The step of one `metrics.jsonl` record, or None for a line a kill cut short (it is dropped, never parsed)."""
+  if not line.endswith("\n"):
+    return None
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 class QuietLogger:

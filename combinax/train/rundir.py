@@ -151,4 +151,4 @@ def model_differences(saved: str, now: str, limit: int = 6) -> list[str]:
   """The lines of `str(model)` that differ (at most `limit` of each side), as `- saved` / `+ now`."""
   import difflib
   changed = [line for line in difflib.ndiff(saved.splitlines(), now.splitlines()) if line[:2] in ("- ", "+ ")]
-  return [" ".join(line.split()) for line in changed[:2 * limit]]
+  return [" ".join(line.split()).rstrip(" [") for line in changed[:2 * limit]]

@@ -125,3 +125,16 @@ def test_a_new_head_is_the_only_thing_initialised(pretrained_cache):
   assert sorted(set(cx.paths(params)) - set(cx.paths(body))) == ["classifier/bias", "classifier/kernel"]
   for path, value in checkpoints.read_arrays(cx.pretrained.checkpoint("all-minilm-l6-v2"), prefix="params").items():
     np.testing.assert_array_equal(_get(params, path), value)
+
+
+def test_the_cache_folder_is_as_readable_as_the_users_umask_allows_not_private(imported_cache):
+  # (mkdtemp makes 0700 folders; the import renames one into place)
+  folder = imported_cache / "pretrained" / NAME
+  assert folder.stat().st_mode & 0o777 == 0o777 & ~_umask()
+
+
+def _umask() -> int:
+  import os
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask

@@ -2,6 +2,7 @@
 asynchronous saves, keep-last-N and best, and damage of every kind detected rather than loaded."""
 
 import json
+import os
 import threading
 
 import jax
@@ -154,6 +155,16 @@ def test_leftovers_of_killed_saves_are_never_checkpoints_and_are_cleared(tmp_pat
   assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000001"]
   ckpt.CheckpointManager(tmp_path)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001", "step_00000003"]
+
+
+def test_checkpoint_folders_are_as_readable_as_the_users_umask_allows_not_private(tmp_path):
+  mask = os.umask(0o022)
+  try:
+    saved = ckpt.save(tmp_path, 1, tree(1))
+  finally:
+    os.umask(mask)
+  folders = [saved, *[p for p in saved.rglob("*") if p.is_dir()]]
+  assert {oct(p.stat().st_mode & 0o777) for p in folders} == {"0o755"}
 
 
 def test_asynchronous_saves_return_before_the_write_and_commit_on_wait(tmp_path, monkeypatch):
