@@ -20,6 +20,8 @@ import json
 import pathlib
 import zlib
 
+from combinax.data.base import DataError
+
 DIRECTORY = pathlib.Path(__file__).resolve().parent / "corpora"
 REBUILD = ("rebuild it from a combinax source checkout with `python tools/build_corpora.py` "
            "(see combinax/data/corpora/DATA.md)")
@@ -93,7 +95,7 @@ def names() -> list[str]:
 
 def _check_name(name):
   if name not in _CORPORA:
-    raise ValueError(f"unknown corpus {name!r}; the shipped corpora are {names()}")
+    raise DataError(f"unknown corpus {name!r}; the shipped corpora are {names()}")
   return _CORPORA[name]
 
 
@@ -116,7 +118,7 @@ def load(name: str, split: str = "train") -> list[dict]:
   """
   _check_name(name)
   if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r} of corpus {name!r}; its splits are {list(SPLITS)}")
+    raise DataError(f"unknown split {split!r} of corpus {name!r}; its splits are {list(SPLITS)}")
   return [dict(example) for example in _read(name)[split]]
 
 
@@ -139,7 +141,7 @@ def _read(name):
       example = json.loads(line)
       split = example.pop("split", None)
       if split not in splits or set(example) != fields:
-        raise ValueError(f"line {number} has split {split!r} and fields {sorted(example)}, "
+        raise DataError(f"line {number} has split {split!r} and fields {sorted(example)}, "
                          f"expected one of {list(SPLITS)} and {sorted(fields)}")
       splits[split].append(example)
   except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as e:

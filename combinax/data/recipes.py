@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from combinax.data.base import Serial
+from combinax.data.base import DataError, Serial
 from combinax.data.batching import Batch, BucketByLength
 from combinax.data.lm import PackLM
 from combinax.data.sources import Corpus
@@ -59,7 +59,7 @@ def translation_pipeline(corpus: str = "bible_en_es", split: str = "train", sour
   length (a batch size per boundary; the last boundary >= `max_length`), both sides cut to `max_length` tokens (an
   EOS ends every uncut text)."""
   if max(boundaries) < max_length:
-    raise ValueError(f"translation_pipeline: the last boundary {max(boundaries)} must be >= max_length {max_length}")
+    raise DataError(f"translation_pipeline: the last boundary {max(boundaries)} must be >= max_length {max_length}")
   tokenizer = tokenizer or tokenizer_for(corpus)
   return Serial(
       Corpus(corpus, keys=(source_key, target_key), split=split, shuffle=True, seed=seed, repeat=repeat),

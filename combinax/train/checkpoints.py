@@ -319,7 +319,7 @@ def _read_arrays(checkpoint: Path, items: list) -> dict:
   nested = _nest(abstract)
   error = None
   try:
-    restored = ocp.Checkpointer(_handler()).restore(checkpoint, args=ocp.args.Composite(**{
+    restored = ocp.Checkpointer(_handler()).restore(checkpoint.absolute(), args=ocp.args.Composite(**{
         _STATE: ocp.args.PyTreeRestore(item=nested, restore_args=ocp.checkpoint_utils.construct_restore_args(nested),
                                        partial_restore=True)}))[_STATE]
     arrays = [_lookup(restored, path) for path, _, _ in items]
@@ -418,7 +418,8 @@ class CheckpointManager:
         _remove(final)
       _barrier(f"resave-{final.name}")
     self.directory.mkdir(parents=True, exist_ok=True)
-    self._checkpointer.save(final, args=_save_args(step, tree, metadata, host_metadata))
+    # (Orbax takes absolute paths only; `--output_dir=runs/lm` is relative)
+    self._checkpointer.save(final.absolute(), args=_save_args(step, tree, metadata, host_metadata))
     self._pending = final
     if not self.asynchronous:
       self.wait()
@@ -458,6 +459,12 @@ class CheckpointManager:
 
   def checkpoints(self) -> list[Path]:
     return list_checkpoints(self.directory)
+
+  def incomplete(self) -> list[Path]:
+    """Checkpoint directories without a manifest: never written so by a save (Orbax commits whole, by a rename),
+    so something removed it; they are not checkpoints, and `set_aside` moves them out of the way."""
+    listed = set(self.checkpoints())
+    return sorted(p for p in self.directory.glob("step_*") if p.is_dir() and _NAME.match(p.name) and p not in listed)
 
   def latest(self) -> Path | None:
     return latest(self.directory)

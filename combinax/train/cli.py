@@ -98,7 +98,10 @@ def parse_config(files, bindings, skip_unknown: bool = False):
   try:
     gin.parse_config_files_and_bindings(list(files), list(bindings), skip_unknown=skip_unknown)
   except (ValueError, KeyError, TypeError, IOError) as e:
-    raise ConfigError(f"combinax: bad gin configuration: {e}") from None
+    # gin adds where the binding is on lines of their own (and a caret under it): one line says it all
+    first, *where = [line.strip() for line in str(e).strip("'\"").splitlines() if line.strip().strip("^")]
+    raise ConfigError(f"combinax: bad gin configuration: {first}" + (f" ({': '.join(where)})" if where else "")) \
+        from None
   errors = binding_type_errors(gin.config_str())
   if errors:
     raise ConfigError("combinax: bad gin configuration: " + "; ".join(errors))
@@ -117,7 +120,7 @@ def train_main(argv):
     trainer = train_job()(output_dir=str(Path(FLAGS.output_dir)))
   except (ValueError, TypeError, RuntimeError) as e:
     if "gin" in str(e).lower() or "configurable" in str(e).lower() or "required" in str(e).lower():
-      raise ConfigError(f"combinax-train: bad gin configuration: {e} (bind it in a config file or with "
+      raise ConfigError(f"combinax-train: bad gin configuration: {e} (bind each in a config file or with "
                         "--config='NAME.parameter = value')") from None
     raise
   trainer.run(allow_config_change=FLAGS.allow_config_change)

@@ -32,6 +32,15 @@ def _is_checkpoint(path: Path) -> bool:
   return path in checkpoints.list_checkpoints(path.parent)
 
 
+def _differences(saved: dict, record: dict) -> list[str]:
+  """What differs between the run a checkpoint records and this one (`Trainer._record`): gin bindings, the model."""
+  changes = rundir.config_differences(saved["config"], record["config"])
+  if saved["model_fingerprint"] != record["model_fingerprint"]:
+    changes.append("the model: " + "; ".join(rundir.model_differences(saved["model"], record["model"])
+                                             or ["the same text, other params"]))
+  return changes
+
+
 class TrainingError(RuntimeError):
   """The run cannot go on (e.g. a non-finite loss); the message names the step and the last good checkpoint."""
 
@@ -195,10 +204,7 @@ class Trainer:
     what differs otherwise, unless `allow_change`."""
     if not saved:   # saved before checkpoints recorded their run (combinax 0.1, 0.2)
       return [f"{checkpoint.name} records no configuration: resuming without comparing it with this one"]
-    changes = rundir.config_differences(saved["config"], record["config"])
-    if saved["model_fingerprint"] != record["model_fingerprint"]:
-      changes.append("the model: " + "; ".join(rundir.model_differences(saved["model"], record["model"])
-                                               or ["the same text, other params"]))
+    changes = _differences(saved, record)
     if not changes:
       return []
     if allow_change:
@@ -218,14 +224,20 @@ class Trainer:
     checkpoint is damaged, the run stops rather than start again over them. A checkpoint of another configuration
     stops the run (`_check_same_run`)."""
     notes, damaged = [], []
+    for checkpoint in self.manager.incomplete():
+      aside = self.manager.set_aside(checkpoint)
+      notes.append(f"checkpoint {checkpoint.name} cannot be used, set aside as {aside.name}: its manifest is missing")
     for checkpoint in reversed(self.manager.checkpoints()):
       error = None
       try:
         state, metadata = checkpoints.restore(checkpoint, fresh)
         host = checkpoints.read_host_metadata(checkpoint)
       except checkpoints.CheckpointMismatchError as e:   # not damage: another model's run (same on all processes)
-        raise TrainingError(f"{e}. {self.output_dir} holds a run of another model or optimizer: train this one in "
-                            "a new --output_dir, or resume with the configuration that run was trained with") from None
+        saved = checkpoints.read_manifest(checkpoint)["metadata"].get("run")
+        changes = f" (what differs: {'; '.join(_differences(saved, record))})" if saved else ""
+        raise TrainingError(f"{e}. {self.output_dir} holds a run of another model or optimizer{changes}: train this "
+                            "one in a new --output_dir, or resume with the configuration that run was trained "
+                            "with") from None
       except checkpoints.CheckpointError as e:
         error = e
       # Every process takes the same decision, even when only one of them found its own part damaged.

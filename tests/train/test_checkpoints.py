@@ -41,6 +41,14 @@ def test_round_trip_with_keys_and_metadata(tmp_path):
   assert restored["params"]["b"].dtype == jnp.int32
 
 
+def test_a_relative_directory_saves_and_restores(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)   # (`--output_dir=runs/lm`; Orbax itself takes absolute paths only)
+  path = ckpt.save("runs/lm", 3, tree(3))
+  assert path == ckpt.latest("runs/lm") and not path.is_absolute()
+  restored, _ = ckpt.restore(path, tree(0))
+  np.testing.assert_array_equal(restored["params"]["w"], tree(3)["params"]["w"])
+
+
 def test_the_stored_tree_reads_as_the_params_paths(tmp_path):
   path = ckpt.save(tmp_path, 1, tree())
   stored = json.loads((path / "state" / "_METADATA").read_text())["tree_metadata"]
