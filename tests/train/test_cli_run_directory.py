@@ -3,69 +3,21 @@ two runs on one directory, a refused rerun that leaves the run usable, damaged c
 errors that print one line and an exit code instead of a traceback."""
 
 import json
-import os
+import shutil
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from combinax.train import checkpoints
-
-ROOT = Path(__file__).resolve().parents[2]
-# configs/transformer_lm_kjv.gin shrunk: a character vocabulary (65 ids), d_model 16, one layer, 15 steps.
-TINY = f"""include '{ROOT}/configs/transformer_lm_kjv.gin'
-corpus_tokenizer.kind = 'char'
-VOCAB = 65
-TransformerLM.d_model = 16
-TransformerLM.d_ff = 32
-TransformerLM.n_layers = 1
-TransformerLM.n_heads = 2
-TransformerLM.max_len = 16
-train/lm_pipeline.length = 16
-train/lm_pipeline.batch_size = 8
-eval/lm_pipeline.length = 16
-eval/lm_pipeline.batch_size = 8
-EvalTask.n_batches = 1
-EvalTask.eval_every = 15
-Trainer.steps = 15
-Trainer.log_every = 5
-Trainer.checkpoint_every = 5
-"""
+from tiny_run import command, final_params, make_workspace, records, run, tiny_config, train
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-  """A folder with tiny.gin, and the environment the commands run in (its own cache, 2 CPU devices)."""
-  folder = tmp_path_factory.mktemp("cli_runs")
-  (folder / "tiny.gin").write_text(TINY)
-  environ = {**os.environ, "COMBINAX_CACHE": str(folder / "cache"), "COMBINAX_HUGE_PAGES": "0",
-             "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  return folder, environ
-
-
-def command(program: str, *args, workspace, **popen):
-  folder, environ = workspace
-  argv = [sys.executable, "-c", f"from combinax.train.cli import {program}; {program}()", *args]
-  return subprocess.Popen(argv, cwd=folder, env=environ, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, **popen)
-
-
-def run(program: str, *args, workspace) -> subprocess.CompletedProcess:
-  child = command(program, *args, workspace=workspace)
-  out, err = child.communicate(timeout=300)
-  return subprocess.CompletedProcess(child.args, child.returncode, out, err)
-
-
-def train(output: str, *args, workspace):
-  return run("train", "--config_file=tiny.gin", f"--output_dir={output}", *args, workspace=workspace)
-
-
-def final_params(folder: Path) -> dict:
-  return checkpoints.read_arrays(checkpoints.latest(folder), prefix="params")
+  return make_workspace(tmp_path_factory.mktemp("cli_runs"), tiny_config())
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +61,6 @@ def test_a_refused_rerun_changes_nothing_and_combinax_decode_still_works(straigh
 
 
 def test_a_deliberate_change_is_allowed_with_a_flag(straight, workspace, tmp_path):
-  import shutil
   shutil.copytree(straight, tmp_path / "more")
   longer = train(tmp_path / "more", "--config=Trainer.steps = 20", "--allow_config_change", workspace=workspace)
   assert longer.returncode == 0, longer.stderr
@@ -159,7 +110,6 @@ def edit_the_metrics_in_the_manifest(checkpoint: Path):
                          ids=lambda f: f.__name__)
 def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_ends_equal_to_an_uninterrupted_one(
     damage, straight, workspace, tmp_path):
-  import shutil
   shutil.copytree(straight, tmp_path / "run")
   newest = checkpoints.latest(tmp_path / "run")
   damage(newest)
@@ -172,8 +122,6 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_ends_equal_to_an_uni
   assert expected.keys() == got.keys()
   for path in expected:
     np.testing.assert_array_equal(got[path], expected[path], err_msg=path)
-  records = lambda folder: [{k: v for k, v in json.loads(line).items() if k != "steps_per_sec"}
-                            for line in (folder / "metrics.jsonl").read_text().splitlines()]
   assert records(tmp_path / "run") == records(straight)
 
 
