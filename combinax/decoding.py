@@ -45,7 +45,7 @@ def _check_model(model: Layer, n_positions: int, inputs):
                        f"but {layer.name} has max_len={layer.max_len}")
 
 
-def _check_sampling(max_length, temperature, top_k, top_p):
+def check_sampling(max_length, temperature, top_k, top_p):
   """Each sampling setting in its range, or a ValueError naming it, what it must be and what it was."""
   problems = []
   if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
@@ -125,7 +125,7 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
     temperature, top_k, top_p: sampling (temperature 0 is greedy); eos_id: where a sequence ends.
     rng: needed unless greedy. inputs: the encoder's inputs for an encoder-decoder.
   """
-  _check_sampling(max_length, temperature, top_k, top_p)
+  check_sampling(max_length, temperature, top_k, top_p)
   prompt = _as_prompt(prompt, inputs, batch_size)
   batch, width = prompt.shape
   lengths = np.full((batch,), width) if prompt_lengths is None else np.asarray(prompt_lengths)
@@ -207,7 +207,7 @@ def beam_search(model: Layer, params, prompt=None, *, max_length: int = 100, bea
   ends at `eos_id` (kept, then `pad_id`). Prompts share one length. Returns (sequences int32 (batch, beam_size,
   max_length), scores (batch, beam_size)), best first. With beam_size 1 and length_penalty 0 it is greedy decoding.
   """
-  _check_sampling(max_length, 0.0, None, None)
+  check_sampling(max_length, 0.0, None, None)
   if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
     raise ValueError(f"beam_size: expected a positive number of beams, got {beam_size!r}")
   prompt = _as_prompt(prompt, inputs, batch_size)

@@ -20,8 +20,6 @@ import json
 import pathlib
 import zlib
 
-from combinax.data.base import DataError
-
 DIRECTORY = pathlib.Path(__file__).resolve().parent / "corpora"
 REBUILD = ("rebuild it from a combinax source checkout with `python tools/build_corpora.py` "
            "(see combinax/data/corpora/DATA.md)")
@@ -88,6 +86,11 @@ class CorpusFileError(OSError):
   """A shipped corpus file is missing or does not hold what `info()` records."""
 
 
+class UnknownCorpusError(ValueError):
+  """A corpus or split that is not shipped. (This module needs only the standard library, so it does not raise
+  `combinax.data.DataError`; the CLIs treat both alike.)"""
+
+
 def names() -> list[str]:
   """The names of the shipped corpora, sorted."""
   return sorted(_CORPORA)
@@ -95,7 +98,7 @@ def names() -> list[str]:
 
 def _check_name(name):
   if name not in _CORPORA:
-    raise DataError(f"unknown corpus {name!r}; the shipped corpora are {names()}")
+    raise UnknownCorpusError(f"unknown corpus {name!r}; the shipped corpora are {names()}")
   return _CORPORA[name]
 
 
@@ -118,7 +121,7 @@ def load(name: str, split: str = "train") -> list[dict]:
   """
   _check_name(name)
   if split not in SPLITS:
-    raise DataError(f"unknown split {split!r} of corpus {name!r}; its splits are {list(SPLITS)}")
+    raise UnknownCorpusError(f"unknown split {split!r} of corpus {name!r}; its splits are {list(SPLITS)}")
   return [dict(example) for example in _read(name)[split]]
 
 
@@ -141,7 +144,7 @@ def _read(name):
       example = json.loads(line)
       split = example.pop("split", None)
       if split not in splits or set(example) != fields:
-        raise DataError(f"line {number} has split {split!r} and fields {sorted(example)}, "
+        raise ValueError(f"line {number} has split {split!r} and fields {sorted(example)}, "
                          f"expected one of {list(SPLITS)} and {sorted(fields)}")
       splits[split].append(example)
   except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as e:

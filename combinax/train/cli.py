@@ -76,7 +76,7 @@ it every step, and on transparent huge pages a training step is ~10% faster (ben
 
 DECODE_HELP = """combinax-decode: samples from the language model that combinax-train trained in --output_dir.
 
-  combinax-decode --output_dir=runs/lm --prompt="In the beginning" [--max_length=60 --temperature=0.8 --top_k=40]
+  combinax-decode --output_dir=runs/lm --prompt="In the beginning" [--max_length=N --temperature=0.8 --top_k=40]
 
 Builds the model and tokenizer from the configuration the newest checkpoint was trained with (or
 --output_dir/config.gin for runs older than that) and loads that checkpoint's params. It decodes up to the max_len
@@ -209,7 +209,7 @@ def decode_main(argv):
 def _max_length(train_model, prompt_width: int, learned_positions: type) -> int:
   """--max_length, checked against the positions the model was trained for (its layers' `max_len`): by default as
   many tokens as fit after the prompt; beyond them only with --allow_longer, and never with a learned table."""
-  from combinax.decoding import _check_sampling, _layers
+  from combinax.decoding import _layers, check_sampling
   layers = list(_layers(train_model))
   trained = min((layer.max_len for layer in layers if isinstance(getattr(layer, "max_len", None), int)), default=None)
   requested = FLAGS.max_length
@@ -219,7 +219,7 @@ def _max_length(train_model, prompt_width: int, learned_positions: type) -> int:
       raise ConfigError(f"combinax-decode: the prompt takes {prompt_width} of the {trained} positions the model was "
                         "trained for, which leaves none to generate; shorten it")
   try:
-    _check_sampling(requested, FLAGS.temperature, FLAGS.top_k or None, FLAGS.top_p)
+    check_sampling(requested, FLAGS.temperature, FLAGS.top_k or None, FLAGS.top_p)
   except ValueError as e:
     raise ConfigError(f"combinax-decode: {e}") from None
   if trained is None or prompt_width + requested <= trained:
@@ -248,13 +248,14 @@ def _shown_help(help_text: str) -> bool:
 def _known_error(error: Exception) -> bool:
   """True for the errors combinax raises to explain why a run cannot go on: their message is the whole story."""
   from combinax.data.base import DataError
+  from combinax.data.corpora import UnknownCorpusError
   from combinax.growth.operator import GrowthError
   from combinax.layers.base import LayerError
   from combinax.pretrained.families import PretrainedError
   from combinax.train.checkpoints import CheckpointError
   from combinax.train.rundir import RunDirectoryError
   from combinax.train.trainer import TrainingError
-  return isinstance(error, (DataError, GrowthError, LayerError, PretrainedError, CheckpointError, RunDirectoryError,
+  return isinstance(error, (DataError, UnknownCorpusError, GrowthError, LayerError, PretrainedError, CheckpointError, RunDirectoryError,
                             TrainingError, OSError))
 
 

@@ -286,8 +286,11 @@ class Trainer:
     """Starts an asynchronous save (the files are written while training goes on); each host keeps its own data
     position, and the checkpoint keeps the run's configuration (`_record`)."""
     self._check_finite(train_state)
+    # (the operative configuration, every value the run used, is kept for the record; resumes compare the given one,
+    # so that a default changed by a combinax upgrade does not refuse them)
+    run = {**record, "operative_config": gin.operative_config_str()}
     self.manager.save(int(train_state.step), train_state,
-                      {"metrics": metrics, "best_history": best_history, "run": record},
+                      {"metrics": metrics, "best_history": best_history, "run": run},
                       host_metadata={"data": cx_data.dumps_state(stream.get_state())})
     if jax.process_index() == 0:
       rundir.write_atomically(self.output_dir / "operative_config.gin", gin.operative_config_str())

@@ -134,7 +134,7 @@ ERRORS = {
     "an unknown parameter": (["--config=Trainer.stepz = 3"], 2, "stepz"),
     "an unknown corpus": (["--config=train/lm_pipeline.corpus = 'nope'"], 1, "DataError: unknown corpus 'nope'"),
     "an unknown split": (["--config=train/lm_pipeline.split = 'nope'"], 1,
-                         "DataError: unknown split 'nope' of corpus 'kjv'"),
+                         "UnknownCorpusError: unknown split 'nope' of corpus 'kjv'"),
     "a loss that is not finite": (["--config=cosine.peak = 1e30"], 1,
                                   "TrainingError: step 2: the loss or the gradients are not finite"),
     "flags of several hosts without --multihost": (["--num_processes=2"], 2, "only mean something with --multihost"),

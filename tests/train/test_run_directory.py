@@ -85,6 +85,7 @@ def test_each_checkpoint_keeps_the_configuration_and_the_model_it_was_trained_wi
   classifier_trainer(tmp_path, 5).run()
   run = checkpoints.read_manifest(checkpoints.latest(tmp_path))["metadata"]["run"]
   assert run["config"] == gin.config_str() == (tmp_path / "config.gin").read_text()
+  assert run["operative_config"] == gin.operative_config_str()
   assert run["model"] == "Serial[\n  Dense\n  Relu\n  Dense\n]" and len(run["model_fingerprint"]) == 64
 
 
