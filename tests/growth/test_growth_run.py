@@ -38,11 +38,12 @@ def clean(monkeypatch, tmp_path):
   flags.FLAGS.unparse_flags()
 
 
-def train(output, *extra):
+def train(output, *extra, allow_config_change=False):
   gin.clear_config()
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["combinax-train", f"--config_file={RECIPE}", f"--output_dir={output}",
-               *[f"--config={b}" for b in TINY + list(extra)]])
+               *[f"--config={b}" for b in TINY + list(extra)]]
+              + (["--allow_config_change"] if allow_config_change else []))
   cli.train_main([])
 
 
@@ -79,7 +80,7 @@ def test_a_rerun_resumes_the_unfinished_phase_and_redoes_none(tmp_path, capsys):
   grown = checkpoints.latest(tmp_path / "grown")
   before = (grown / "manifest" / "manifest.json").stat().st_mtime_ns
   capsys.readouterr()
-  train(tmp_path, "large/Trainer.steps = 4")
+  train(tmp_path, "large/Trainer.steps = 4", allow_config_change=True)   # (more steps: a deliberate change)
   out = capsys.readouterr().out
   assert "phase 1/3" not in out and "phase 2/3" not in out and "resumed from step 2" in out
   assert (grown / "manifest" / "manifest.json").stat().st_mtime_ns == before
@@ -117,7 +118,7 @@ def test_an_interrupted_operator_phase_resumes_from_its_checkpoint(tmp_path, cap
   train(tmp_path, "GrowthRun.steps = 2", "large/Trainer.steps = 0")
   shutil.rmtree(tmp_path / "grown")               # as if killed after operator step 2 of 3
   capsys.readouterr()
-  train(tmp_path, "GrowthRun.steps = 3", "large/Trainer.steps = 0")
+  train(tmp_path, "GrowthRun.steps = 3", "large/Trainer.steps = 0", allow_config_change=True)
   out = capsys.readouterr().out
   assert "phase 1/3" not in out and "resumed from step 2" in out
   assert checkpoints.latest(tmp_path / "growth").name == "step_00000003" and checkpoints.latest(tmp_path / "grown")

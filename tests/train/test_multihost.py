@@ -54,7 +54,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start_job(output_dir, cache, *bindings, processes=2):
+def start_job(output_dir, cache, *bindings, processes=2, allow_config_change=False):
   """`combinax-train --multihost` in `processes` processes of 4 CPU devices each; returns the Popen objects."""
   port = free_port()
   environ = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
@@ -62,7 +62,8 @@ def start_job(output_dir, cache, *bindings, processes=2):
   return [subprocess.Popen(
       [sys.executable, "-c", "from combinax.train.cli import train; train()", "--multihost",
        f"--coordinator_address=localhost:{port}", f"--num_processes={processes}", f"--process_id={i}",
-       f"--config_file={RECIPE}", f"--output_dir={output_dir}", *[f"--config={b}" for b in TINY + list(bindings)]],
+       f"--config_file={RECIPE}", f"--output_dir={output_dir}", *[f"--config={b}" for b in TINY + list(bindings)],
+       *(["--allow_config_change"] if allow_config_change else [])],
       cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(processes)]
 
@@ -80,12 +81,13 @@ def finish(job, timeout=300):
   return outputs
 
 
-def train_here(output_dir, *bindings):
+def train_here(output_dir, *bindings, allow_config_change=False):
   """combinax-train in this process (8 devices)."""
   gin.clear_config()
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["combinax-train", f"--config_file={RECIPE}", f"--output_dir={output_dir}",
-               *[f"--config={b}" for b in TINY + list(bindings)]])
+               *[f"--config={b}" for b in TINY + list(bindings)]]
+              + (["--allow_config_change"] if allow_config_change else []))
   try:
     cli.train_main([])
   finally:
@@ -153,7 +155,7 @@ def test_both_processes_killed_after_a_checkpoint_resume_to_the_uninterrupted_pa
   assert killed_at < STEPS
   outputs = finish(start_job(tmp_path, cache))
   assert f"resumed from step {killed_at} " in outputs[0]
-  assert not [p for p in tmp_path.iterdir() if "tmp" in p.name or p.name.startswith(".")]
+  assert not [p for p in tmp_path.iterdir() if "tmp" in p.name or p.name.startswith(".") and p.name != ".lock"]
   resumed, straight = final_params(tmp_path), final_params(root / "two")
   for path, value in straight.items():
     np.testing.assert_array_equal(resumed[path], value, err_msg=path)
@@ -181,7 +183,7 @@ def test_a_two_process_checkpoint_restores_in_one_process_on_any_mesh(runs, tmp_
   cwd = os.getcwd()
   os.chdir(ROOT)
   try:
-    train_here(tmp_path / "continued", f"Trainer.steps = {STEPS + 2}")
+    train_here(tmp_path / "continued", f"Trainer.steps = {STEPS + 2}", allow_config_change=True)
   finally:
     os.chdir(cwd)
   assert checkpoints.read_manifest(checkpoints.latest(tmp_path / "continued"))["step"] == STEPS + 2
@@ -221,7 +223,7 @@ def test_both_processes_set_a_damaged_newest_checkpoint_aside_and_resume_from_th
   flipped = bytearray(data.read_bytes())
   flipped[len(flipped) // 2] ^= 0x40
   data.write_bytes(bytes(flipped))
-  outputs = finish(start_job(tmp_path / "run", cache, f"Trainer.steps = {STEPS + 4}"))
+  outputs = finish(start_job(tmp_path / "run", cache, f"Trainer.steps = {STEPS + 4}", allow_config_change=True))
   assert f"checkpoint {latest.name} cannot be used, set aside as {latest.name}.damaged" in outputs[0]
   assert "the checkpoint is damaged" in outputs[0] and "resumed from step 36 " in outputs[0]
   assert (tmp_path / "run" / f"{latest.name}.damaged").is_dir()
