@@ -13,6 +13,7 @@ from combinax.layers import initializers
 from combinax.layers.base import Layer, LayerError, check_last_dim, check_rank, child_rng
 from combinax.layers.combinators import Fn
 from combinax.layers.scopes import Combinator
+from combinax.quant.weights import QuantizedArray
 
 
 def dense_dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -22,6 +23,8 @@ def dense_dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
   not all the leading ones; XLA:CPU sends contractions over several axes to a slower matmul (a Transformer's
   training step ran ~10% faster this way; benchmarks/RESULTS.md).
   """
+  if isinstance(kernel, QuantizedArray):   # (combinax.quant) dequantized inside the jitted function, not stored
+    kernel = kernel.dequantize(x.dtype)
   rows = int(np.prod(x.shape[:-1], dtype=np.int64))
   return jnp.dot(x.reshape(rows, x.shape[-1]), kernel).reshape(x.shape[:-1] + kernel.shape[1:])
 
@@ -80,7 +83,10 @@ class Embedding(Layer):
 
   def forward(self, params, state, x, *, rng, train):
     self._check_ids(x)
-    return jnp.take(params["embedding"], x, axis=0), state
+    table = params["embedding"]
+    if isinstance(table, QuantizedArray):   # (combinax.quant) only the rows looked up are dequantized
+      return table.take(x), state
+    return jnp.take(table, x, axis=0), state
 
 
 class TiedLogits(Combinator):
@@ -112,6 +118,8 @@ class TiedLogits(Combinator):
     table = self.child_view(params, 0)["embedding"]
     check_rank(self, x, 1, "(..., d_feature)")
     check_last_dim(self, x, table.shape[1])
+    if isinstance(table, QuantizedArray):
+      table = table.dequantize(x.dtype)
     return dense_dot(x, table.T.astype(x.dtype)), state
 
 

@@ -1,0 +1,164 @@
+"""Weight-only quantization: `QuantizedArray` (integers + scales, an ordinary pytree) and `quantize_array`.
+
+A weight is quantized in groups of `group` consecutive elements along one axis, the axis its matmul contracts
+(`-2` for a Dense kernel `(k, n)`, `-1` for an embedding table `(vocab, d)`, whose logits contract `d`); each group
+has one scale (and, for "q4_1", one offset). The kinds are llama.cpp's, with the same arithmetic, so a GGUF tensor's
+blocks are kept as they are:
+
+  "int8"  q in [-127, 127], w = q * scale                 (Q8_0 with group 32; per channel with the whole axis)
+  "q4"    q in [0, 15] two to a byte, w = (q - 8) * scale  (Q4_0)
+  "q4_1"  q in [0, 15] two to a byte, w = q * scale + offset  (Q4_1)
+
+Storage: the grouped axis is moved last and split into (groups, elements of a group): a Dense kernel `(k, n)` is
+kept as `values (n, k / group, group)` (int8) or `(n, k / group, group / 2)` (uint8, two 4-bit values a byte: the
+group's first half in the low nibbles, its second half in the high ones, as GGUF stores them), `scale (n, k /
+group)`. Leading axes (stacked layers) stay in front, so `lax.scan` over a stack slices a `QuantizedArray` like any
+array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KINDS = ("int8", "q4", "q4_1")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QuantizedArray:
+  """A quantized weight: `values` (int8, or uint8 holding two 4-bit values), `scale` per group, `offset` per group
+  ("q4_1" only, else None). `kind`, `axis` and `dtype` (what it dequantizes to) are static."""
+
+  values: jax.Array
+  scale: jax.Array
+  offset: jax.Array | None
+  kind: str = dataclasses.field(metadata={"static": True})
+  axis: int = dataclasses.field(metadata={"static": True})
+  dtype: str = dataclasses.field(default="float32", metadata={"static": True})
+
+  @property
+  def group(self) -> int:
+    return self.values.shape[-1] * (2 if self.kind != "int8" else 1)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """The shape of the weight it stands for."""
+    *kept, n_groups, _ = self.values.shape
+    moved = (*kept, n_groups * self.group)
+    return tuple(np.moveaxis(np.empty(moved, dtype=np.bool_), -1, self.axis).shape)
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+  @property
+  def nbytes(self) -> int:
+    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in (self.values, self.scale, self.offset)
+               if a is not None)
+
+  def integers(self) -> jax.Array:
+    """The quantized values as int32, grouped: (..., groups, group)."""
+    if self.kind == "int8":
+      return self.values.astype(jnp.int32)
+    packed = self.values.astype(jnp.int32)
+    return jnp.concatenate([packed & 0x0F, packed >> 4], axis=-1)
+
+  def dequantize(self, dtype=None) -> jax.Array:
+    """The weight, in `dtype` (default: the dtype it was quantized from), computed in float32 as llama.cpp does."""
+    q = self.integers().astype(jnp.float32)
+    scale = self.scale.astype(jnp.float32)[..., None]
+    if self.kind == "int8":
+      grouped = q * scale
+    elif self.kind == "q4":
+      grouped = (q - 8.0) * scale
+    else:
+      grouped = q * scale + self.offset.astype(jnp.float32)[..., None]
+    flat = grouped.reshape(grouped.shape[:-2] + (-1,))
+    return jnp.moveaxis(flat, -1, self.axis).astype(dtype or self.dtype)
+
+  def take(self, ids: jax.Array, dtype=None) -> jax.Array:
+    """Rows `ids` of a table quantized along its last axis (an embedding), dequantized: `table[ids]`."""
+    if self.axis not in (-1, self.ndim - 1) or self.ndim != 2:
+      raise ValueError(f"QuantizedArray.take: a (vocab, d) table grouped along its last axis, got shape {self.shape} "
+                       f"grouped along axis {self.axis}")
+    rows = lambda a: None if a is None else jnp.take(a, ids, axis=0)
+    picked = dataclasses.replace(self, values=rows(self.values), scale=rows(self.scale), offset=rows(self.offset))
+    return picked.dequantize(dtype)
+
+
+def _round_half_away(x):
+  """llama.cpp's roundf: halves away from zero (jnp.round rounds them to even)."""
+  return jnp.sign(x) * jnp.floor(jnp.abs(x) + 0.5)
+
+
+def quantize_array(w, kind: str, *, group: int | None = None, axis: int = -2,
+                   scale_dtype=None) -> QuantizedArray:
+  """`w` quantized in groups of `group` elements along `axis` (None: the whole axis, one scale per channel).
+
+  Scales are float16 when grouped (llama.cpp's blocks) and float32 per channel, unless `scale_dtype` says.
+  The integers are computed as llama.cpp's quantizers compute them (from the float32 scale; bit-exact with
+  `gguf.quants`, tested); the stored scale is then rounded to `scale_dtype`.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"quantize_array: kind must be one of {KINDS}, got {kind!r}")
+  w = jnp.asarray(w)
+  length = w.shape[axis]
+  group = length if group is None else int(group)
+  if group < 1 or length % group or (kind != "int8" and group % 2):
+    raise ValueError(f"quantize_array: group {group} must divide axis {axis} of length {length} (and be even for "
+                     f"4-bit kinds), for a weight of shape {w.shape}")
+  scale_dtype = jnp.dtype(scale_dtype or (jnp.float32 if group == length else jnp.float16))
+  moved = jnp.moveaxis(w.astype(jnp.float32), axis, -1)
+  blocks = moved.reshape(moved.shape[:-1] + (length // group, group))
+  offset = None
+  if kind == "int8":
+    d = jnp.max(jnp.abs(blocks), axis=-1, keepdims=True) / 127
+    inverse = jnp.where(d == 0, 0.0, 1.0 / jnp.where(d == 0, 1.0, d))
+    values = _round_half_away(blocks * inverse).astype(jnp.int8)
+  else:
+    if kind == "q4":
+      biggest = jnp.take_along_axis(blocks, jnp.argmax(jnp.abs(blocks), axis=-1, keepdims=True), axis=-1)
+      d = biggest / -8
+      shift, low = 8.5, 0.0
+    else:
+      low = jnp.min(blocks, axis=-1, keepdims=True)
+      d = (jnp.max(blocks, axis=-1, keepdims=True) - low) / 15
+      shift = 0.5
+    inverse = jnp.where(d == 0, 0.0, 1.0 / jnp.where(d == 0, 1.0, d))
+    q = jnp.clip(jnp.trunc((blocks - low) * inverse + shift), 0, 15).astype(jnp.uint8)
+    half = group // 2
+    values = q[..., :half] | (q[..., half:] << 4)
+    if kind == "q4_1":
+      offset = low[..., 0].astype(scale_dtype)
+  return QuantizedArray(values, d[..., 0].astype(scale_dtype), offset, kind, axis if axis < 0 else axis - w.ndim,
+                        str(w.dtype))
+
+
+# GGUF block layouts (ggml-common.h): a float16 scale, a float16 minimum (Q4_1), then the quantized values.
+_GGUF_BLOCKS = {"int8": (2, 32), "q4": (2, 16), "q4_1": (4, 16)}   # kind: (header bytes, value bytes) per 32
+
+
+def from_gguf_blocks(raw, kind: str, *, axis: int = -2) -> QuantizedArray:
+  """A GGUF tensor's raw blocks (uint8 `(rows, bytes per row)`, as `gguf.GGUFReader` gives a Q8_0 / Q4_0 / Q4_1
+  tensor of `rows` x `k` weights), kept packed: a `QuantizedArray` of logical shape `(k, rows)` for `axis=-2` (a
+  Dense kernel: llama.cpp's `(n_out, n_in)` matrices, transposed) or `(rows, k)` for `axis=-1` (an embedding).
+  No value is recomputed: the scales and integers are the file's own bytes."""
+  if kind not in _GGUF_BLOCKS:
+    raise ValueError(f"from_gguf_blocks: kind must be one of {tuple(_GGUF_BLOCKS)}, got {kind!r}")
+  header, body = _GGUF_BLOCKS[kind]
+  raw = np.ascontiguousarray(raw, dtype=np.uint8)
+  if raw.ndim != 2 or raw.shape[1] % (header + body):
+    raise ValueError(f"from_gguf_blocks: expected (rows, a multiple of {header + body} bytes) for {kind}, got "
+                     f"{raw.shape}")
+  blocks = raw.reshape(raw.shape[0], -1, header + body)
+  scale = blocks[..., :2].copy().view(np.float16)[..., 0]
+  offset = blocks[..., 2:4].copy().view(np.float16)[..., 0] if kind == "q4_1" else None
+  values = blocks[..., header:].copy()
+  if kind == "int8":
+    values = values.view(np.int8)
+  return QuantizedArray(jnp.asarray(values), jnp.asarray(scale), None if offset is None else jnp.asarray(offset),
+                        kind, axis)
