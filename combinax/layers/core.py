@@ -23,8 +23,8 @@ def dense_dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
   not all the leading ones; XLA:CPU sends contractions over several axes to a slower matmul (a Transformer's
   training step ran ~10% faster this way; benchmarks/RESULTS.md).
   """
-  if isinstance(kernel, QuantizedArray):   # (combinax.quant) dequantized inside the jitted function, not stored
-    kernel = kernel.dequantize(x.dtype)
+  if isinstance(kernel, QuantizedArray):   # (combinax.quant) dequantized inside the matmul, never stored
+    return kernel.contract(x, axis=-2)
   rows = int(np.prod(x.shape[:-1], dtype=np.int64))
   return jnp.dot(x.reshape(rows, x.shape[-1]), kernel).reshape(x.shape[:-1] + kernel.shape[1:])
 
@@ -118,8 +118,8 @@ class TiedLogits(Combinator):
     table = self.child_view(params, 0)["embedding"]
     check_rank(self, x, 1, "(..., d_feature)")
     check_last_dim(self, x, table.shape[1])
-    if isinstance(table, QuantizedArray):
-      table = table.dequantize(x.dtype)
+    if isinstance(table, QuantizedArray):   # (combinax.quant) the table's own (vocab, d) layout is what it needs
+      return table.contract(x, axis=-1), state
     return dense_dot(x, table.T.astype(x.dtype)), state
 
 

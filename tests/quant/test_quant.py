@@ -78,6 +78,18 @@ def test_values_on_the_grid_come_back_exactly():
   np.testing.assert_array_equal(np.asarray(quantize_array(w, "int8", axis=-2).dequantize()), w)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_contracting_in_the_stored_layout_equals_a_matmul_with_the_dequantized_weight(kind):
+  x = jnp.asarray(weights((3, 5, 64), seed=3))
+  kernel = quantize_array(weights((64, 24)), kind, group=32, axis=-2)
+  np.testing.assert_allclose(kernel.contract(x, axis=-2), x @ kernel.dequantize(), rtol=1e-5, atol=1e-5)
+  table = quantize_array(weights((24, 64)), kind, group=32, axis=-1)
+  np.testing.assert_allclose(table.contract(x, axis=-1), x @ table.dequantize().T, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match=r"grouped along axis -2, and its use contracts axis -1: quantize it with "
+                                       r"QuantSpec\(kind, group, axis=-1\)"):
+    kernel.contract(x, axis=-1)
+
+
 def model_and_params():
   model = TransformerLM(32, d_model=32, d_ff=64, n_layers=2, n_heads=2, max_len=16, mode="eval", dropout=0.0,
                         tie_embeddings=True)
