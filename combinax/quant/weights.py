@@ -104,14 +104,14 @@ class QuantizedArray:
     scale = self.scale.astype(jnp.float32)[..., None]
     if self.kind == "int8":
       weight = (self.values.astype(jnp.float32) * scale).reshape(n, k)
-      y = jnp.dot(rows, weight.T)
+      y = _dot_rows(rows, weight)
     else:
       shift = self.offset.astype(jnp.float32)[..., None] if self.kind == "q4_1" else -8.0 * scale
       halves = rows.reshape(-1, n_groups, 2, self.group // 2)   # each group: its first half, then its second
       y = 0.0
       for i, nibbles in enumerate((self.values & 0x0F, self.values >> 4)):
         weight = (nibbles.astype(jnp.float32) * scale + shift).reshape(n, k // 2)
-        y = y + jnp.dot(halves[:, :, i].reshape(-1, k // 2), weight.T)
+        y = y + _dot_rows(halves[:, :, i].reshape(-1, k // 2), weight)
     return y.astype(x.dtype).reshape(x.shape[:-1] + (n,))
 
   def take(self, ids: jax.Array, dtype=None) -> jax.Array:
@@ -122,6 +122,12 @@ class QuantizedArray:
     rows = lambda a: None if a is None else jnp.take(a, ids, axis=0)
     picked = dataclasses.replace(self, values=rows(self.values), scale=rows(self.scale), offset=rows(self.offset))
     return picked.dequantize(dtype)
+
+
+def _dot_rows(x, weight):
+  """x (b, k) . weight (n, k) -> (b, n), contracting both on their last axis: `x @ weight.T` written without the
+  transpose, which XLA would otherwise materialise as a copy of the weight before the dot."""
+  return jax.lax.dot_general(x, weight, (((1,), (1,)), ((), ())))
 
 
 def _round_half_away(x):
