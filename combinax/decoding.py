@@ -112,7 +112,7 @@ def sample_logits(logits, rng, temperature: float = 1.0, top_k: int | None = Non
 
 def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int = 100, temperature: float = 1.0,
                           top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-                          rng=None, inputs=None, prompt_lengths=None, start_id: int = 0, pad_id: int = 0,
+                          rng=None, inputs=None, prompt_lengths=None, start_id: int | None = 0, pad_id: int = 0,
                           batch_size: int = 1):
   """Generates `max_length` tokens after each prompt; returns int32 (batch, max_length), `pad_id` after an EOS.
 
@@ -124,6 +124,9 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
       lengths given in `prompt_lengths` (host values); the common prefix is filled in one call (prefill).
     temperature, top_k, top_p: sampling (temperature 0 is greedy); eos_id: where a sequence ends.
     rng: needed unless greedy. inputs: the encoder's inputs for an encoder-decoder.
+    start_id: the token fed before each prompt, as the model saw one before every training sequence (combinax's
+      LMs shift their inputs right by one token 0); None feeds the prompt as it is, for a model trained without one
+      (e.g. an imported LM whose tokenizer adds no BOS: SmolLM2), so it sees exactly the context its reference sees.
   """
   check_sampling(max_length, temperature, top_k, top_p)
   prompt = _as_prompt(prompt, inputs, batch_size)
@@ -133,6 +136,9 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
     raise ValueError(f"prompt_lengths must be {batch} lengths within 0..{width}, got {prompt_lengths}")
   if temperature != 0 and rng is None:
     raise ValueError("sampling with temperature > 0 needs an rng (or use temperature=0 for greedy decoding)")
+  if start_id is None and lengths.min() < 1:
+    raise ValueError("start_id=None feeds each prompt as it is, so every prompt needs at least one token; got a "
+                     f"prompt of length {lengths.min()}")
   total = int(lengths.max()) + max_length
   _check_model(model, total, inputs)
   state = _init_state(model, batch, inputs)
@@ -151,7 +157,7 @@ class _Sampling(NamedTuple):
   top_k: int | None
   top_p: float | None
   eos_id: int | None
-  start_id: int
+  start_id: int | None
   pad_id: int
 
 
@@ -160,7 +166,9 @@ def _sample(model, settings: _Sampling, params, state, prompt, lengths, inputs, 
   shortest, total, max_length, temperature, top_k, top_p, eos_id, start_id, pad_id = settings
   batch = prompt.shape[0]
   buffer = jnp.pad(prompt, ((0, 0), (0, total - prompt.shape[1])), constant_values=pad_id)
-  fed = jnp.concatenate([jnp.full((batch, 1), start_id, jnp.int32), buffer[:, :shortest]], axis=1)
+  fed = buffer[:, :shortest]
+  if start_id is not None:
+    fed = jnp.concatenate([jnp.full((batch, 1), start_id, jnp.int32), fed], axis=1)
   logits, state = _call(model, params, state, inputs, fed)          # prefill: logits for position `shortest`
 
   def body(carry):

@@ -43,6 +43,17 @@ def test_greedy_equals_recomputation_and_compiles_once(lm):
   assert decoding._sample._cache_size() == compiled  # new data, same shapes: no new compilation
 
 
+def test_without_a_start_token_the_prompt_is_fed_as_it_is(lm):
+  # start_id=None with token 0 written at the front of the prompt is exactly the default start token 0.
+  _, decoder, params, prompt = lm
+  with_start = decoding.autoregressive_sample(decoder, params, prompt, max_length=6, temperature=0.0)
+  written = jnp.concatenate([jnp.zeros((prompt.shape[0], 1), jnp.int32), prompt], axis=1)
+  as_is = decoding.autoregressive_sample(decoder, params, written, max_length=6, temperature=0.0, start_id=None)
+  np.testing.assert_array_equal(as_is, with_start)
+  with pytest.raises(ValueError, match="start_id=None feeds each prompt as it is, so every prompt needs at least one"):
+    decoding.autoregressive_sample(decoder, params, None, max_length=2, temperature=0.0, start_id=None)
+
+
 def test_sampling_is_reproducible_and_top_k_1_is_greedy(lm):
   _, decoder, params, prompt = lm
   sample = lambda seed, **kw: decoding.autoregressive_sample(decoder, params, prompt, max_length=8,

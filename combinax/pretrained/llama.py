@@ -64,6 +64,13 @@ def model_from_config(config: dict, *, mode: str = "eval", max_len: int | None =
       gated_ff=True, use_bias=False, scan_layers=scan_layers, remat=remat)
 
 
+def start_id(config: dict) -> int | None:
+  """What `decoding.autoregressive_sample(..., start_id=)` feeds before a prompt so that the model sees exactly
+  the context its reference (llama.cpp, transformers) sees: the BOS token if the model's tokenizer adds one, else
+  nothing (None). combinax's own LMs are trained after a token 0 instead, which is the sampler's default."""
+  return config["bos_id"] if config.get("add_bos") and config.get("bos_id", -1) >= 0 else None
+
+
 def example_input(config: dict):
   return ShapeDtype((1, 8), jnp.int32)
 
@@ -100,6 +107,8 @@ def read_config(reader) -> dict:
       "rms_epsilon": float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
       "tie_embeddings": "output.weight" not in names,
       "bos_id": int(_field(reader, "tokenizer.ggml.bos_token_id", -1)),
+      # Whether the model's tokenizer puts bos_id before a text (SmolLM2's does not): see start_id.
+      "add_bos": bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
       "eos_id": int(_field(reader, "tokenizer.ggml.eos_token_id", -1)),
       "name": str(_field(reader, "general.name", "llama")),
   }

@@ -63,6 +63,22 @@ def test_smollm2_greedy_answer(smollm2):
   assert smollm2.tokenizer.decode(out[0]) == "The capital of France is Paris."
 
 
+def test_smollm2_decodes_from_the_context_its_own_tokenizer_gives_as_its_reference_does(smollm2):
+  # SmolLM2's tokenizer adds no BOS; transformers and llama.cpp feed its ids as they are, and so does the sampler
+  # with start_id=None (its default, token 0 in front, moved the prompt's logits by up to 19.7).
+  ref = reference("smollm2_plain")
+  assert not smollm2.config["add_bos"] and llama.start_id(smollm2.config) is None
+  np.testing.assert_array_equal(smollm2.tokenizer.encode(str(reference("smollm2")["prompt"])), ref["ids"])
+  decoder = llama.model_from_config(smollm2.config, mode="predict", max_len=48)
+  _, state = decoder.init(jax.random.key(0), cx.ShapeDtype((1, 1), jnp.int32))
+  logits, _ = jax.jit(decoder.apply)(smollm2.params, state, jnp.asarray(ref["ids"])[None])   # the prefill
+  assert np.abs(np.asarray(logits[0], np.float64)[:, ref["columns"]] - ref["logits64"]).max() <= 3e-4
+  out = decoding.autoregressive_sample(decoder, smollm2.params, ref["chat_ids"][None], max_length=12,
+                                       temperature=0.0, eos_id=smollm2.tokenizer.eos_id,
+                                       start_id=llama.start_id(smollm2.config))
+  np.testing.assert_array_equal(np.asarray(out[0, :len(ref["greedy"])]), ref["greedy"])
+
+
 def _tiny_gguf(path, arch="llama", skip=None, n_layers=2):
   rng = np.random.default_rng(0)
   writer = gguf.GGUFWriter(str(path), arch)
