@@ -94,6 +94,12 @@ def sample_logits(logits, rng, temperature: float = 1.0, top_k: int | None = Non
   probability reaches `top_p` (nucleus sampling)."""
   if temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(rng, sampled_logits(logits, temperature, top_k, top_p), axis=-1).astype(jnp.int32)
+
+
+def sampled_logits(logits, temperature: float, top_k: int | None = None, top_p: float | None = None):
+  """The logits `sample_logits` samples from (temperature > 0): divided by the temperature, -inf outside the top_k
+  and the top_p nucleus; their softmax is the distribution of its tokens."""
   if top_k is not None and top_k > logits.shape[-1]:
     raise ValueError(f"top_k: expected at most the vocabulary's {logits.shape[-1]} tokens, got {top_k}")
   logits = logits / temperature
@@ -107,7 +113,7 @@ def sample_logits(logits, rng, temperature: float = 1.0, top_k: int | None = Non
     before = jnp.cumsum(probs, axis=-1) - probs          # probability of the strictly more likely tokens
     sorted_logits = jnp.where(before < top_p, sorted_logits, -jnp.inf)   # the first token always stays
     logits = jnp.full_like(logits, -jnp.inf).at[jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
-  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+  return logits
 
 
 def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int = 100, temperature: float = 1.0,
@@ -298,3 +304,7 @@ def _beam(model, settings: _Beams, params, state, prompt, inputs):
   pool_scores = jnp.concatenate([finished_scores, alive_scores / _penalty(t.astype(jnp.float32), alpha)], axis=1)
   scores, best = lax.top_k(pool_scores, k)
   return jnp.take_along_axis(pool, best[:, :, None], axis=1), scores
+
+
+# Speculative decoding lives in its own module (it needs the helpers above); it is part of this one's surface.
+from combinax.speculative import SpeculationStats, speculative_sample  # noqa: E402,F401
