@@ -48,8 +48,8 @@ class QuantizedArray:
   def shape(self) -> tuple[int, ...]:
     """The shape of the weight it stands for."""
     *kept, n_groups, _ = self.values.shape
-    moved = (*kept, n_groups * self.group)
-    return tuple(np.moveaxis(np.empty(moved, dtype=np.bool_), -1, self.axis).shape)
+    kept.insert(len(kept) + 1 + self.axis, n_groups * self.group)   # the grouped axis back in its place
+    return tuple(kept)
 
   @property
   def ndim(self) -> int:
@@ -60,6 +60,15 @@ class QuantizedArray:
     return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in (self.values, self.scale, self.offset)
                if a is not None)
 
+  def _weights(self, q) -> jax.Array:
+    """Grouped integers `q (..., groups, any)` as float32 weights, by this kind's arithmetic."""
+    q, scale = q.astype(jnp.float32), self.scale.astype(jnp.float32)[..., None]
+    if self.kind == "int8":
+      return q * scale
+    if self.kind == "q4":
+      return (q - 8.0) * scale
+    return q * scale + self.offset.astype(jnp.float32)[..., None]
+
   def integers(self) -> jax.Array:
     """The quantized values as int32, grouped: (..., groups, group)."""
     if self.kind == "int8":
@@ -69,14 +78,7 @@ class QuantizedArray:
 
   def dequantize(self, dtype=None) -> jax.Array:
     """The weight, in `dtype` (default: the dtype it was quantized from), computed in float32 as llama.cpp does."""
-    q = self.integers().astype(jnp.float32)
-    scale = self.scale.astype(jnp.float32)[..., None]
-    if self.kind == "int8":
-      grouped = q * scale
-    elif self.kind == "q4":
-      grouped = (q - 8.0) * scale
-    else:
-      grouped = q * scale + self.offset.astype(jnp.float32)[..., None]
+    grouped = self._weights(self.integers())
     flat = grouped.reshape(grouped.shape[:-2] + (-1,))
     return jnp.moveaxis(flat, -1, self.axis).astype(dtype or self.dtype)
 
@@ -101,17 +103,13 @@ class QuantizedArray:
     if x.shape[-1] != k:
       raise ValueError(f"QuantizedArray.contract: inputs (..., {k}) for a weight of shape {self.shape}, got {x.shape}")
     rows = x.reshape(-1, k).astype(jnp.float32)
-    scale = self.scale.astype(jnp.float32)[..., None]
     if self.kind == "int8":
-      weight = (self.values.astype(jnp.float32) * scale).reshape(n, k)
-      y = _dot_rows(rows, weight)
+      y = _dot_rows(rows, self._weights(self.values).reshape(n, k))
     else:
-      shift = self.offset.astype(jnp.float32)[..., None] if self.kind == "q4_1" else -8.0 * scale
       halves = rows.reshape(-1, n_groups, 2, self.group // 2)   # each group: its first half, then its second
       y = 0.0
       for i, nibbles in enumerate((self.values & 0x0F, self.values >> 4)):
-        weight = (nibbles.astype(jnp.float32) * scale + shift).reshape(n, k // 2)
-        y = y + _dot_rows(halves[:, :, i].reshape(-1, k // 2), weight)
+        y = y + _dot_rows(halves[:, :, i].reshape(-1, k // 2), self._weights(nibbles).reshape(n, k // 2))
     return y.astype(x.dtype).reshape(x.shape[:-1] + (n,))
 
   def take(self, ids: jax.Array, dtype=None) -> jax.Array:
