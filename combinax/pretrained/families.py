@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from combinax.data.tokenizers import Tokenizer
@@ -26,9 +27,11 @@ class PretrainedError(ValueError):
 
 
 def check_params(params, model, input_signature, source) -> None:
-  """Raises a `PretrainedError` naming each path whose presence or shape differs from what `model.init` makes."""
-  import jax
+  """Raises a `PretrainedError` naming each path whose presence or shape differs from what `model.init` makes
+  (a quantized weight is compared by the shape of the weight it stands for)."""
+  from combinax import quant
 
+  params = jax.eval_shape(quant.dequantize, params)
   check_fits(params, jax.eval_shape(lambda: model.init(jax.random.key(0), input_signature)[0]), source)
 
 
@@ -64,5 +67,7 @@ def stack_layers(blocks: dict, n_layers: int, source: str) -> dict:
   for path, rows in blocks.items():
     if sorted(rows) != list(range(n_layers)):
       raise PretrainedError(f"{source}: blocks/{path} has layers {sorted(rows)}, the model has {n_layers}")
-    stacked[f"blocks/{path}"] = np.stack([rows[i] for i in range(n_layers)])
+    layers = [rows[i] for i in range(n_layers)]
+    # A quantized weight (GGUF blocks kept packed) is stacked field by field, as lax.scan will slice it.
+    stacked[f"blocks/{path}"] = jax.tree_util.tree_map(lambda *arrays: np.stack(arrays), *layers)
   return stacked

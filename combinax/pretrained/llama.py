@@ -5,7 +5,9 @@ no biases, grouped-query attention (`n_kv_heads`) and rotary positions. GGUF fil
 store the q/k projections with their rows permuted for *interleaved* RoPE, so the model uses
 `positions="rotary_interleaved"` and takes the rows as they are: the same function as Hugging Face's half-rotation
 layout, with no un-permuting. Quantized tensors (Q4_0, Q4_1, Q8_0, K-quants, ...) are dequantized to float32 by the
-`gguf` package.
+`gguf` package, or, with `packed=True`, Q8_0 / Q4_0 / Q4_1 tensors are kept as the file stores them: a
+`combinax.quant.QuantizedArray` made of the file's own bytes, which the model's matmuls dequantize as they go (other
+types are still dequantized).
 
 combinax's LM starts every sequence with token 0 (`ShiftRight`); for GPT-2-style vocabularies such as SmolLM2's that
 is `<|endoftext|>`, the document separator the model was trained with.
@@ -18,7 +20,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from combinax import layers as cl
+from combinax import layers as cl, quant
 from combinax.data.hf_tokenizers import BPETokenizer, _tokenizers
 from combinax.models.transformer import TransformerLM
 from combinax.paths import unflatten
@@ -114,23 +116,34 @@ def read_config(reader) -> dict:
   }
 
 
-def read_params(reader, config: dict) -> dict:
-  """Every tensor dequantized to float32 and placed at its combinax path (block tensors stacked by layer)."""
-  dequantize = _gguf().quants.dequantize
+def read_params(reader, config: dict, *, packed: bool = False) -> dict:
+  """Every tensor dequantized to float32 (or, `packed`, its Q8_0 / Q4_0 / Q4_1 blocks kept as `QuantizedArray`s)
+  and placed at its combinax path (block tensors stacked by layer)."""
+  gguf = _gguf()
+  kept = {gguf.GGMLQuantizationType.Q8_0: "int8", gguf.GGMLQuantizationType.Q4_0: "q4",
+          gguf.GGMLQuantizationType.Q4_1: "q4_1"} if packed else {}
   n_layers = config["n_layers"]
   flat, blocks = {}, {}
+
+  def value(tensor, transpose: bool):
+    if tensor.tensor_type in kept and len(tensor.shape) == 2:
+      # The file's (rows, k) matrix in blocks along k: a Dense kernel is its transpose (k grouped, axis -2), an
+      # embedding table is the matrix itself (grouped along d, axis -1).
+      return quant.from_gguf_blocks(tensor.data, kept[tensor.tensor_type], axis=-2 if transpose else -1)
+    array = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float32)
+    array = array.reshape([int(d) for d in reversed(tensor.shape)])  # GGUF lists dims fastest first
+    return array.T if transpose else array
+
   for tensor in reader.tensors:
-    value = np.asarray(dequantize(tensor.data, tensor.tensor_type), np.float32)
-    value = value.reshape([int(d) for d in reversed(tensor.shape)])  # GGUF lists dims fastest first
     if tensor.name.startswith("blk."):
       index, rest = tensor.name[len("blk."):].split(".", 1)
       if rest not in _BLOCK:
         raise PretrainedError(f"GGUF file: unknown tensor {tensor.name!r}")
       path, transpose = _BLOCK[rest]
-      blocks.setdefault(path, {})[int(index)] = value.T if transpose else value
+      blocks.setdefault(path, {})[int(index)] = value(tensor, transpose)
     elif tensor.name in _TOP:
       path, transpose = _TOP[tensor.name]
-      flat[path] = value.T if transpose else value
+      flat[path] = value(tensor, transpose)
     elif tensor.name != "rope_freqs.weight":
       raise PretrainedError(f"GGUF file: unknown tensor {tensor.name!r}")
   flat.update(stack_layers(blocks, n_layers, "GGUF file"))
@@ -168,8 +181,9 @@ def configure_tokenizer(tokenizer, config: dict) -> None:
     tokenizer.eos_id = config["eos_id"]
 
 
-def import_files(path) -> Imported:
-  """A Llama-family model from a `.gguf` file (or a folder holding exactly one)."""
+def import_files(path, *, packed: bool = False) -> Imported:
+  """A Llama-family model from a `.gguf` file (or a folder holding exactly one); `packed` keeps its Q8_0 / Q4_0 /
+  Q4_1 tensors packed (see `read_params`)."""
   path = Path(path)
   if path.is_dir():
     found = sorted(path.glob("*.gguf"))
@@ -183,6 +197,6 @@ def import_files(path) -> Imported:
   except (ValueError, OSError) as e:
     raise PretrainedError(f"{path}: not a readable GGUF file ({e})") from None
   config = read_config(reader)
-  params = read_params(reader, config)
+  params = read_params(reader, config, packed=packed)
   check_params(params, model_from_config(config), example_input(config), path)
   return Imported(config, params, read_tokenizer(reader, config))

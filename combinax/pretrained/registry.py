@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ import numpy as np
 from combinax.data.tokenizers import cache_root, load_tokenizer
 from combinax.layers.base import Layer
 from combinax.paths import leaves_with_paths
-from combinax.pretrained.families import Imported, PretrainedError
+from combinax.pretrained.families import Imported, PretrainedError, check_params
 from combinax.train import checkpoints
 
 
@@ -219,14 +220,20 @@ def model(name: str = gin.REQUIRED, **options) -> Layer:
   return family(name).model_from_config(config(name), **options)
 
 
-def load(name: str, rng: jax.Array | None = None, **options) -> tuple[Layer, dict, object]:
+def load(name: str, rng: jax.Array | None = None, *, packed: bool = False, **options) -> tuple[Layer, dict, object]:
   """`(model, params, tokenizer)` of a bundled pretrained model, offline.
 
   `options` build the model (see `model`); params the model has but the weights do not (a new classifier head)
   are initialised from `rng` (default `jax.random.key(0)`), and only those: a cache that lacks a weight of the
   pretrained model or fails its checksums is rebuilt from the installed package (with a warning). Raises a
   `PretrainedError` saying the download command when the weights are not installed (nor whole in the cache).
+
+  `packed=True` (GGUF models) reads the package's file itself and keeps its quantized blocks as they are
+  (`combinax.quant.QuantizedArray`, dequantized inside the model's matmuls): the weights the file's own engine
+  (llama.cpp) computes with, at their size in memory, for inference. The options must then add no params.
   """
+  if packed:
+    return _load_packed(name, options)
   found = checkpoint(name)   # holds every weight of the pretrained model (else rebuilt, or refused)
   layer = model(name, **options)
   signature = family(name).example_input(config(name))
@@ -237,6 +244,20 @@ def load(name: str, rng: jax.Array | None = None, **options) -> tuple[Layer, dic
   except checkpoints.CheckpointError as e:   # an array fails its checksum or cannot be read
     params = _restore_params(_rebuild_or_refuse(name, f"it is damaged: {e}"), layer, signature, rng)
   return layer, params, tokenizer(name)
+
+
+def _load_packed(name: str, options: dict) -> tuple[Layer, dict, object]:
+  module, source = family(name), source_files(name)
+  if "packed" not in inspect.signature(module.import_files).parameters:
+    raise PretrainedError(f"pretrained model {name!r} ({module.FAMILY}): its files hold no packed quantized "
+                          "weights; load it with packed=False")
+  if source is None:
+    raise PretrainedError(f"pretrained model {name!r}: packed=True reads the package's own file, which is not "
+                          f"installed ({info(name).package}=={info(name).version}); run `{download_command(name)}`")
+  imported = module.import_files(source, packed=True)
+  layer = module.model_from_config(imported.config, **options)
+  check_params(imported.params, layer, module.example_input(imported.config), f"{name} (packed, with {options})")
+  return layer, imported.params, imported.tokenizer
 
 
 def _restore_params(found, layer: Layer, signature, rng: jax.Array | None):

@@ -198,5 +198,4 @@ def from_gguf_blocks(raw, kind: str, *, axis: int = -2) -> QuantizedArray:
   values = blocks[..., header:].copy()
   if kind == "int8":
     values = values.view(np.int8)
-  return QuantizedArray(jnp.asarray(values), jnp.asarray(scale), None if offset is None else jnp.asarray(offset),
-                        kind, axis)
+  return QuantizedArray(values, scale, offset, kind, axis)   # numpy: stacked and placed by the caller

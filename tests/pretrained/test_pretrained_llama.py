@@ -7,6 +7,7 @@ import pytest
 
 import combinax as cx
 from combinax import decoding
+from combinax.paths import leaves_with_paths
 from combinax.pretrained import llama
 from combinax.pretrained.families import PretrainedError
 
@@ -138,3 +139,41 @@ def test_import_errors_name_the_problem(tmp_path):
   (tmp_path / "c.gguf").write_bytes(b"not a gguf file at all")
   with pytest.raises(PretrainedError, match="not a readable GGUF file"):
     llama.import_files(tmp_path / "c.gguf")
+
+
+def test_smollm2_packed_keeps_the_files_own_blocks_and_computes_the_dequantized_model(smollm2):
+  from combinax import quant
+  packed = llama.import_files(files_of("smollm2-135m-instruct"), packed=True)
+  q = packed.params["blocks"]["attention"]["q"]["kernel"]
+  assert isinstance(q, quant.QuantizedArray) and (q.kind, q.axis, q.shape) == ("q4_1", -2, (30, 576, 576))
+  table = packed.params["embed"]["embedding"]
+  assert (table.kind, table.axis, table.shape) == ("int8", -1, (49152, 576))   # the file's Q8_0 token table
+  reader = gguf.GGUFReader(str(files_of("smollm2-135m-instruct")))
+  raw = {t.name: t.data for t in reader.tensors}["blk.7.attn_q.weight"]   # (576 rows, 18 blocks of 20 bytes)
+  blocks = raw.reshape(576, 18, 20)
+  np.testing.assert_array_equal(q.values[7], blocks[..., 4:])            # the file's bytes, not recomputed
+  np.testing.assert_array_equal(q.scale[7].view(np.uint8).reshape(576, 18, 2), blocks[..., :2])
+  # Dequantized, they are exactly the float import (which gguf.quants dequantized at load).
+  dequantized = dict(leaves_with_paths(quant.dequantize(packed.params)))
+  for path, b in leaves_with_paths(smollm2.params):
+    np.testing.assert_array_equal(np.asarray(dequantized.pop(path)), np.asarray(b), err_msg=path)
+  assert not dequantized
+  assert quant.nbytes(packed.params) < 0.19 * quant.nbytes(smollm2.params)
+  ids = jnp.asarray(reference("smollm2")["ids"][None, 1:])
+  model = llama.model_from_config(packed.config)
+  apply = jax.jit(model.apply)
+  packed_logits, plain_logits = apply(packed.params, {}, ids)[0], apply(smollm2.params, {}, ids)[0]
+  # The same weights, summed in another order (in groups, per nibble): float32 rounding only.
+  assert float(jnp.abs(packed_logits - plain_logits).max()) < 2e-3
+  np.testing.assert_array_equal(packed_logits.argmax(-1), plain_logits.argmax(-1))
+
+
+def test_load_packed_reads_the_packages_gguf_and_refuses_families_without_packed_weights():
+  from combinax import pretrained, quant
+  model, params, tokenizer = pretrained.load("smollm2-135m-instruct", packed=True, mode="predict", max_len=24)
+  assert isinstance(params["blocks"]["ff"]["up"]["kernel"], quant.QuantizedArray)
+  prompt = np.asarray(tokenizer.encode("The capital of France is"), np.int32)[None]
+  out = decoding.autoregressive_sample(model, params, prompt, max_length=2, temperature=0.0, start_id=None)
+  assert tokenizer.decode(out[0]) == " Paris."
+  with pytest.raises(PretrainedError, match="its files hold no packed quantized weights; load it with packed=False"):
+    pretrained.load("all-minilm-l6-v2", packed=True)
