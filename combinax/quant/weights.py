@@ -23,6 +23,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 KINDS = ("int8", "q4", "q4_1")
 
@@ -87,10 +88,14 @@ class QuantizedArray:
     (`axis=-2`), `x @ T.T` for a table `T (n, k)` (`axis=-1`, tied logits); returns `(..., n)` in x's dtype. The
     weight must be grouped along the axis its use contracts (`axis`).
 
-    Computed in the stored `(n, k)` layout, dequantizing inside the matmul: XLA fuses the int8 -> float conversion
-    into the dot's operand, so the weight streams from memory at its stored size. A 4-bit weight is two dots, one per
+    Computed in the stored `(n, k)` layout, dequantizing just before the matmul: XLA:CPU writes the dequantized
+    weight once, then multiplies (it fuses no conversion into a dot's operand). A 4-bit weight is two dots, one per
     nibble, each against its half of every group's inputs, since unpacking the nibbles into one matrix (a
-    concatenate) stops that fusion (4x slower than float32 for 30 576x1536 products; two dots: as fast as int8).
+    concatenate) was 4x slower than float32 for 30 576x1536 products; two dots: as fast as int8. A weight larger
+    than `_CHUNK_BYTES` as float32 (an LM's tied logits table) is done in chunks of rows, one after the other
+    (`lax.map`), so no float32 copy of it ever exists: as one piece, XLA hoisted its dequantization out of the
+    decoding loop and kept it resident (113 MB for SmolLM2's int8 table, which then took 248 MB of temporaries
+    where float32 took 29; chunked: 28 MB, and 104 tokens/s instead of 87).
     """
     if self.values.ndim != 3:
       raise ValueError(f"QuantizedArray.contract: a 2-D weight, got shape {self.shape} (slice stacked layers first)")
@@ -103,14 +108,31 @@ class QuantizedArray:
     if x.shape[-1] != k:
       raise ValueError(f"QuantizedArray.contract: inputs (..., {k}) for a weight of shape {self.shape}, got {x.shape}")
     rows = x.reshape(-1, k).astype(jnp.float32)
-    if self.kind == "int8":
-      y = _dot_rows(rows, self._weights(self.values).reshape(n, k))
+    chunks = _chunks(n, 4 * n * k)
+    if chunks == 1:
+      y = self._contract_rows(rows)
     else:
-      halves = rows.reshape(-1, n_groups, 2, self.group // 2)   # each group: its first half, then its second
-      y = 0.0
-      for i, nibbles in enumerate((self.values & 0x0F, self.values >> 4)):
-        y = y + _dot_rows(halves[:, :, i].reshape(-1, k // 2), self._weights(nibbles).reshape(n, k // 2))
+      split = lambda a: None if a is None else a.reshape((chunks, n // chunks) + a.shape[1:])
+      pieces = lax.map(lambda fields: dataclasses.replace(self, values=fields[0], scale=fields[1],
+                                                          offset=fields[2])._contract_rows(rows),
+                       (split(self.values), split(self.scale), split(self.offset)))   # (chunks, b, n / chunks)
+      y = jnp.moveaxis(pieces, 0, 1).reshape(rows.shape[0], n)
     return y.astype(x.dtype).reshape(x.shape[:-1] + (n,))
+
+  def _contract_rows(self, rows: jax.Array) -> jax.Array:
+    """rows (b, k) float32 . this 2-D weight in its stored layout -> (b, n)."""
+    n, n_groups, _ = self.values.shape
+    k = n_groups * self.group
+    # Tied to the inputs, the weight's dequantization depends on them: XLA can no longer hoist it out of a loop
+    # (decoding's) as a float32 copy kept for the whole loop.
+    weight, rows = lax.optimization_barrier((self, rows))
+    if self.kind == "int8":
+      return _dot_rows(rows, weight._weights(weight.values).reshape(n, k))
+    halves = rows.reshape(-1, n_groups, 2, self.group // 2)   # each group: its first half, then its second
+    y = 0.0
+    for i, nibbles in enumerate((weight.values & 0x0F, weight.values >> 4)):
+      y = y + _dot_rows(halves[:, :, i].reshape(-1, k // 2), weight._weights(nibbles).reshape(n, k // 2))
+    return y
 
   def take(self, ids: jax.Array, dtype=None) -> jax.Array:
     """Rows `ids` of a table quantized along its last axis (an embedding), dequantized: `table[ids]`."""
@@ -120,6 +142,18 @@ class QuantizedArray:
     rows = lambda a: None if a is None else jnp.take(a, ids, axis=0)
     picked = dataclasses.replace(self, values=rows(self.values), scale=rows(self.scale), offset=rows(self.offset))
     return picked.dequantize(dtype)
+
+
+_CHUNK_BYTES = 16 * 2 ** 20   # float32 bytes of a weight dequantized at once, at most (see `contract`)
+
+
+def _chunks(n: int, float_bytes: int) -> int:
+  """Into how many equal chunks of rows a weight of `n` rows and `float_bytes` float32 bytes is split: the fewest
+  that divide n and keep each chunk under `_CHUNK_BYTES` (1: not split)."""
+  chunks = -(-float_bytes // _CHUNK_BYTES)
+  while n % chunks:
+    chunks += 1
+  return chunks
 
 
 def _dot_rows(x, weight):
