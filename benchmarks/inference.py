@@ -1,64 +1,124 @@
-"""Greedy decoding speed of SmolLM2-135M at batch 1 with float32, int8 and 4-bit weights (combinax.quant).
+"""Greedy decoding of SmolLM2-135M at batch 1: combinax (float32, int8, the GGUF's packed 4-bit blocks) against
+PyTorch `transformers` (float32) and llama.cpp (`llama-cpp-python`, the same GGUF file), side by side in one run.
 
-    python benchmarks/inference.py [--new 128] [--repeats 5]
+    pip install -e ".[bench]"                           # PyTorch, transformers, llama-cpp-python (builds llama.cpp)
+    python benchmarks/inference.py [--new 128] [--rounds 5] [--peers-python PATH]
 
-A 22-token prompt, then `--new` tokens (greedy; the EOS is ignored, so every run makes them all), each setting
-compiled first and then timed `--repeats` times, the settings interleaved so that the machine's drift hits all of
-them alike; the best time of each is reported (tokens/s), with the time to the first token (the prompt's prefill
-and one token) and the params' bytes. Issue 18's targets: int8 >= 1.5x float32's tokens/s, and the peers (PyTorch
-transformers, llama.cpp) in the same run: not yet here.
+Every engine runs in a worker process of its own (`peers/generate_*.py`, the protocol in `peers/generation.py`),
+reads the same GGUF file (combinax's float32 and int8 from its cached import of it), and gets the same prompt as
+token ids: a 22-token chat prompt, then `--new` tokens, greedy, the end-of-sequence token ignored so that all make
+the same number, on `--threads` threads. All workers load and warm up first (the compiling engines compile then),
+one at a time; then each round asks every worker in turn (the order rotating) for one generation of `--new` tokens
+and one of 1 token (time to first token: the prompt's prefill and one step), so that a slow spell of the machine
+hits every engine alike. Reported: tokens/s of the best and the median round, time to first token (best), load
+time (from process start, imports included), the weights' bytes, the worker's peak RSS, and for how many tokens
+the text equals llama.cpp's (greedy decoding, so the engines agree until two tokens' logits nearly tie).
+
+Issue 18's targets: combinax int8 >= 1.5x its float32 and >= PyTorch; combinax's best >= 0.7x llama.cpp.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
 
-import jax
-import numpy as np
-
-from combinax import decoding, pretrained, quant
-
-NAME = "smollm2-135m-instruct"
+HERE = Path(__file__).resolve().parent
 PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-EMBED8 = ("embed/embedding", quant.QuantSpec("int8", 32))
-SETTINGS = {
-    "float32": None,
-    "int8/32": [("blocks/*kernel", quant.QuantSpec("int8", 32)), EMBED8],   # llama.cpp's Q8_0
-    "q4_1/32": [("blocks/*kernel", "q4_1"), EMBED8],                       # the bundled file's own Q4_1
-}
+NAME = "smollm2-135m-instruct"
+
+
+def engines(peers_python: str) -> dict[str, list[str]]:
+  """Engine name -> its worker's command (without the common flags)."""
+  ours = [sys.executable, str(HERE / "peers" / "generate_combinax.py")]
+  return {
+      "combinax float32": ours + ["--weights", "float32"],
+      "combinax int8": ours + ["--weights", "int8"],
+      "combinax gguf (q4_1)": ours + ["--weights", "gguf"],
+      "transformers float32": [peers_python, str(HERE / "peers" / "generate_torch.py")],
+      "llama.cpp gguf (q4_1)": [peers_python, str(HERE / "peers" / "generate_llamacpp.py")],
+  }
+
+
+class Worker:
+  def __init__(self, name: str, command: list[str]):
+    self.name = name
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    self.ready = self._read()
+    self.rounds: list[dict] = []
+    self.peak_rss_mb = float("nan")
+
+  def _read(self) -> dict:
+    line = self.process.stdout.readline()
+    if not line:
+      raise RuntimeError(f"{self.name}: the worker ended (exit code {self.process.wait()}); see its stderr above")
+    return json.loads(line)
+
+  def run(self):
+    self.process.stdin.write("run\n")
+    self.process.stdin.flush()
+    self.rounds.append(self._read())
+
+  def quit(self):
+    self.process.stdin.write("quit\n")
+    self.process.stdin.flush()
+    self.peak_rss_mb = self._read()["peak_rss_mb"]
+    self.process.wait()
+
+
+def _equal_prefix(a, b) -> int:
+  n = 0
+  while n < min(len(a), len(b)) and a[n] == b[n]:
+    n += 1
+  return n
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--new", type=int, default=128)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument("--peers-python", default=sys.executable,
+                      help="the Python whose environment has torch, transformers and llama-cpp-python")
+  parser.add_argument("--only", nargs="*", help="engine names to run (default: all)")
   args = parser.parse_args()
-  _, params, tokenizer = pretrained.load(NAME, mode="eval")
-  prompt = np.asarray(tokenizer.encode(PROMPT), np.int32)[None]
-  decoder = pretrained.model(NAME, mode="predict", max_len=prompt.shape[1] + args.new + 1)
-  weights = {name: params if rules is None else jax.block_until_ready(quant.quantize(params, rules))
-             for name, rules in SETTINGS.items()}
-
-  def generate(w, n):
-    return np.asarray(decoding.autoregressive_sample(decoder, w, prompt, max_length=n, temperature=0.0))
-
-  outputs = {name: (generate(w, args.new), generate(w, 1)) for name, w in weights.items()}   # compiles
-  best = {name: [np.inf, np.inf] for name in weights}
-  for _ in range(args.repeats):
-    for name, w in weights.items():
-      for i, n in enumerate((args.new, 1)):
-        started = time.perf_counter()
-        generate(w, n)
-        best[name][i] = min(best[name][i], time.perf_counter() - started)
-  print(f"{NAME}, batch 1, prompt of {prompt.shape[1]} tokens + {args.new} new (greedy), best of {args.repeats}, "
-        f"{jax.device_count()} device(s)")
-  print(f"{'weights':>9} {'tokens/s':>9} {'vs float32':>10} {'first token ms':>15} {'params MB':>10} {'same tokens':>12}")
-  reference = best["float32"][0]
-  for name, (total, first) in best.items():
-    same = np.mean(outputs[name][0] == outputs["float32"][0])
-    print(f"{name:>9} {args.new / total:9.1f} {reference / total:9.2f}x {first * 1e3:15.1f} "
-          f"{quant.nbytes(weights[name]) / 1e6:10.1f} {same:12.1%}")
+  from combinax import pretrained
+  from combinax.pretrained import registry
+  gguf = registry.source_files(NAME)
+  if gguf is None:
+    raise SystemExit(f"{NAME} is not installed: {registry.download_command(NAME)}")
+  prompt = [int(t) for t in pretrained.tokenizer(NAME).encode(PROMPT)]
+  common = ["--gguf", str(gguf), "--prompt", ",".join(map(str, prompt)), "--new", str(args.new), "--threads",
+            str(args.threads)]
+  workers = []
+  for name, command in engines(args.peers_python).items():
+    if args.only and name not in args.only:
+      continue
+    print(f"starting {name} ...", file=sys.stderr, flush=True)
+    workers.append(Worker(name, command + common))
+  for r in range(args.rounds):
+    for i in range(len(workers)):
+      workers[(i + r) % len(workers)].run()
+  for worker in workers:
+    worker.quit()
+  reference = next((w.rounds[0]["tokens"] for w in workers if w.name.startswith("llama.cpp")), None)
+  print(f"{NAME}, batch 1, prompt of {len(prompt)} tokens + {args.new} new (greedy), {args.threads} threads, "
+        f"{args.rounds} interleaved rounds")
+  print(f"| engine | tokens/s best | median | first token ms | load s | weights MB | peak RSS MB | "
+        f"tokens equal to llama.cpp's |")
+  print("|---|---|---|---|---|---|---|---|")
+  for w in workers:
+    rates = [args.new / r["total_s"] for r in w.rounds]
+    first = min(r["first_s"] for r in w.rounds) * 1e3
+    tokens = w.rounds[0]["tokens"]
+    same = "-" if reference is None else f"{_equal_prefix(tokens, reference)}/{args.new}"
+    print(f"| {w.ready['engine']} | {max(rates):.1f} | {statistics.median(rates):.1f} | {first:.0f} | "
+          f"{w.ready['load_s']:.1f} | {w.ready['weights_mb']:.0f} | {w.peak_rss_mb:.0f} | {same} |")
 
 
 if __name__ == "__main__":
