@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import io_callback
 
 from combinax import shapes
 from combinax.layers.attention import DotProductAttention
@@ -127,7 +128,7 @@ def sampled_logits(logits, temperature: float, top_k: int | None = None, top_p: 
 def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int = 100, temperature: float = 1.0,
                           top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
                           rng=None, inputs=None, prompt_lengths=None, start_id: int | None = 0, pad_id: int = 0,
-                          batch_size: int = 1):
+                          batch_size: int = 1, on_token=None):
   """Generates `max_length` tokens after each prompt; returns int32 (batch, max_length), `pad_id` after an EOS.
 
   Args:
@@ -141,6 +142,9 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
     start_id: the token fed before each prompt, as the model saw one before every training sequence (combinax's
       LMs shift their inputs right by one token 0); None feeds the prompt as it is, for a model trained without one
       (e.g. an imported LM whose tokenizer adds no BOS: SmolLM2), so it sees exactly the context its reference sees.
+    on_token: streaming: called on the host with each new position's tokens (a numpy int32 (batch,) array; `pad_id`
+      for a sequence already ended) as soon as they are made, in order, while the loop goes on. Prompts must be of
+      one length. It is part of what is compiled: pass the same function each time (not a new lambda per call).
   """
   check_sampling(max_length, temperature, top_k, top_p)
   prompt = _as_prompt(prompt, inputs, batch_size)
@@ -150,6 +154,11 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
     raise ValueError(f"prompt_lengths must be {batch} lengths within 0..{width}, got {prompt_lengths}")
   if temperature != 0 and rng is None:
     raise ValueError("sampling with temperature > 0 needs an rng (or use temperature=0 for greedy decoding)")
+  if on_token is not None and not callable(on_token):
+    raise ValueError(f"on_token: expected a function of the new tokens, got {on_token!r}")
+  if on_token is not None and lengths.min() != width:
+    raise ValueError(f"on_token streams one position of every sequence at a time, so the prompts must be of one "
+                     f"length; got prompt_lengths {lengths.tolist()}")
   if start_id is None and lengths.min() < 1:
     raise ValueError("start_id=None feeds each prompt as it is, so every prompt needs at least one token; got a "
                      f"prompt of length {lengths.min()}")
@@ -158,7 +167,7 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
   state = _init_state(model, batch, inputs)
   rng = jax.random.key(0) if rng is None else rng
   settings = _Sampling(int(lengths.min()), total, max_length, float(temperature), top_k, top_p, eos_id, start_id,
-                       pad_id)
+                       pad_id, on_token)
   return _sample(model, settings, params, state, prompt, jnp.asarray(lengths, jnp.int32), inputs, rng)
 
 
@@ -173,11 +182,12 @@ class _Sampling(NamedTuple):
   eos_id: int | None
   start_id: int | None
   pad_id: int
+  on_token: object = None   # a host function of each position's new tokens (streaming), or None
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _sample(model, settings: _Sampling, params, state, prompt, lengths, inputs, rng):
-  shortest, total, max_length, temperature, top_k, top_p, eos_id, start_id, pad_id = settings
+  shortest, total, max_length, temperature, top_k, top_p, eos_id, start_id, pad_id, on_token = settings
   batch = prompt.shape[0]
   buffer = jnp.pad(prompt, ((0, 0), (0, total - prompt.shape[1])), constant_values=pad_id)
   fed = buffer[:, :shortest]
@@ -193,6 +203,8 @@ def _sample(model, settings: _Sampling, params, state, prompt, lengths, inputs, 
     if eos_id is not None:
       done = done | (~in_prompt & (token == eos_id))
     buffer = buffer.at[:, t].set(token)
+    if on_token is not None:   # ordered: the host sees the positions in turn, while the loop goes on
+      io_callback(lambda tokens: on_token(np.asarray(tokens)), None, token, ordered=True)
     logits, state = _call(model, params, state, inputs, token[:, None])
     return t + 1, logits, state, buffer, done
 

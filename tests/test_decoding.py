@@ -95,6 +95,25 @@ def test_eos_ends_a_sequence_with_padding(lm):
       np.testing.assert_array_equal(row, full)
 
 
+def test_streamed_tokens_arrive_in_order_and_equal_the_result(lm):
+  _, decoder, params, prompt = lm
+  streamed = []
+  out = np.asarray(decoding.autoregressive_sample(decoder, params, prompt, max_length=6, temperature=0.0,
+                                                  on_token=streamed.append))
+  assert len(streamed) == 6 and all(t.shape == (3,) for t in streamed)
+  np.testing.assert_array_equal(np.stack(streamed, axis=1), out)
+  # The loop stops once every sequence has ended: the stream ends there too, each sequence's EOS in it.
+  eos = int(out[0, 1])
+  streamed.clear()
+  ended = np.asarray(decoding.autoregressive_sample(decoder, params, prompt[:1], max_length=6, temperature=0.0,
+                                                    eos_id=eos, on_token=streamed.append))
+  end = int(np.flatnonzero(out[0] == eos)[0])
+  np.testing.assert_array_equal(np.concatenate(streamed), ended[0, :end + 1])
+  with pytest.raises(ValueError, match="prompts must be of one length; got prompt_lengths \\[4, 2, 3\\]"):
+    decoding.autoregressive_sample(decoder, params, prompt, max_length=2, prompt_lengths=[4, 2, 3],
+                                   temperature=0.0, on_token=streamed.append)
+
+
 def test_prompts_of_different_lengths(lm):
   _, decoder, params, prompt = lm
   lengths = [4, 2, 3]
