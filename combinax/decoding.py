@@ -20,9 +20,9 @@ from jax import lax
 from jax.experimental import io_callback
 
 from combinax import shapes
-from combinax.layers.attention import DotProductAttention
+from combinax.layers.attention import DotProductAttention, ShiftRight
 from combinax.layers.base import Layer
-from combinax.layers.positional import LearnedPositionalEncoding
+from combinax.layers.positional import LearnedPositionalEncoding, _Positional
 
 
 def _layers(layer: Layer):
@@ -90,6 +90,13 @@ def _zero_state(model: Layer, tree, leaves):
   # Compiled once per model and signature: a fresh `jax.jit(lambda: ...)` at each call traced and compiled the
   # model's init every time, 160 ms of SmolLM2's 216 ms to its first token.
   return model.init(jax.random.key(0), jax.tree_util.tree_unflatten(tree, leaves))[1]
+
+
+def _with_index(state, index):
+  """The decoding state with every cache's (and position encoding's) `index` set to `index`."""
+  def reset(path, leaf):
+    return jnp.full_like(leaf, index) if getattr(path[-1], "key", None) == "index" else leaf
+  return jax.tree_util.tree_map_with_path(reset, state)
 
 
 def _call(model, params, state, inputs, ids):
@@ -164,17 +171,51 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
                      f"prompt of length {lengths.min()}")
   total = int(lengths.max()) + max_length
   _check_model(model, total, inputs)
+  bucket = _bucket(model, width, max_length, start_id)
+  if bucket is not None:   # one compilation for every prompt width up to the bucket's
+    prompt = jnp.pad(prompt, ((0, 0), (0, bucket - width)), constant_values=pad_id)
   state = _init_state(model, batch, inputs)
   rng = jax.random.key(0) if rng is None else rng
-  settings = _Sampling(int(lengths.min()), total, max_length, float(temperature), top_k, top_p, eos_id, start_id,
-                       pad_id, on_token)
+  settings = _Sampling(None if bucket is not None else int(lengths.min()), prompt.shape[1] + max_length, max_length,
+                       float(temperature), top_k, top_p, eos_id, start_id, pad_id, on_token)
   return _sample(model, settings, params, state, prompt, jnp.asarray(lengths, jnp.int32), inputs, rng)
+
+
+def rewind_blocker(model: Layer) -> Layer | None:
+  """The first layer of `model` whose decoding state is more than a position (`index`) and a KV cache written at
+  it (an RNN's carry), or None: then the whole state can be rewound to an earlier position by setting its index, the
+  entries past it being masked and overwritten when fed again (speculative decoding and prompt buckets rely on it)."""
+  for layer in _layers(model):
+    own = layer.decodes and not any(child.decodes for child in layer.sublayers)
+    if own and not isinstance(layer, (DotProductAttention, ShiftRight, _Positional)):
+      return layer
+  return None
+
+
+def _capacity(model: Layer) -> int | None:
+  """The positions the model's decoding state holds (its smallest `max_len`), or None if unbounded."""
+  sizes = [layer.max_len for layer in _layers(model)
+           if isinstance(layer, (DotProductAttention, _Positional)) and layer.decodes]
+  return min(sizes, default=None)
+
+
+def _bucket(model: Layer, width: int, max_length: int, start_id) -> int | None:
+  """The width a prompt of `width` is padded to, so that prompts of nearby widths share one compilation: the next
+  power of two, at least 16; None (no padding) when the model's state cannot be rewound past the padding or its cache
+  has no room for it. The padded positions are filled with the prompt in one call and then rewound."""
+  bucket = max(16, 1 << max(width - 1, 0).bit_length())
+  capacity = _capacity(model)
+  needed = bucket + max_length + (start_id is not None)
+  if rewind_blocker(model) is not None or (capacity is not None and needed > capacity):
+    return None
+  return bucket
 
 
 class _Sampling(NamedTuple):
   """What `_sample` compiles for (hashable: one compilation per model and settings)."""
-  shortest: int          # the shortest prompt: positions before it are filled in one call
-  total: int             # the longest prompt + max_length
+  shortest: int | None   # the shortest prompt: positions before it are filled in one call; None: the whole padded
+                         # prompt is, and the state is rewound to the shortest prompt (prompt buckets)
+  total: int             # the (padded) prompt's width + max_length
   max_length: int
   temperature: float
   top_k: int | None
@@ -190,10 +231,18 @@ def _sample(model, settings: _Sampling, params, state, prompt, lengths, inputs, 
   shortest, total, max_length, temperature, top_k, top_p, eos_id, start_id, pad_id, on_token = settings
   batch = prompt.shape[0]
   buffer = jnp.pad(prompt, ((0, 0), (0, total - prompt.shape[1])), constant_values=pad_id)
-  fed = buffer[:, :shortest]
+  fed = buffer[:, :prompt.shape[1] if shortest is None else shortest]
   if start_id is not None:
     fed = jnp.concatenate([jnp.full((batch, 1), start_id, jnp.int32), fed], axis=1)
-  logits, state = _call(model, params, state, inputs, fed)          # prefill: logits for position `shortest`
+  if shortest is not None:
+    logits, state = _call(model, params, state, inputs, fed)        # prefill: logits for position `shortest`
+    start = jnp.int32(shortest)
+  else:   # the whole padded prompt in one call, then back to the shortest prompt's end
+    start = jnp.min(lengths)
+    committed = start + (start_id is not None)                      # tokens fed up to position `start`
+    all_logits, state = model.apply(params, state, fed if inputs is None else (inputs, fed))
+    logits = lax.dynamic_index_in_dim(all_logits, committed - 1, axis=1, keepdims=False).astype(jnp.float32)
+    state = _with_index(state, committed)
 
   def body(carry):
     t, logits, state, buffer, done = carry
@@ -208,12 +257,14 @@ def _sample(model, settings: _Sampling, params, state, prompt, lengths, inputs, 
     logits, state = _call(model, params, state, inputs, token[:, None])
     return t + 1, logits, state, buffer, done
 
+  end = jnp.max(lengths) + max_length
+
   def not_finished(carry):
     t, _, _, _, done = carry
-    return (t < total) & ~jnp.all(done)
+    return (t < end) & ~jnp.all(done)
 
   done = jnp.zeros((batch,), jnp.bool_)
-  _, _, _, buffer, _ = lax.while_loop(not_finished, body, (jnp.int32(shortest), logits, state, buffer, done))
+  _, _, _, buffer, _ = lax.while_loop(not_finished, body, (start, logits, state, buffer, done))
   generated = jnp.take_along_axis(buffer, lengths[:, None] + jnp.arange(max_length)[None, :], axis=1)
   return generated
 

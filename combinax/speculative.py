@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from combinax.decoding import _call, _check_model, _init_state, check_sampling, sampled_logits
+from combinax.decoding import (_call, _check_model, _init_state, _with_index, check_sampling, rewind_blocker,
+                               sampled_logits)
 from combinax.layers.base import Layer
 
 
@@ -57,6 +58,11 @@ def speculative_sample(target: Layer, target_params, draft: Layer, draft_params,
       _check_model(model, fed + max_length + k, None)
     except ValueError as e:
       raise ValueError(f"{name}: {e} (speculating {k} tokens ahead)") from None
+    blocker = rewind_blocker(model)
+    if blocker is not None:
+      raise ValueError(f"{name}: speculative decoding rewinds the decoding state past rejected tokens, which "
+                       f"{blocker.name} ({type(blocker).__name__}: a recurrent carry) cannot do; use a model whose "
+                       "state is its attention caches (a Transformer)")
   batch = prompt.shape[0]
   settings = _Speculation(int(k), int(max_length), float(temperature), top_k, top_p, start_id, pad_id)
   tokens, rounds, accepted = _speculate(target, draft, settings, target_params, draft_params,
@@ -78,13 +84,6 @@ class _Speculation(NamedTuple):
   top_p: float | None
   start_id: int | None
   pad_id: int
-
-
-def _with_index(state, index):
-  """The decoding state with every cache's (and position encoding's) `index` set to `index`."""
-  def reset(path, leaf):
-    return jnp.full_like(leaf, index) if getattr(path[-1], "key", None) == "index" else leaf
-  return jax.tree_util.tree_map_with_path(reset, state)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

@@ -43,6 +43,32 @@ def test_greedy_equals_recomputation_and_compiles_once(lm):
   assert decoding._sample._cache_size() == compiled  # new data, same shapes: no new compilation
 
 
+@pytest.mark.parametrize("start_id", [0, None])
+def test_prompts_of_nearby_widths_share_one_compilation_and_decode_as_without_padding(lm, start_id):
+  model, _, params, _ = lm
+  roomy = TransformerLM(20, **{**LM, "max_len": 40}, mode="predict")
+  prompts = [jax.random.randint(jax.random.key(w), (2, w), 1, 20, jnp.int32) for w in (9, 12, 16)]
+  before = decoding._sample._cache_size()
+  outs = [decoding.autoregressive_sample(roomy, params, p, max_length=5, temperature=0.0, start_id=start_id)
+          for p in prompts]
+  assert decoding._sample._cache_size() == before + 1   # all padded to 16, filled in one call, then rewound
+  for p, out in zip(prompts, outs):
+    # A cache with no room for the padding decodes the prompt as it is: the same tokens.
+    snug = TransformerLM(20, **{**LM, "max_len": p.shape[1] + 5 + 1}, mode="predict")
+    np.testing.assert_array_equal(out, decoding.autoregressive_sample(snug, params, p, max_length=5,
+                                                                      temperature=0.0, start_id=start_id))
+  snug = TransformerLM(20, **{**LM, "max_len": 9 + 5 + 1}, mode="predict")
+  assert decoding._bucket(snug, 9, 5, 0) is None and decoding._bucket(roomy, 9, 5, 0) == 16
+
+
+def test_only_states_made_of_caches_and_positions_can_be_rewound(lm):
+  _, decoder, _, _ = lm
+  assert decoding.rewind_blocker(decoder) is None
+  rnn = RNNLM(12, d_model=8, n_layers=1, mode="predict")
+  assert type(decoding.rewind_blocker(rnn)).__name__ == "Scan"   # the LSTM's carry
+  assert decoding._bucket(rnn, 3, 5, 0) is None
+
+
 def test_without_a_start_token_the_prompt_is_fed_as_it_is(lm):
   # start_id=None with token 0 written at the front of the prompt is exactly the default start token 0.
   _, decoder, params, prompt = lm

@@ -109,3 +109,8 @@ def test_bad_settings_are_named(models):
     speculative_sample(target, target_params, draft, draft_params, PROMPT, max_length=60, k=4, temperature=0.0)
   with pytest.raises(ValueError, match="needs an rng"):
     speculative_sample(target, target_params, draft, draft_params, PROMPT, max_length=4, temperature=1.0)
+  from combinax.models.rnn import RNNLM
+  rnn = RNNLM(12, d_model=8, n_layers=1, mode="predict")
+  rnn_params, _ = RNNLM(12, d_model=8, n_layers=1).init(jax.random.key(0), PROMPT)
+  with pytest.raises(ValueError, match=r"draft: speculative decoding rewinds .* \(Scan: a recurrent carry\) cannot"):
+    speculative_sample(target, target_params, rnn, rnn_params, PROMPT, max_length=4, temperature=0.0)
