@@ -109,8 +109,8 @@ def main():
   reference = next((w.rounds[0]["tokens"] for w in workers if w.name.startswith("llama.cpp")), None)
   print(f"{NAME}, batch 1, prompt of {len(prompt)} tokens + {args.new} new (greedy), {args.threads} threads, "
         f"{args.rounds} interleaved rounds")
-  print(f"| engine | tokens/s best | median | first token ms | load s | weights MB | peak RSS MB | "
-        f"tokens equal to llama.cpp's |")
+  print("| engine | tokens/s best | median | first token ms | load s | weights MB | peak RSS MB | "
+        "tokens equal to llama.cpp's |")
   print("|---|---|---|---|---|---|---|---|")
   for w in workers:
     rates = [args.new / r["total_s"] for r in w.rounds]

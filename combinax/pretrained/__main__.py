@@ -1,4 +1,4 @@
-"""`python -m combinax.pretrained [list | download NAME... | info NAME...]`."""
+"""`python -m combinax.pretrained [list | download NAME... | info NAME... | run NAME [FLAGS]]`."""
 
 import sys
 

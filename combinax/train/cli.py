@@ -2,6 +2,7 @@
 
     combinax-train --config_file=configs/transformer_lm_kjv.gin --output_dir=runs/lm [--config='Trainer.steps=100']
     combinax-decode --output_dir=runs/lm --prompt="In the beginning" --max_length=60
+    combinax-decode --pretrained=smollm2-135m-instruct --quantize=int8 --interactive
 
 `combinax-train` writes `config.gin` (every binding it was given) and `operative_config.gin` (the values used) next
 to the checkpoints; `combinax-decode` reads `config.gin` back, so it builds the same model and tokenizer.
@@ -16,7 +17,6 @@ that it found no TPU is kept out). `combinax-train` restarts itself once on Linu
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import sys
@@ -50,6 +50,17 @@ flags.DEFINE_bool("allow_longer", False, "combinax-decode: decode past the max_l
                   "values, but the model has not learned to use them, and text degrades; a learned position table "
                   "has no rows for them at all, so it is refused even then")
 flags.DEFINE_integer("seed", 0, "combinax-decode: sampling seed")
+flags.DEFINE_string("pretrained", None, "combinax-decode: a bundled pretrained LM to decode instead of a run's "
+                    "(python -m combinax.pretrained list)")
+flags.DEFINE_string("quantize", None, "combinax-decode: int8, q4 or q4_1 weights (quantized at load), or gguf (a "
+                    "GGUF model's own packed blocks, with --pretrained)")
+flags.DEFINE_string("draft", None, "combinax-decode: the output_dir of a small LM trained with the same tokenizer, "
+                    "which proposes tokens for the model to check (speculative decoding)")
+flags.DEFINE_integer("draft_k", 4, "combinax-decode: tokens the draft proposes at a time")
+flags.DEFINE_string("template", None, "combinax-decode: how a prompt's text is put to the model, with {prompt} "
+                    "for the text (default: a pretrained model's chat template, else the text as it is)")
+flags.DEFINE_bool("interactive", False, "combinax-decode: read one prompt a line from the terminal and print each "
+                  "answer as it is made (an empty line ends)")
 
 
 TRAIN_HELP = """combinax-train: trains the model a gin config describes; rerunning resumes from the newest checkpoint.
@@ -73,16 +84,6 @@ line saying so), unless GLIBC_TUNABLES already names it or the environment has C
 allocates its scratch buffer (hundreds of MB) afresh for every step; on 4 KiB pages the kernel faults in every page of
 it every step, and on transparent huge pages a training step is ~10% faster (benchmarks/RESULTS.md).
 """
-
-DECODE_HELP = """combinax-decode: samples from the language model that combinax-train trained in --output_dir.
-
-  combinax-decode --output_dir=runs/lm --prompt="In the beginning" [--max_length=N --temperature=0.8 --top_k=40]
-
-Builds the model and tokenizer from the configuration the newest checkpoint was trained with (or
---output_dir/config.gin for runs older than that) and loads that checkpoint's params. It decodes up to the max_len
-the model was trained with (--allow_longer goes past it, where the positional encoding allows).
-"""
-
 
 class ConfigError(SystemExit):
   """A bad flag or configuration: the command exits with its message and code 2, before anything is written."""
@@ -149,91 +150,9 @@ def start_multihost() -> int:
 
 
 def decode_main(argv):
-  del argv
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  from combinax import decoding
-  from combinax.layers.positional import LearnedPositionalEncoding
-  from combinax.train import checkpoints
-  if FLAGS.output_dir is None:
-    raise ConfigError("combinax-decode: --output_dir is required")
-  output_dir = Path(FLAGS.output_dir)
-  latest = checkpoints.latest(output_dir)
-  if latest is None:
-    raise ConfigError(f"combinax-decode: no checkpoint in {output_dir}; train with combinax-train "
-                      f"--output_dir={output_dir}")
-  # The configuration the checkpoint was trained with (kept in it), not config.gin, which a later run may rewrite.
-  config = checkpoints.read_manifest(latest)["metadata"].get("run", {}).get("config")
-  if config is None:   # a checkpoint older than that
-    if not (output_dir / "config.gin").exists():
-      raise ConfigError(f"combinax-decode: {latest} records no configuration and {output_dir}/config.gin is missing")
-    config = (output_dir / "config.gin").read_text()
-  parse_config([], [config, *FLAGS.config], skip_unknown=True)
-  from combinax.train import sample_setup
-  model_fn, tokenizer = sample_setup()
-  if tokenizer is None:
-    raise ConfigError("combinax-decode: the config binds no tokenizer (sample_setup.tokenizer)")
-  prompts = FLAGS.prompt or [""]
-  eos = getattr(tokenizer, "eos_id", None)
-  # Training texts follow an EOS in the packed stream, so a prompt starts after one too.
-  encoded = [([eos] if eos is not None else []) + [int(i) for i in tokenizer.encode(p)] for p in prompts]
-  width = max(len(e) for e in encoded)
-  prompt = np.zeros((len(encoded), width), np.int32)
-  for i, ids in enumerate(encoded):
-    prompt[i, :len(ids)] = ids
-  train_model = model_fn(mode="eval")
-  max_length = _max_length(train_model, width, LearnedPositionalEncoding)
-  total = width + max_length
-  # A KV cache holds max_len positions: just enough for this run. Models without one (RNNs) take no max_len.
-  parameters = inspect.signature(model_fn).parameters
-  takes_max_len = "max_len" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-  decoder = model_fn(mode="predict", **({"max_len": total} if takes_max_len else {}))
-  template = jax.eval_shape(lambda: train_model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 1), jnp.int32))[0])
-  params, _ = checkpoints.restore(latest, template, prefix="params")
-  try:
-    out = decoding.autoregressive_sample(decoder, params, prompt, max_length=max_length,
-                                         temperature=FLAGS.temperature, top_k=FLAGS.top_k or None,
-                                         top_p=FLAGS.top_p, eos_id=eos, rng=jax.random.key(FLAGS.seed),
-                                         prompt_lengths=[len(e) for e in encoded])
-  except ValueError as e:   # a sampling setting out of range (each flag is named)
-    raise ConfigError(f"combinax-decode: {e}") from None
-  for given, ids in zip(encoded, np.asarray(out)):
-    ids = [int(i) for i in ids if i != 0]
-    if eos in ids:
-      ids = ids[:ids.index(eos)]
-    print(tokenizer.decode(np.asarray([i for i in given if i != eos] + ids, np.int32)))
-
-
-def _max_length(train_model, prompt_width: int, learned_positions: type) -> int:
-  """--max_length, checked against the positions the model was trained for (its layers' `max_len`): by default as
-  many tokens as fit after the prompt; beyond them only with --allow_longer, and never with a learned table."""
-  from combinax.decoding import _layers, check_sampling
-  layers = list(_layers(train_model))
-  trained = min((layer.max_len for layer in layers if isinstance(getattr(layer, "max_len", None), int)), default=None)
-  requested = FLAGS.max_length
-  if requested is None:
-    requested = 60 if trained is None else trained - prompt_width
-    if requested < 1:
-      raise ConfigError(f"combinax-decode: the prompt takes {prompt_width} of the {trained} positions the model was "
-                        "trained for, which leaves none to generate; shorten it")
-  try:
-    check_sampling(requested, FLAGS.temperature, FLAGS.top_k or None, FLAGS.top_p)
-  except ValueError as e:
-    raise ConfigError(f"combinax-decode: {e}") from None
-  if trained is None or prompt_width + requested <= trained:
-    return requested
-  why = (f"combinax-decode: the prompt ({prompt_width} tokens) + --max_length={requested} needs "
-         f"{prompt_width + requested} positions, but the model was trained with max_len={trained}")
-  if any(isinstance(layer, learned_positions) for layer in layers):
-    raise ConfigError(f"{why}, and its learned position table has no rows past {trained}: give --max_length <= "
-                      f"{trained - prompt_width}")
-  if not FLAGS.allow_longer:
-    raise ConfigError(f"{why}. Positions past {trained} were never seen in training (its positional encoding gives "
-                      "them values, but the model has not learned to use them, and text degrades): give "
-                      f"--max_length <= {trained - prompt_width}, or --allow_longer to decode past it anyway")
-  return requested
+  """`combinax-decode` (combinax/train/decode_cli.py)."""
+  from combinax.train.decode_cli import main
+  return main(argv)
 
 
 def _shown_help(help_text: str) -> bool:
@@ -325,5 +244,6 @@ def train():
 
 def decode():
   """Entry point of `combinax-decode`."""
+  from combinax.train.decode_cli import DECODE_HELP
   if not _shown_help(DECODE_HELP):
     _run(decode_main, "combinax-decode")

@@ -145,7 +145,10 @@ def test_help_explains_each_command_and_the_huge_pages_restart():
   assert train_help.returncode == 0 and "restarting" not in train_help.stderr
   assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in train_help.stdout and "COMBINAX_HUGE_PAGES=0" in train_help.stdout
   assert "--config_file" in train_help.stdout and "--output_dir" in train_help.stdout
-  assert "combinax-decode: samples" in _command("decode", "--help").stdout
+  decode_help = _command("decode", "--help").stdout
+  assert "combinax-decode: text from the language model" in decode_help
+  for flag in ("--pretrained", "--quantize", "--draft", "--interactive", "--template"):
+    assert flag in decode_help, flag
 
 
 def test_the_console_shows_combinax_lines_only_and_the_restart_once(tmp_path):

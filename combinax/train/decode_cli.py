@@ -1,0 +1,360 @@
+"""`combinax-decode`: text from a language model, the one a `combinax-train` run trained (`--output_dir`) or a
+bundled pretrained one (`--pretrained`); optionally with quantized weights (`--quantize`), a draft model proposing
+tokens for speculative decoding (`--draft`), and prompts read from the terminal with the answer streamed as it is
+made (`--interactive`). The flags are defined with the others in `cli.py`."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+DECODE_HELP = """combinax-decode: text from the language model a combinax-train run trained, or a bundled pretrained one.
+
+  combinax-decode --output_dir=runs/lm --prompt="In the beginning" [--max_length=N --temperature=0.8 --top_k=40]
+  combinax-decode --pretrained=smollm2-135m-instruct --quantize=gguf --prompt="What is the capital of France?"
+  combinax-decode --pretrained=smollm2-135m-instruct --quantize=int8 --interactive      # one prompt a line
+
+A run's model and tokenizer are built from the configuration its newest checkpoint was trained with (or
+--output_dir/config.gin for runs older than that), with that checkpoint's params; it decodes up to the max_len the
+model was trained with (--allow_longer goes past it, where the positional encoding allows). A pretrained model's
+prompt is put in its chat template (--template='{prompt}' gives the text as it is) and it makes up to 256 tokens.
+
+--quantize: int8 (kernels and embedding tables in int8, groups of 32 as llama.cpp's Q8_0: ~1.8x faster than float32
+  on a CPU at ~0.27x the memory, perplexity within 1%), q4 or q4_1 (kernels in 4 bits, tables int8: ~0.18x the
+  memory, less accurate), gguf (a GGUF model's own blocks kept packed, as llama.cpp runs them).
+--draft=DIR: a small LM trained with the same tokenizer (a combinax-train run) proposes --draft_k tokens at a
+  time and the model checks them in one call: the text is the model's own (greedy: token for token), and faster
+  when the draft is often right.
+"""
+
+QUANTIZE = ("int8", "q4", "q4_1", "gguf")
+PRETRAINED_LENGTH = 256     # --max_length of a pretrained LM when not given
+INTERACTIVE_POSITIONS = 2048   # the most positions (prompt + answer) an interactive session's caches hold
+
+
+class _LM(NamedTuple):
+  """What decoding needs of a language model, wherever it comes from."""
+  build: Callable[[int], Any]     # max_len -> the model in predict mode
+  eval_model: Any                 # the model as trained (its positions bound --max_length)
+  params: Any
+  tokenizer: Any
+  prefix: tuple                   # token ids put before each prompt's own
+  start_id: int | None            # fed before everything (the sampler's start token), None: nothing
+  template: str                   # the text of a prompt: template.format(prompt=text)
+  default_length: int | None      # --max_length when not given; None: fill the positions the model was trained for
+  roomy: bool                     # its caches may hold more positions than a call needs (no learned position table):
+                                  # room for decoding's prompt buckets, so that prompts share compilations
+
+
+def main(argv):
+  del argv
+  from combinax.train.cli import ConfigError
+  if (FLAGS.output_dir is None) == (FLAGS.pretrained is None):
+    raise ConfigError("combinax-decode: give --output_dir (a combinax-train run) or --pretrained (a bundled model), "
+                      "one of them")
+  if FLAGS.quantize is not None and FLAGS.quantize not in QUANTIZE:
+    raise ConfigError(f"combinax-decode: --quantize must be one of {', '.join(QUANTIZE)}, got {FLAGS.quantize!r}")
+  if FLAGS.quantize == "gguf" and FLAGS.pretrained is None:
+    raise ConfigError("combinax-decode: --quantize=gguf keeps a GGUF file's packed blocks, so it needs --pretrained "
+                      "(a run's float32 params quantize with --quantize=int8, q4 or q4_1)")
+  lm = (_from_run(Path(FLAGS.output_dir), FLAGS.config) if FLAGS.pretrained is None else
+        _from_pretrained(FLAGS.pretrained))
+  if FLAGS.quantize in ("int8", "q4", "q4_1"):
+    lm = lm._replace(params=quantized(lm.eval_model, lm.params, FLAGS.quantize))
+  template = lm.template if FLAGS.template is None else FLAGS.template
+  if "{prompt}" not in template:
+    raise ConfigError(f"combinax-decode: --template must contain {{prompt}}, got {template!r}")
+  lm = lm._replace(template=template)
+  draft = None if FLAGS.draft is None else _draft(Path(FLAGS.draft), lm)
+  if FLAGS.interactive:
+    _interactive(lm, draft)
+  else:
+    _decode_prompts(lm, draft, FLAGS.prompt or [""])
+
+
+def _from_run(output_dir: Path, bindings=()) -> _LM:
+  import jax
+  import jax.numpy as jnp
+
+  from combinax.train import checkpoints
+  from combinax.train.cli import ConfigError, parse_config
+  latest = checkpoints.latest(output_dir)
+  if latest is None:
+    raise ConfigError(f"combinax-decode: no checkpoint in {output_dir}; train with combinax-train "
+                      f"--output_dir={output_dir}")
+  # The configuration the checkpoint was trained with (kept in it), not config.gin, which a later run may rewrite.
+  config = checkpoints.read_manifest(latest)["metadata"].get("run", {}).get("config")
+  if config is None:   # a checkpoint older than that
+    if not (output_dir / "config.gin").exists():
+      raise ConfigError(f"combinax-decode: {latest} records no configuration and {output_dir}/config.gin is missing")
+    config = (output_dir / "config.gin").read_text()
+  import gin
+
+  def configured():
+    """gin holds one configuration at a time, and a draft's run is read after the model's: each run's models are
+    built under its own (--config adds to the model's, not the draft's)."""
+    gin.clear_config()
+    parse_config([], [config, *bindings], skip_unknown=True)
+    from combinax.train import sample_setup
+    return sample_setup()
+
+  model_fn, tokenizer = configured()
+  if tokenizer is None:
+    raise ConfigError(f"combinax-decode: the config of {output_dir} binds no tokenizer (sample_setup.tokenizer)")
+  eval_model = model_fn(mode="eval")
+  # A KV cache holds max_len positions: just enough for this run. Models without one (RNNs) take no max_len.
+  parameters = inspect.signature(model_fn).parameters
+  takes_max_len = "max_len" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+  template = jax.eval_shape(lambda: eval_model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 1), jnp.int32))[0])
+  params, _ = checkpoints.restore(latest, template, prefix="params")
+  eos = getattr(tokenizer, "eos_id", None)
+  def build(max_len: int):
+    model_fn, _ = configured()
+    return model_fn(mode="predict", **({"max_len": max_len} if takes_max_len else {}))
+
+  return _LM(build=build,
+             eval_model=eval_model, params=params, tokenizer=tokenizer,
+             # Training texts follow an EOS in the packed stream, so a prompt starts after one too.
+             prefix=(eos,) if eos is not None else (), start_id=0, template="{prompt}", default_length=None,
+             roomy=False)
+
+
+def _from_pretrained(name: str) -> _LM:
+  from combinax import pretrained
+  from combinax.pretrained import registry
+  from combinax.train.cli import ConfigError
+  if name not in registry.ENTRIES:
+    raise ConfigError(f"combinax-decode: no pretrained model {name!r}; known: {', '.join(registry.list_models())}")
+  _, params, tokenizer = pretrained.load(name, packed=FLAGS.quantize == "gguf")
+  module, config = registry.family(name), pretrained.config(name)
+  start_id = module.start_id(config) if hasattr(module, "start_id") else 0
+  return _LM(build=lambda max_len: pretrained.model(name, mode="predict", max_len=max_len),
+             eval_model=pretrained.model(name), params=params, tokenizer=tokenizer, prefix=(), start_id=start_id,
+             template=registry.info(name).prompt_template, default_length=PRETRAINED_LENGTH, roomy=True)
+
+
+def quantized(model, params, kind: str):
+  """`params` for decoding with `kind` weights: every matrix kernel in `kind` and every embedding table in int8,
+  in groups of 32 along the axis their matmul contracts where it divides it (llama.cpp's blocks), else one group
+  per output. Only Dense, Embedding and TiedLogits compute with quantized weights: a model with other matmuls (an
+  RNN's recurrent kernel) is refused."""
+  import jax
+  import jax.numpy as jnp
+
+  from combinax import quant
+  from combinax.paths import leaves_with_paths
+  from combinax.train.cli import ConfigError
+
+  def convert(path: str, leaf):
+    table = path.endswith("embedding") and leaf.ndim == 2
+    if not (table or (path.endswith("kernel") and leaf.ndim in (2, 3))):
+      return leaf
+    axis = -1 if table else -2
+    length = leaf.shape[axis]
+    group = 32 if length % 32 == 0 else length
+    if not table and kind != "int8" and group % 2:
+      return leaf   # 4 bits pack two to a byte: an odd axis stays float
+    return quant.quantize_array(leaf, "int8" if table else kind, group=group, axis=axis)
+
+  flat = leaves_with_paths(params)
+  out = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), [convert(p, leaf) for p, leaf in flat])
+  try:
+    jax.eval_shape(lambda p: model.apply(p, {}, jnp.zeros((1, 2), jnp.int32)), out)
+  except Exception as e:   # noqa: BLE001  (whatever a layer does with an array it did not expect)
+    raise ConfigError(f"combinax-decode: --quantize={kind}: this model has a layer that computes with its weights "
+                      "itself (only Dense, Embedding and TiedLogits take quantized ones, e.g. not an RNN's "
+                      f"recurrent kernel): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+  return out
+
+
+def _draft(output_dir: Path, lm: _LM) -> _LM:
+  import jax
+  import jax.numpy as jnp
+
+  from combinax.train.cli import ConfigError
+  draft = _from_run(output_dir)
+  ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)
+  vocab = [jax.eval_shape(lambda p, x, m=m: m.apply(p, {}, x)[0], p, ids).shape[-1]
+           for m, p in ((lm.eval_model, lm.params), (draft.eval_model, draft.params))]
+  if vocab[0] != vocab[1]:
+    raise ConfigError(f"combinax-decode: --draft={output_dir} predicts {vocab[1]} tokens and the model {vocab[0]}: "
+                      "a draft must use the model's tokenizer")
+  return draft
+
+
+def _encode(lm: _LM, text: str) -> list[int]:
+  return list(lm.prefix) + [int(i) for i in lm.tokenizer.encode(lm.template.format(prompt=text))]
+
+
+def _text(lm: _LM, ids) -> str:
+  """Generated ids as text, up to the EOS (and without the padding after it)."""
+  import numpy as np
+  eos = getattr(lm.tokenizer, "eos_id", None)
+  ids = [int(i) for i in ids]
+  if eos in ids:
+    ids = ids[:ids.index(eos)]
+  return lm.tokenizer.decode(np.asarray([i for i in ids if i != 0], np.int32))
+
+
+def _trained_positions(model) -> int | None:
+  from combinax.decoding import _layers
+  return min((layer.max_len for layer in _layers(model) if isinstance(getattr(layer, "max_len", None), int)),
+             default=None)
+
+
+def max_length_for(model, prompt_width: int, requested: int | None) -> int:
+  """--max_length, checked against the positions the model was trained for (its layers' `max_len`): by default as
+  many tokens as fit after the prompt; beyond them only with --allow_longer, and never with a learned table."""
+  from combinax.decoding import _layers, check_sampling
+  from combinax.layers.positional import LearnedPositionalEncoding
+  from combinax.train.cli import ConfigError
+  trained = _trained_positions(model)
+  if requested is None:
+    requested = 60 if trained is None else trained - prompt_width
+    if requested < 1:
+      raise ConfigError(f"combinax-decode: the prompt takes {prompt_width} of the {trained} positions the model was "
+                        "trained for, which leaves none to generate; shorten it")
+  try:
+    check_sampling(requested, FLAGS.temperature, FLAGS.top_k or None, FLAGS.top_p)
+  except ValueError as e:
+    raise ConfigError(f"combinax-decode: {e}") from None
+  if trained is None or prompt_width + requested <= trained:
+    return requested
+  why = (f"combinax-decode: the prompt ({prompt_width} tokens) + --max_length={requested} needs "
+         f"{prompt_width + requested} positions, but the model was trained with max_len={trained}")
+  if any(isinstance(layer, LearnedPositionalEncoding) for layer in _layers(model)):
+    raise ConfigError(f"{why}, and its learned position table has no rows past {trained}: give --max_length <= "
+                      f"{trained - prompt_width}")
+  if not FLAGS.allow_longer:
+    raise ConfigError(f"{why}. Positions past {trained} were never seen in training (its positional encoding gives "
+                      "them values, but the model has not learned to use them, and text degrades): give "
+                      f"--max_length <= {trained - prompt_width}, or --allow_longer to decode past it anyway")
+  return requested
+
+
+def _sampling(lm: _LM):
+  import jax
+  eos = getattr(lm.tokenizer, "eos_id", None)
+  return dict(temperature=FLAGS.temperature, top_k=FLAGS.top_k or None, top_p=FLAGS.top_p, eos_id=eos,
+              rng=jax.random.key(FLAGS.seed), start_id=lm.start_id)
+
+
+def _decode_prompts(lm: _LM, draft: _LM | None, prompts: list[str]):
+  import numpy as np
+
+  from combinax import decoding
+  from combinax.train.cli import ConfigError
+  encoded = [_encode(lm, p) for p in prompts]
+  width = max(len(e) for e in encoded)
+  prompt = np.zeros((len(encoded), width), np.int32)
+  for i, ids in enumerate(encoded):
+    prompt[i, :len(ids)] = ids
+  requested = FLAGS.max_length if FLAGS.max_length is not None else lm.default_length
+  max_length = max_length_for(lm.eval_model, width, requested)
+  k = FLAGS.draft_k if draft is not None else 0
+  # A KV cache holds max_len positions: what this call needs (with a draft: k more, and the start token), or for a
+  # model without a learned position table room for the prompt's bucket too.
+  fed = max(width, 16, 1 << max(width - 1, 0).bit_length()) if lm.roomy else width
+  max_len = fed + max_length + (k + 1 if draft is not None or lm.roomy else 0)
+  settings = _sampling(lm)
+  try:
+    if draft is None:
+      out = decoding.autoregressive_sample(lm.build(max_len), lm.params, prompt, max_length=max_length,
+                                           prompt_lengths=[len(e) for e in encoded], **settings)
+    else:
+      if len({len(e) for e in encoded}) > 1:
+        raise ConfigError("combinax-decode: --draft decodes prompts of one length in a batch; give one --prompt")
+      out, stats = decoding.speculative_sample(lm.build(max_len), lm.params, draft.build(max_len), draft.params,
+                                               prompt, max_length=max_length, k=k, **settings)
+      print(f"combinax-decode: the draft's tokens accepted: {stats.acceptance_rate:.0%} ({stats.accepted} in "
+            f"{stats.rounds} rounds of {k}); {max_length / max(stats.rounds, 1):.2f} tokens per call of the model",
+            file=sys.stderr)
+  except ValueError as e:   # a sampling setting out of range (each flag is named)
+    raise ConfigError(f"combinax-decode: {e}") from None
+  for given, ids in zip(encoded, np.asarray(out)):
+    if lm.template == "{prompt}":   # the prompt's text and its continuation, decoded together
+      eos = getattr(lm.tokenizer, "eos_id", None)
+      print(_text(lm, [i for i in given if i != eos] + _until_eos(lm, ids)))
+    else:   # a chat turn: the answer
+      print(_text(lm, ids))
+
+
+def _until_eos(lm: _LM, ids) -> list[int]:
+  eos = getattr(lm.tokenizer, "eos_id", None)
+  ids = [int(i) for i in ids]
+  return ids[:ids.index(eos)] if eos in ids else ids
+
+
+def _interactive(lm: _LM, draft: _LM | None):
+  """One prompt a line from stdin, each answer printed as it is made; an empty line or the end of input ends it."""
+  import numpy as np
+
+  from combinax import decoding
+  positions = min(_trained_positions(lm.eval_model) or INTERACTIVE_POSITIONS, INTERACTIVE_POSITIONS)
+  decoder = lm.build(positions)
+  draft_decoder = None if draft is None else draft.build(positions)
+  requested = FLAGS.max_length if FLAGS.max_length is not None else lm.default_length
+  settings = _sampling(lm)
+  printer = _Printer(lm)   # one for the session: the sampler compiles once for it
+  while True:
+    if sys.stdin.isatty():
+      print("> ", end="", flush=True)
+    line = sys.stdin.readline()
+    if not line.strip():
+      return
+    ids = _encode(lm, line.rstrip("\n"))
+    room = positions - len(ids) - 1 - (FLAGS.draft_k if draft is not None else 0)
+    max_length = min(requested or room, room)
+    if max_length < 1:
+      print(f"combinax-decode: this prompt takes {len(ids)} of the {positions} positions; shorten it",
+            file=sys.stderr, flush=True)
+      continue
+    prompt = np.asarray([ids], np.int32)
+    printer.start()
+    try:
+      if draft is None:
+        # Waited for: the call returns before the loop has run (JAX dispatches it), and its tokens are this answer.
+        np.asarray(decoding.autoregressive_sample(decoder, lm.params, prompt, max_length=max_length,
+                                                  on_token=printer, **settings))
+      else:   # the rounds' tokens come at the end
+        out, _ = decoding.speculative_sample(decoder, lm.params, draft_decoder, draft.params, prompt,
+                                             max_length=max_length, k=FLAGS.draft_k, **settings)
+        for token in np.asarray(out)[0]:
+          printer(np.asarray([token]))
+    except ValueError as e:
+      print(f"combinax-decode: {e}", file=sys.stderr, flush=True)
+    print(flush=True)
+
+
+class _Printer:
+  """Prints a stream of tokens as text, a piece at a time: the text of the answer so far less what is already
+  printed (a token may end inside a multi-byte character: then it waits for the next), until the EOS."""
+
+  def __init__(self, lm: _LM):
+    self.lm = lm
+    self.answer = {"ids": [], "shown": "", "ended": False}
+
+  def start(self):
+    self.answer.update(ids=[], shown="", ended=False)
+
+  def __call__(self, tokens):
+    answer = self.answer
+    if answer["ended"]:
+      return
+    token = int(tokens[0])
+    if token == getattr(self.lm.tokenizer, "eos_id", None):
+      answer["ended"] = True
+      return
+    answer["ids"].append(token)
+    text = _text(self.lm, answer["ids"])
+    if text.endswith("\ufffd"):
+      return
+    sys.stdout.write(text[len(answer["shown"]):])
+    sys.stdout.flush()
+    answer["shown"] = text
