@@ -44,6 +44,21 @@ def quantize(params: Any, rules: Iterable[tuple[str, str | QuantSpec]]) -> Any:
   """`params` with each leaf whose path matches a rule's glob (the first that matches) replaced by its
   `QuantizedArray`; other leaves are kept as they are. A rule that matches nothing is an error (a typo would
   otherwise quantize nothing, silently)."""
+  return _by_rules(params, rules, lambda leaf, quantized: quantized, "quantize")
+
+
+def fake_quantize(params: Any, rules: Iterable[tuple[str, str | QuantSpec]]) -> Any:
+  """Quantization-aware training: `params` with each leaf a rule selects (as `quantize`'s rules) replaced by the
+  weights its quantized form computes with, and the gradient passed straight through to the float weight (the
+  straight-through estimator): the loss is the quantized model's, and the float master weights learn to be good
+  once rounded. Apply it to the params inside the loss (`TrainTask(quantization_aware=rules)` does)."""
+  def straight_through(weight, quantized: QuantizedArray):
+    return weight + jax.lax.stop_gradient(quantized.dequantize(weight.dtype) - weight)
+  return _by_rules(params, rules, straight_through, "fake_quantize")
+
+
+def _by_rules(params, rules, finish, caller: str):
+  """`params` with each leaf a rule selects replaced by `finish(leaf, its QuantizedArray)`."""
   rules = [(pattern, _spec(rule)) for pattern, rule in rules]
   used = set()
 
@@ -52,18 +67,18 @@ def quantize(params: Any, rules: Iterable[tuple[str, str | QuantSpec]]) -> Any:
       if matches(path, pattern):
         used.add(pattern)
         if getattr(leaf, "ndim", 0) < 2:
-          raise ValueError(f"quantize: {path} (shape {getattr(leaf, 'shape', ())}) matches {pattern!r}, but only "
+          raise ValueError(f"{caller}: {path} (shape {getattr(leaf, 'shape', ())}) matches {pattern!r}, but only "
                            "matrices (kernels, embedding tables) are quantized")
         axis = spec.axis if spec.axis is not None else -1 if path.endswith("embedding") else -2
         group = spec.group if spec.group is not None or spec.kind == "int8" else 32
-        return quantize_array(leaf, spec.kind, group=group, axis=axis)
+        return finish(leaf, quantize_array(leaf, spec.kind, group=group, axis=axis))
     return leaf
 
   flat = leaves_with_paths(params)
   leaves = [convert(path, leaf) for path, leaf in flat]
   unused = [pattern for pattern, _ in rules if pattern not in used]
   if unused:
-    raise ValueError(f"quantize: no param matches {unused}; the paths are like {[p for p, _ in flat[:4]]}")
+    raise ValueError(f"{caller}: no param matches {unused}; the paths are like {[p for p, _ in flat[:4]]}")
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), leaves)
 
 
@@ -78,5 +93,5 @@ def nbytes(params: Any) -> int:
   return sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(params))
 
 
-__all__ = ["KINDS", "QuantSpec", "QuantizedArray", "dequantize", "from_gguf_blocks", "nbytes", "quantize",
-           "quantize_array"]
+__all__ = ["KINDS", "QuantSpec", "QuantizedArray", "dequantize", "fake_quantize", "from_gguf_blocks", "nbytes",
+           "quantize", "quantize_array"]

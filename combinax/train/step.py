@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from combinax import shapes
+from combinax import quant, shapes
 from combinax.layers.base import Layer
 from combinax.layers.combinators import from_stack, to_stack
 from combinax.paths import mask as path_mask
@@ -83,13 +83,15 @@ class TrainStep:
     fuse_loss: compute the model's final `Dense` and the categorical cross-entropy loss together, a chunk of
       positions at a time (`fused_head.py`): same loss and gradients, faster, less memory. A ValueError says why
       when the model or the loss does not fit.
+    quantization_aware: `combinax.quant` rules: the model runs with those params as their quantized form computes
+      (`quant.fake_quantize`, straight-through gradients to the float params).
   """
 
   def __init__(self, model: Layer, loss_layer: Layer, optimizer: optax.GradientTransformation,
                mesh: Mesh | None = None, rules: Iterable = (), l2_weight: float = 0.0,
                l2_exclude: Iterable[str] = regularization.DEFAULT_EXCLUDE, accumulate_steps: int = 1,
                frozen: Iterable[str] = (), compute_dtype=None, trainable: Iterable[str] | None = None,
-               fuse_loss: bool = False):
+               fuse_loss: bool = False, quantization_aware: Iterable[tuple] = ()):
     self.model, self.loss_layer, self.optimizer = model, loss_layer, optimizer
     self.trainable = None if trainable is None else tuple(trainable)
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
@@ -101,6 +103,7 @@ class TrainStep:
       raise ValueError(f"fuse_loss=True computes the logits in float32; it cannot run with compute_dtype="
                        f"{jnp.dtype(compute_dtype).name}: set one of them")
     self.fused = fused_head(model, loss_layer) if fuse_loss else None
+    self.quantization_aware = tuple(quantization_aware)
     self._compiled = None
 
   # --- Initialisation ---------------------------------------------------------------------------------------
@@ -139,6 +142,8 @@ class TrainStep:
     """`loss_layer(model(inputs), *rest)` and the model's new state: fused (`fused_head.py`) where it applies."""
     plain_loss = lambda outputs: self.loss_layer.apply(
         {}, {}, loss_inputs(self.loss_layer, self.model, outputs, rest))[0]
+    if self.quantization_aware:
+      params = quant.fake_quantize(params, self.quantization_aware)
     if self.fused is not None:
       return fused_loss(self.fused, params, model_state, inputs, rest, rng, plain_loss)
     run_params = params if self.compute_dtype is None else _cast(params, self.compute_dtype)

@@ -21,6 +21,7 @@ import optax
 
 from combinax import data as cx_data
 from combinax import layers as cl
+from combinax import quant
 from combinax.layers.base import Layer
 from combinax.paths import leaves_with_paths, matches
 from combinax.train import checkpoints, regularization, rundir, schedules, sharding
@@ -62,15 +63,20 @@ class TrainTask:
   """What to train on and how: the data pipeline (a stage such as `data.Serial(...)`, called to get a stream of
   batches), the loss layer, the optax optimizer (a factory taking `learning_rate`), the schedule, clipping, weight
   decay (decoupled, for optimizers that take `weight_decay`), L2, accumulation, freezing (`frozen` patterns, or
-  only the `trainable` ones train), per-group rates (`lr_multipliers`), and `fuse_loss` (the model's final Dense
-  and a cross-entropy loss computed together: `TrainStep`'s option, faster for language models)."""
+  only the `trainable` ones train), per-group rates (`lr_multipliers`), `fuse_loss` (the model's final Dense
+  and a cross-entropy loss computed together: `TrainStep`'s option, faster for language models), and
+  `quantization_aware` (`combinax.quant` rules, e.g. `[("blocks/*kernel", ("int8", 32))]`: the model trains and
+  evaluates with those weights as their quantized form computes, the gradients reaching the float weights straight
+  through, so that it is fine-tuned for decoding with quantized weights)."""
 
   def __init__(self, data: Callable = gin.REQUIRED, loss_layer: Layer | None = None,
                optimizer: Callable = optax.adamw, schedule: Callable | None = None, clip_norm: float | None = 1.0,
                weight_decay: float = 0.0, l2_weight: float = 0.0, accumulate_steps: int = 1,
                frozen: Iterable[str] = (), lr_multipliers: dict[str, float] | None = None,
-               trainable: Iterable[str] | None = None, fuse_loss: bool = False):
+               trainable: Iterable[str] | None = None, fuse_loss: bool = False,
+               quantization_aware: Iterable[tuple] = ()):
     self.data, self.fuse_loss = data, fuse_loss
+    self.quantization_aware = tuple(tuple(rule) for rule in quantization_aware)
     self.loss_layer = loss_layer if loss_layer is not None else cl.WeightedCategoryCrossEntropy()
     self.optimizer, self.schedule = optimizer, schedule if schedule is not None else schedules.constant(1e-3)
     self.clip_norm, self.weight_decay, self.l2_weight = clip_norm, float(weight_decay), float(l2_weight)
@@ -188,7 +194,7 @@ class Trainer:
     step_fn = TrainStep(self.model, self.task.loss_layer, optimizer, mesh=self.mesh, rules=self.rules,
                         l2_weight=self.task.l2_weight, accumulate_steps=self.task.accumulate_steps,
                         frozen=self.task.frozen, compute_dtype=self.compute_dtype, trainable=self.task.trainable,
-                        fuse_loss=self.task.fuse_loss)
+                        fuse_loss=self.task.fuse_loss, quantization_aware=self.task.quantization_aware)
     return step_fn, step_fn.init(jax.random.key(self.seed), signature)
 
   def _record(self, fresh: TrainState) -> dict:
@@ -298,6 +304,8 @@ class Trainer:
   def _eval_metrics(self, params, model_state, batch) -> dict:
     """Each metric of the eval task on one batch (jitted once, in `__init__`)."""
     inputs, rest = split_batch(self.model, batch)
+    if self.task.quantization_aware:   # the model as it will decode: its quantized weights
+      params = quant.fake_quantize(params, self.task.quantization_aware)
     outputs, _ = self.model.apply(params, model_state, inputs, train=False)
     return {name: layer.apply({}, {}, loss_inputs(layer, self.model, outputs, rest))[0]
             for name, layer in self.eval_task.metrics.items()}

@@ -44,6 +44,11 @@ TINY = {
                           "train/translation_pipeline.batch_sizes = (8, 8)",
                           "eval/translation_pipeline.max_length = 16", "eval/translation_pipeline.boundaries = (8, 16)",
                           "eval/translation_pipeline.batch_sizes = (8, 8)", "VOCAB = 512"],
+    # From scratch here: the recipe's init_checkpoint is the float recipe's run, which this test has not made.
+    "qat_lm_kjv": ["TransformerLM.d_model = 32", "TransformerLM.d_ff = 64", "TransformerLM.n_layers = 1",
+                   "train/lm_pipeline.length = 16", "train/lm_pipeline.batch_size = 8",
+                   "eval/lm_pipeline.length = 16", "eval/lm_pipeline.batch_size = 8", "VOCAB = 256",
+                   "Trainer.init_checkpoint = None"],
     "grow_lm_kjv": GROW,
     "grow_lm_kjv_scratch": GROW,
 }
