@@ -85,13 +85,18 @@ class TrainStep:
       when the model or the loss does not fit.
     quantization_aware: `combinax.quant` rules: the model runs with those params as their quantized form computes
       (`quant.fake_quantize`, straight-through gradients to the float params).
+    teacher, teacher_params: distillation: the teacher runs on the same inputs in eval mode inside the step, with no
+      gradient, and the loss layer takes (the model's outputs, the teacher's outputs, *rest of the batch), e.g.
+      `cl.DistillationLoss`. Its params are an argument of the compiled step, placed once by the same sharding rules
+      as the model's; they are not in the train state, so no optimizer sees them and they never change.
   """
 
   def __init__(self, model: Layer, loss_layer: Layer, optimizer: optax.GradientTransformation,
                mesh: Mesh | None = None, rules: Iterable = (), l2_weight: float = 0.0,
                l2_exclude: Iterable[str] = regularization.DEFAULT_EXCLUDE, accumulate_steps: int = 1,
                frozen: Iterable[str] = (), compute_dtype=None, trainable: Iterable[str] | None = None,
-               fuse_loss: bool = False, quantization_aware: Iterable[tuple] = ()):
+               fuse_loss: bool = False, quantization_aware: Iterable[tuple] = (), teacher: Layer | None = None,
+               teacher_params=None):
     self.model, self.loss_layer, self.optimizer = model, loss_layer, optimizer
     self.trainable = None if trainable is None else tuple(trainable)
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
@@ -104,6 +109,14 @@ class TrainStep:
                        f"{jnp.dtype(compute_dtype).name}: set one of them")
     self.fused = fused_head(model, loss_layer) if fuse_loss else None
     self.quantization_aware = tuple(quantization_aware)
+    if (teacher is None) != (teacher_params is None):
+      raise ValueError("distillation needs both teacher= (the model) and teacher_params=")
+    if teacher is not None and fuse_loss:
+      raise ValueError("fuse_loss=True computes the model's loss from its last activations alone; a teacher's "
+                       "loss needs its logits: set one of them")
+    self.teacher = teacher
+    self.teacher_params = None if teacher is None else jax.device_put(
+        teacher_params, sharding.tree_shardings(teacher_params, self.mesh, self.rules))
     self._compiled = None
 
   # --- Initialisation ---------------------------------------------------------------------------------------
@@ -129,9 +142,12 @@ class TrainStep:
 
   # --- The step ---------------------------------------------------------------------------------------------
 
-  def loss(self, params, model_state, batch, rng):
+  def loss(self, params, model_state, batch, rng, teacher_params=None):
     """The training loss of one (micro-)batch, the model's new state, and the loss before regularization."""
     inputs, rest = split_batch(self.model, batch)
+    if self.teacher is not None:   # the teacher's outputs go to the loss before the rest of the batch
+      teacher_outputs, _ = self.teacher.apply(teacher_params, {}, inputs, train=False)
+      rest = tuple(to_stack(jax.lax.stop_gradient(teacher_outputs), self.teacher.n_out)) + tuple(rest)
     loss, new_state = self._data_loss(params, model_state, inputs, rest, rng)
     total = loss
     if self.l2_weight:
@@ -154,10 +170,10 @@ class TrainStep:
       outputs = _cast(outputs, jnp.float32)
     return plain_loss(outputs), new_state
 
-  def _gradients(self, params, model_state, batch, rng):
+  def _gradients(self, params, model_state, batch, rng, teacher_params):
     grad_fn = jax.value_and_grad(self.loss, has_aux=True)
     if self.accumulate_steps == 1:
-      (total, (model_state, loss)), grads = grad_fn(params, model_state, batch, rng)
+      (total, (model_state, loss)), grads = grad_fn(params, model_state, batch, rng, teacher_params)
       return total, loss, grads, model_state
     k = self.accumulate_steps
     def micro(x):
@@ -169,7 +185,8 @@ class TrainStep:
     def one(carry, scanned):
       grads_sum, total_sum, loss_sum, model_state = carry
       micro_batch, index = scanned
-      (total, (model_state, loss)), grads = grad_fn(params, model_state, micro_batch, jax.random.fold_in(rng, index))
+      (total, (model_state, loss)), grads = grad_fn(params, model_state, micro_batch, jax.random.fold_in(rng, index),
+                                                    teacher_params)
       grads_sum = jax.tree_util.tree_map(jnp.add, grads_sum, grads)
       return (grads_sum, total_sum + total, loss_sum + loss, model_state), None
 
@@ -181,9 +198,10 @@ class TrainStep:
   def _frozen_mask(self, params):
     return frozen_mask(params, self.frozen, self.trainable)
 
-  def _step(self, train_state: TrainState, batch):
+  def _step(self, train_state: TrainState, batch, teacher_params):
     rng = jax.random.fold_in(train_state.rng, train_state.step)
-    total, loss, grads, model_state = self._gradients(train_state.params, train_state.state, batch, rng)
+    total, loss, grads, model_state = self._gradients(train_state.params, train_state.state, batch, rng,
+                                                      teacher_params)
     frozen = self._frozen_mask(train_state.params)
     if frozen is not None:
       grads = jax.tree_util.tree_map(lambda g, keep: jnp.zeros_like(g) if keep else g, grads, frozen)
@@ -219,7 +237,8 @@ class TrainStep:
     if self._compiled is None:
       shardings = self.state_shardings(jax.eval_shape(lambda s: s, train_state))
       replicated = NamedSharding(self.mesh, P())
-      self._compiled = jax.jit(self._step, in_shardings=(shardings, sharding.batch_sharding(self.mesh)),
+      teacher = None if self.teacher is None else sharding.tree_shardings(self.teacher_params, self.mesh, self.rules)
+      self._compiled = jax.jit(self._step, in_shardings=(shardings, sharding.batch_sharding(self.mesh), teacher),
                                out_shardings=(shardings, replicated), donate_argnums=0)
     with sharding.running_on(self.mesh):
-      return self._compiled(train_state, batch)
+      return self._compiled(train_state, batch, self.teacher_params)

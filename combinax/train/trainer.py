@@ -67,14 +67,21 @@ class TrainTask:
   and a cross-entropy loss computed together: `TrainStep`'s option, faster for language models), and
   `quantization_aware` (`combinax.quant` rules, e.g. `[("blocks/*kernel", ("int8", 32))]`: the model trains and
   evaluates with those weights as their quantized form computes, the gradients reaching the float weights straight
-  through, so that it is fine-tuned for decoding with quantized weights)."""
+  through, so that it is fine-tuned for decoding with quantized weights), and distillation: a `teacher` (a model
+  with the student's vocabulary, or a function of `mode`) whose params come from `teacher_checkpoint` runs in each
+  step, its outputs going to the loss layer after the model's (`cl.DistillationLoss`)."""
 
   def __init__(self, data: Callable = gin.REQUIRED, loss_layer: Layer | None = None,
                optimizer: Callable = optax.adamw, schedule: Callable | None = None, clip_norm: float | None = 1.0,
                weight_decay: float = 0.0, l2_weight: float = 0.0, accumulate_steps: int = 1,
                frozen: Iterable[str] = (), lr_multipliers: dict[str, float] | None = None,
                trainable: Iterable[str] | None = None, fuse_loss: bool = False,
-               quantization_aware: Iterable[tuple] = ()):
+               quantization_aware: Iterable[tuple] = (), teacher: Layer | Callable | None = None,
+               teacher_checkpoint: str | None = None):
+    if (teacher is None) != (teacher_checkpoint is None):
+      raise ValueError("TrainTask: distillation needs both teacher (a model, or a function of mode) and "
+                       "teacher_checkpoint (a run directory or a checkpoint holding its params)")
+    self.teacher, self.teacher_checkpoint = teacher, teacher_checkpoint
     self.data, self.fuse_loss = data, fuse_loss
     self.quantization_aware = tuple(tuple(rule) for rule in quantization_aware)
     self.loss_layer = loss_layer if loss_layer is not None else cl.WeightedCategoryCrossEntropy()
@@ -191,11 +198,31 @@ class Trainer:
     inputs_sig, _ = split_batch(self.model, signature)
     abstract_params = jax.eval_shape(lambda: self.model.init(jax.random.key(0), inputs_sig)[0])
     optimizer = self.task.make_optimizer(abstract_params)
+    teacher, teacher_params = self._teacher(inputs_sig)
     step_fn = TrainStep(self.model, self.task.loss_layer, optimizer, mesh=self.mesh, rules=self.rules,
                         l2_weight=self.task.l2_weight, accumulate_steps=self.task.accumulate_steps,
                         frozen=self.task.frozen, compute_dtype=self.compute_dtype, trainable=self.task.trainable,
-                        fuse_loss=self.task.fuse_loss, quantization_aware=self.task.quantization_aware)
+                        fuse_loss=self.task.fuse_loss, quantization_aware=self.task.quantization_aware,
+                        teacher=teacher, teacher_params=teacher_params)
     return step_fn, step_fn.init(jax.random.key(self.seed), signature)
+
+  def _teacher(self, inputs_sig):
+    """The task's teacher in eval mode and its params from `teacher_checkpoint` (None, None without one); its
+    outputs must have the student's shape: one tokenizer, one vocabulary."""
+    if self.task.teacher is None:
+      return None, None
+    teacher = self.task.teacher
+    teacher = teacher if isinstance(teacher, Layer) else teacher(mode="eval")
+    template = jax.eval_shape(lambda: teacher.init(jax.random.key(0), inputs_sig)[0])
+    ours, theirs = self.model.output_signature(inputs_sig), teacher.output_signature(inputs_sig)
+    if ours != theirs:
+      raise TrainingError(f"the teacher's outputs {theirs} differ from the student's {ours}: distillation needs the "
+                          "teacher's vocabulary (the same tokenizer)")
+    source = Path(self.task.teacher_checkpoint)
+    source = source if _is_checkpoint(source) else checkpoints.latest(source)
+    if source is None:
+      raise TrainingError(f"teacher_checkpoint {self.task.teacher_checkpoint}: no checkpoint there")
+    return teacher, checkpoints.restore(source, template, prefix="params")[0]
 
   def _record(self, fresh: TrainState) -> dict:
     """What this run is, saved in every checkpoint: the gin configuration it was given, the model as `str` shows it,
