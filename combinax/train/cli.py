@@ -95,6 +95,7 @@ def parse_config(files, bindings, skip_unknown: bool = False):
   import combinax.train  # noqa: F401  (registers every configurable: models, layers' factories, data, optax)
   import combinax.models  # noqa: F401
   import combinax.growth  # noqa: F401
+  import combinax.distill.topk  # noqa: F401
   from combinax.configurable import binding_type_errors
   try:
     gin.parse_config_files_and_bindings(list(files), list(bindings), skip_unknown=skip_unknown)

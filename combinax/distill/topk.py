@@ -1,0 +1,120 @@
+"""A teacher's top-k logits, computed once over a corpus and stored beside its tokens, then read back as batches for
+a distillation run that costs about a student's training (no teacher forward per step).
+
+    python -m combinax.distill topk --config_file=configs/distill_smollm2_kjv.gin --output_dir=runs/smollm2_topk
+
+`teacher_topk` (gin-configurable) runs the teacher in eval mode on `batches` batches of its data pipeline's
+`(tokens, targets, weights)` and writes one `topk-NNNNN.npz` per batch (tokens, targets, weights, the k largest
+logits as float32 `values` and their token `ids`), each file written whole or not at all, and a `topk.json` saying
+what made them. Rerun, it goes on after the batches already written (the pipeline is deterministic). `TopKBatches`
+reads a folder back as `(tokens, values, ids, targets, weights)` batches for `cl.DistillationLoss(top_k=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import gin
+import jax
+import numpy as np
+
+from combinax.data.base import DataError
+from combinax.data.sources import Source
+from combinax.layers.base import Layer
+from combinax.train import checkpoints
+
+SHARD = "topk-{:05d}.npz"
+
+
+def _written(folder: Path) -> int:
+  """How many batches are written: shards 0, 1, ... without a gap."""
+  n = 0
+  while (folder / SHARD.format(n)).exists():
+    n += 1
+  return n
+
+
+@gin.configurable(module="combinax.distill")
+def teacher_topk(output_dir: str, teacher: Layer | Callable = gin.REQUIRED, teacher_checkpoint: str = gin.REQUIRED,
+                 data: Callable = gin.REQUIRED, k: int = 32, batches: int = gin.REQUIRED) -> Path:
+  """Writes the teacher's top-`k` logits for the first `batches` batches of `data` (a pipeline of `(tokens, targets,
+  weights)` batches) to `output_dir`; returns it. See the module's docstring."""
+  folder = Path(output_dir)
+  teacher = teacher if isinstance(teacher, Layer) else teacher(mode="eval")
+  source = Path(teacher_checkpoint)
+  if source not in checkpoints.list_checkpoints(source.parent):
+    source = checkpoints.latest(source)
+    if source is None:
+      raise DataError(f"teacher_topk: no checkpoint in {teacher_checkpoint}")
+  about = {"teacher": str(teacher), "teacher_checkpoint": str(source), "k": int(k), "batches": int(batches)}
+  folder.mkdir(parents=True, exist_ok=True)
+  meta = folder / "topk.json"
+  if meta.exists():
+    before = json.loads(meta.read_text())
+    if {key: before.get(key) for key in ("teacher", "k")} != {key: about[key] for key in ("teacher", "k")}:
+      raise DataError(f"teacher_topk: {folder} holds top-{before.get('k')} logits of another teacher; choose another "
+                      "output_dir")
+  _write_json(meta, about)
+  done = _written(folder)
+  stream = data()
+  first = next(stream)
+  signature = jax.ShapeDtypeStruct(np.shape(first[0]), np.asarray(first[0]).dtype)
+  template = jax.eval_shape(lambda: teacher.init(jax.random.key(0), signature)[0])
+  params = checkpoints.restore(source, template, prefix="params")[0]
+  top = jax.jit(lambda p, ids: jax.lax.top_k(teacher.apply(p, {}, ids)[0].astype(np.float32), k))
+  for index in range(batches):
+    batch = first if index == 0 else next(stream)
+    if index < done:
+      continue
+    tokens, targets, weights = (np.asarray(x) for x in batch)
+    values, ids = top(params, tokens)
+    shard = folder / SHARD.format(index)
+    tmp = shard.with_name(f".{shard.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+      np.savez(f, tokens=tokens, targets=targets, weights=weights, values=np.asarray(values),
+               ids=np.asarray(ids, np.int32))
+    os.replace(tmp, shard)
+  return folder
+
+
+def _write_json(path: Path, value: dict):
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  tmp.write_text(json.dumps(value, indent=1))
+  os.replace(tmp, path)
+
+
+class _Shards:
+  """The folder's batches as a sequence (each read when asked for)."""
+
+  def __init__(self, folder: Path, n: int):
+    self.folder, self.n = folder, n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, index: int):
+    with np.load(self.folder / SHARD.format(index)) as shard:
+      return tuple(shard[key] for key in ("tokens", "values", "ids", "targets", "weights"))
+
+
+@gin.configurable(module="combinax.distill")
+class TopKBatches(Source):
+  """The batches `teacher_topk` wrote to `folder`, as `(tokens, values, ids, targets, weights)`: the model's inputs,
+  then what `cl.DistillationLoss(top_k=True)` takes after the model's logits. `shuffle` / `repeat` / `shard` as for
+  every source (whole batches are the examples)."""
+
+  def __init__(self, folder: str = gin.REQUIRED, **options):
+    super().__init__(None, **options)
+    self.folder = Path(folder)
+
+  def describe(self) -> str:
+    return f"teacher top-k logits in {self.folder}"
+
+  def load(self):
+    if not (self.folder / "topk.json").exists():
+      raise DataError(f"{self.folder}: no teacher top-k logits here (topk.json is missing); write them with "
+                      "python -m combinax.distill topk")
+    return _Shards(self.folder, _written(self.folder))
