@@ -11,6 +11,7 @@ import numpy as np
 
 from combinax.data.base import DataError, Serial
 from combinax.data.batching import Batch, BucketByLength
+from combinax.data.files import JSONL
 from combinax.data.lm import PackLM
 from combinax.data.sources import Corpus
 from combinax.data.tokenizers import Tokenizer, tokenizer_for
@@ -24,12 +25,16 @@ def corpus_tokenizer(corpus: str = "kjv", kind: str = "sentencepiece", vocab_siz
 
 def lm_pipeline(corpus: str = "kjv", split: str = "train", text_key: str = "text", tokenizer: Tokenizer | None = None,
                 length: int = 128, batch_size: int = 16, shuffle_buffer: int = 1024, seed: int = 0,
-                repeat: bool = True) -> Serial:
+                repeat: bool = True, path: str | None = None) -> Serial:
   """Language-model batches `(tokens, tokens, weights)` of `length` tokens: the corpus's texts, tokenized with an
-  EOS after each, shuffled, and packed back to back (no token lost; weights 0 only on final padding)."""
+  EOS after each, shuffled, and packed back to back (no token lost; weights 0 only on final padding). `path` reads
+  the texts from a JSON-lines file instead (the `text_key` of each line; e.g. a synthetic corpus that
+  `combinax-decode --samples` wrote), with `corpus`'s tokenizer unless `tokenizer` is given."""
   tokenizer = tokenizer or tokenizer_for(corpus)
+  source = Corpus(corpus, keys=(text_key,), split=split, shuffle=True, seed=seed, repeat=repeat) if path is None \
+      else JSONL(path, keys=(text_key,), shuffle=True, seed=seed, repeat=repeat)
   return Serial(
-      Corpus(corpus, keys=(text_key,), split=split, shuffle=True, seed=seed, repeat=repeat),
+      source,
       Tokenize(tokenizer, keys=0, append_eos=True),
       Shuffle(shuffle_buffer, seed=seed),
       PackLM(length, eos_id=None),

@@ -59,6 +59,10 @@ flags.DEFINE_string("draft", None, "combinax-decode: the output_dir of a small L
 flags.DEFINE_integer("draft_k", 4, "combinax-decode: tokens the draft proposes at a time")
 flags.DEFINE_string("template", None, "combinax-decode: how a prompt's text is put to the model, with {prompt} "
                     "for the text (default: a pretrained model's chat template, else the text as it is)")
+flags.DEFINE_integer("samples", None, "combinax-decode: write this many samples to --output as a synthetic corpus "
+                     "(JSON lines), cycling through the --prompt texts")
+flags.DEFINE_string("output", None, "combinax-decode --samples: the .jsonl file to write (resumed if it exists)")
+flags.DEFINE_integer("batch_size", 8, "combinax-decode --samples: samples made together")
 flags.DEFINE_bool("interactive", False, "combinax-decode: read one prompt a line from the terminal and print each "
                   "answer as it is made (an empty line ends)")
 

@@ -31,6 +31,9 @@ prompt is put in its chat template (--template='{prompt}' gives the text as it i
 --draft=DIR: a small LM trained with the same tokenizer (a combinax-train run) proposes --draft_k tokens at a
   time and the model checks them in one call: the text is the model's own (greedy: token for token), and faster
   when the draft is often right.
+--samples=N --output=FILE.jsonl: a synthetic corpus of N samples (prompt i is --prompt number i modulo their count),
+  --batch_size at a time, with FILE.jsonl.provenance.json saying what made it; rerunning goes on where it stopped.
+  Train on it with lm_pipeline.path = "FILE.jsonl".
 """
 
 QUANTIZE = ("int8", "q4", "q4_1", "gguf")
@@ -74,6 +77,8 @@ def main(argv):
   draft = None if FLAGS.draft is None else _draft(Path(FLAGS.draft), lm)
   if FLAGS.interactive:
     _interactive(lm, draft)
+  elif FLAGS.samples is not None:
+    _synthesize(lm, draft, FLAGS.prompt or [""])
   else:
     _decode_prompts(lm, draft, FLAGS.prompt or [""])
 
@@ -245,12 +250,12 @@ def _sampling(lm: _LM):
               rng=jax.random.key(FLAGS.seed), start_id=lm.start_id)
 
 
-def _decode_prompts(lm: _LM, draft: _LM | None, prompts: list[str]):
+def _sample_ids(lm: _LM, draft: _LM | None, encoded: list[list[int]], rng):
+  """Generated ids (batch, max_length) after the encoded prompts (the flags' settings)."""
   import numpy as np
 
   from combinax import decoding
   from combinax.train.cli import ConfigError
-  encoded = [_encode(lm, p) for p in prompts]
   width = max(len(e) for e in encoded)
   prompt = np.zeros((len(encoded), width), np.int32)
   for i, ids in enumerate(encoded):
@@ -262,27 +267,58 @@ def _decode_prompts(lm: _LM, draft: _LM | None, prompts: list[str]):
   # model without a learned position table room for the prompt's bucket too.
   fed = max(width, 16, 1 << max(width - 1, 0).bit_length()) if lm.roomy else width
   max_len = fed + max_length + (k + 1 if draft is not None or lm.roomy else 0)
-  settings = _sampling(lm)
+  settings = {**_sampling(lm), "rng": rng}
   try:
     if draft is None:
-      out = decoding.autoregressive_sample(lm.build(max_len), lm.params, prompt, max_length=max_length,
-                                           prompt_lengths=[len(e) for e in encoded], **settings)
-    else:
-      if len({len(e) for e in encoded}) > 1:
-        raise ConfigError("combinax-decode: --draft decodes prompts of one length in a batch; give one --prompt")
-      out, stats = decoding.speculative_sample(lm.build(max_len), lm.params, draft.build(max_len), draft.params,
-                                               prompt, max_length=max_length, k=k, **settings)
-      print(f"combinax-decode: the draft's tokens accepted: {stats.acceptance_rate:.0%} ({stats.accepted} in "
-            f"{stats.rounds} rounds of {k}); {max_length / max(stats.rounds, 1):.2f} tokens per call of the model",
-            file=sys.stderr)
+      return np.asarray(decoding.autoregressive_sample(lm.build(max_len), lm.params, prompt, max_length=max_length,
+                                                       prompt_lengths=[len(e) for e in encoded], **settings))
+    if len({len(e) for e in encoded}) > 1:
+      raise ConfigError("combinax-decode: --draft decodes prompts of one length in a batch; give one --prompt")
+    out, stats = decoding.speculative_sample(lm.build(max_len), lm.params, draft.build(max_len), draft.params,
+                                             prompt, max_length=max_length, k=k, **settings)
+    print(f"combinax-decode: the draft's tokens accepted: {stats.acceptance_rate:.0%} ({stats.accepted} in "
+          f"{stats.rounds} rounds of {k}); {max_length / max(stats.rounds, 1):.2f} tokens per call of the model",
+          file=sys.stderr)
+    return np.asarray(out)
   except ValueError as e:   # a sampling setting out of range (each flag is named)
     raise ConfigError(f"combinax-decode: {e}") from None
-  for given, ids in zip(encoded, np.asarray(out)):
+
+
+def _decode_prompts(lm: _LM, draft: _LM | None, prompts: list[str]):
+  import jax
+  encoded = [_encode(lm, p) for p in prompts]
+  out = _sample_ids(lm, draft, encoded, jax.random.key(FLAGS.seed))
+  for given, ids in zip(encoded, out):
     if lm.template == "{prompt}":   # the prompt's text and its continuation, decoded together
       eos = getattr(lm.tokenizer, "eos_id", None)
       print(_text(lm, [i for i in given if i != eos] + _until_eos(lm, ids)))
     else:   # a chat turn: the answer
       print(_text(lm, ids))
+
+
+def _synthesize(lm: _LM, draft: _LM | None, prompts: list[str]):
+  """--samples samples written to --output as JSON lines (combinax.distill.synthetic)."""
+  import jax
+
+  from combinax.distill.synthetic import SyntheticError, write_samples
+  from combinax.train.cli import ConfigError
+  if FLAGS.output is None:
+    raise ConfigError("combinax-decode: --samples writes a corpus: give it a file with --output=FILE.jsonl")
+
+  def generate(batch: list[str], index: int) -> list[str]:
+    out = _sample_ids(lm, draft, [_encode(lm, p) for p in batch], jax.random.fold_in(jax.random.key(FLAGS.seed),
+                                                                                     index))
+    return [_text(lm, ids) for ids in out]
+
+  provenance = {"model": FLAGS.pretrained or str(Path(FLAGS.output_dir).resolve()), "quantize": FLAGS.quantize,
+                "template": lm.template, "temperature": FLAGS.temperature, "top_k": FLAGS.top_k, "top_p": FLAGS.top_p,
+                "max_length": FLAGS.max_length, "seed": FLAGS.seed, "draft": FLAGS.draft}
+  try:
+    made = write_samples(FLAGS.output, generate, prompts, samples=FLAGS.samples, batch_size=FLAGS.batch_size,
+                         provenance=provenance)
+  except SyntheticError as e:
+    raise ConfigError(f"combinax-decode: {e}") from None
+  print(f"combinax-decode: {made} samples written to {FLAGS.output} ({FLAGS.samples} in all)", file=sys.stderr)
 
 
 def _until_eos(lm: _LM, ids) -> list[int]:
