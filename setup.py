@@ -32,6 +32,9 @@ setup(
         "pretrained": ["safetensors>=0.4", "gguf>=0.10", "h5py>=3.8"],
         # The peers of benchmarks/compare.py (run by hand, never by CI). Trax 1.4.1 pins old JAX and TensorFlow, so
         # it gets an environment of its own: bash benchmarks/setup_trax.sh.
-        "bench": ["torch==2.13.0", "flax>=0.12", "matplotlib"],
+        # benchmarks/inference.py's peers too: transformers and llama.cpp (llama-cpp-python builds it from source,
+        # ~20 min on 2 cores).
+        "bench": ["torch==2.13.0", "flax>=0.12", "matplotlib", "transformers>=4.46", "gguf>=0.10",
+                  "llama-cpp-python==0.3.36"],
     },
 )

@@ -55,11 +55,12 @@ def _gguf():
 
 
 def model_from_config(config: dict, *, mode: str = "eval", max_len: int | None = None, dropout: float = 0.0,
-                      scan_layers: bool = True, remat: bool = False) -> cl.Layer:
+                      scan_layers: bool = True, remat: bool = False, n_layers: int | None = None) -> cl.Layer:
   """The decoder-only LM a GGUF file's `llama.*` metadata describes. `max_len` bounds predict mode's KV cache
-  (default: the model's context length)."""
+  (default: the model's context length); `n_layers` builds the same model with fewer (or more) blocks: a student
+  of it (`combinax.distill.take_layers` cuts its params)."""
   return TransformerLM(
-      config["vocab_size"], d_model=config["d_model"], d_ff=config["d_ff"], n_layers=config["n_layers"],
+      config["vocab_size"], d_model=config["d_model"], d_ff=config["d_ff"], n_layers=n_layers or config["n_layers"],
       n_heads=config["n_heads"], dropout=dropout, max_len=int(max_len or config["context_length"]), mode=mode,
       ff_activation=cl.Silu, tie_embeddings=config["tie_embeddings"], n_kv_heads=config["n_kv_heads"],
       positions="rotary_interleaved", rotary_base=config["rope_base"], norm="rms", norm_epsilon=config["rms_epsilon"],

@@ -22,6 +22,8 @@ GROW = [f"{scope}/{binding}" for scope in ("small", "large") for binding in (
     "large/TransformerLM.d_model = 32", "large/TransformerLM.n_heads = 4", "large/TransformerLM.n_layers = 2",
     "train/lm_pipeline.length = 16", "train/lm_pipeline.batch_size = 8", "eval/lm_pipeline.length = 16",
     "eval/lm_pipeline.batch_size = 8", "VOCAB = 256", "GrowthRun.steps = 2", "GrowthRun.log_every = 1"]
+SMOLLM2_STUDENT = ["train/lm_pipeline.length = 16", "eval/lm_pipeline.length = 16", "EvalTask.n_batches = 1",
+                   "student/pretrained.model.n_layers = 2", "distill.student_checkpoint.layers = [0, 29]"]
 TINY = {
     "digits_cnn": ["train/image_pipeline.batch_size = 16", "eval/image_pipeline.batch_size = 16"],
     "transformer_lm_kjv": ["TransformerLM.d_model = 16", "TransformerLM.d_ff = 32", "TransformerLM.n_layers = 1",
@@ -49,6 +51,8 @@ TINY = {
                    "train/lm_pipeline.length = 16", "train/lm_pipeline.batch_size = 8",
                    "eval/lm_pipeline.length = 16", "eval/lm_pipeline.batch_size = 8", "VOCAB = 256",
                    "Trainer.init_checkpoint = None"],
+    "student_smollm2_kjv": SMOLLM2_STUDENT,
+    "distill_smollm2_kjv": SMOLLM2_STUDENT,
     "grow_lm_kjv": GROW,
     "grow_lm_kjv_scratch": GROW,
 }
@@ -75,13 +79,23 @@ def test_every_recipe_has_tiny_settings():
   assert {c.stem for c in CONFIGS} == set(TINY)
 
 
-PRETRAINED = {"finetune_minilm_sentiment": "all-minilm-l6-v2"}  # recipes that start from bundled weights
+PRETRAINED = {"finetune_minilm_sentiment": "all-minilm-l6-v2",  # recipes that start from bundled weights
+              "student_smollm2_kjv": "smollm2-135m-instruct", "distill_smollm2_kjv": "smollm2-135m-instruct"}
+
+
+@pytest.fixture(scope="module")
+def pretrained_cache(tmp_path_factory):
+  """One cache for the recipes that start from bundled weights: each import of SmolLM2 into a fresh cache took ~12 s
+  (the student's cut of it, a few more)."""
+  return tmp_path_factory.mktemp("pretrained_cache")
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
-def test_recipe_trains_a_few_steps(config, tmp_path):
+def test_recipe_trains_a_few_steps(config, tmp_path, pretrained_cache, monkeypatch):
   if config.stem in PRETRAINED and registry.source_files(PRETRAINED[config.stem]) is None:
     pytest.skip(f"weights of {PRETRAINED[config.stem]} not installed (python -m combinax.pretrained download ...)")
+  if config.stem in PRETRAINED:
+    monkeypatch.setenv("COMBINAX_CACHE", str(pretrained_cache))
   output = tmp_path / "run"
   bindings = [f"--config={b}" for b in COMMON + TINY[config.stem]]
   run(cli.train_main, f"--config_file={config}", f"--output_dir={output}", *bindings)
