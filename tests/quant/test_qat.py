@@ -44,7 +44,7 @@ def _batches(n, seed):
 def test_fine_tuning_for_4_bit_weights_leaves_the_4_bit_model_better_than_plain_fine_tuning():
   model = TransformerLM(32, d_model=64, d_ff=128, n_layers=2, n_heads=4, max_len=16, dropout=0.0)
   loss = cl.WeightedCategoryCrossEntropy()
-  train, held_out = _batches(240, 0), _batches(4, 1)
+  train, held_out = _batches(160, 0), _batches(4, 1)
 
   def fit(step, state, batches):
     for batch in batches:   # one step at a time: a long queue of 8-device steps stalled XLA:CPU's all-reduce
@@ -52,7 +52,7 @@ def test_fine_tuning_for_4_bit_weights_leaves_the_4_bit_model_better_than_plain_
     return state
 
   plain = TrainStep(model, loss, optax.adam(3e-3))
-  trained = fit(plain, plain.init(jax.random.key(0), train[0]), train[:160])
+  trained = fit(plain, plain.init(jax.random.key(0), train[0]), train[:100])
 
   @jax.jit
   def batch_loss(small, batch):
@@ -63,13 +63,13 @@ def test_fine_tuning_for_4_bit_weights_leaves_the_4_bit_model_better_than_plain_
     small = jax.device_get(quant.quantize(jax.device_get(params), RULES))
     return tuple(float(np.mean([batch_loss(p, b) for b in held_out])) for p in (params, small))
 
-  # The same 80 further steps, from the same state: one sees the 4-bit weights in its forward pass.
+  # The same 60 further steps, from the same state: one sees the 4-bit weights in its forward pass.
   aware = TrainStep(model, loss, optax.adam(1e-3), quantization_aware=RULES)
   again = TrainStep(model, loss, optax.adam(1e-3))
   start = lambda: jax.tree_util.tree_map(jnp.copy, trained._replace(opt_state=optax.adam(1e-3).init(trained.params)))
-  float_aware, quantized_aware = losses(fit(aware, start(), train[160:]).params)   # (steps donate: copies)
-  float_plain, quantized_plain = losses(fit(again, start(), train[160:]).params)
+  float_aware, quantized_aware = losses(fit(aware, start(), train[100:]).params)   # (steps donate: copies)
+  float_plain, quantized_plain = losses(fit(again, start(), train[100:]).params)
   # The 4-bit model is better after quantization-aware fine-tuning, and loses far less to the rounding (measured:
-  # plain 0.3347 float, 0.3460 in 4 bits; aware 0.3309 float, 0.3335 in 4 bits: a quarter of the loss).
+  # plain 0.3557 float, 0.3701 in 4 bits; aware 0.3621 float, 0.3642 in 4 bits: a seventh of the loss).
   assert quantized_aware < quantized_plain
   assert quantized_aware - float_aware < 0.5 * (quantized_plain - float_plain)
