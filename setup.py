@@ -25,7 +25,7 @@ setup(
     entry_points={"console_scripts": ["combinax-train = combinax.train.cli:train",
                                       "combinax-decode = combinax.train.cli:decode"]},
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
         "tfds": ["tensorflow-datasets>=4.9.4", "importlib_resources", "array_record>=0.5"],
         # Readers of pretrained weights (safetensors, GGUF, Keras HDF5); the weights themselves come with
         # `python -m combinax.pretrained download NAME`.

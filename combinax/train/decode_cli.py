@@ -49,7 +49,7 @@ class _LM(NamedTuple):
   tokenizer: Any
   prefix: tuple                   # token ids put before each prompt's own
   start_id: int | None            # fed before everything (the sampler's start token), None: nothing
-  template: str                   # the text of a prompt: template.format(prompt=text)
+  template: str                   # the text of a prompt: the template with {prompt} replaced by the text
   default_length: int | None      # --max_length when not given; None: fill the positions the model was trained for
   roomy: bool                     # its caches may hold more positions than a call needs (no learned position table):
                                   # room for decoding's prompt buckets, so that prompts share compilations
@@ -194,7 +194,7 @@ def _draft(output_dir: Path, lm: _LM) -> _LM:
 
 
 def _encode(lm: _LM, text: str) -> list[int]:
-  return list(lm.prefix) + [int(i) for i in lm.tokenizer.encode(lm.template.format(prompt=text))]
+  return list(lm.prefix) + [int(i) for i in lm.tokenizer.encode(lm.template.replace("{prompt}", text))]
 
 
 def _text(lm: _LM, ids) -> str:
