@@ -52,11 +52,9 @@ def student_checkpoint(teacher_checkpoint: str = gin.REQUIRED, layers: Sequence[
   student (the teacher's model with `len(layers)` layers) starts from them. `teacher_checkpoint` is a checkpoint or
   a run directory (its newest checkpoint); the cut is written once to the cache
   (`$COMBINAX_CACHE/students/<hash>`), atomically, and reused."""
-  source = Path(teacher_checkpoint)
-  if source not in checkpoints.list_checkpoints(source.parent):   # a run directory: its newest checkpoint
-    source = checkpoints.latest(source)
-    if source is None:
-      raise StudentError(f"student_checkpoint: no checkpoint in {teacher_checkpoint}")
+  source = checkpoints.checkpoint_or_latest(teacher_checkpoint)
+  if source is None:
+    raise StudentError(f"student_checkpoint: no checkpoint in {teacher_checkpoint}")
   manifest = checkpoints.read_manifest(source)
   # The leaves' checksums name the teacher's weights: another teacher (or a retrained one) gets another cut.
   key = hashlib.sha256(repr((manifest["leaves"], [int(i) for i in layers])).encode()).hexdigest()[:16]

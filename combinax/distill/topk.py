@@ -44,11 +44,9 @@ def teacher_topk(output_dir: str, teacher: Layer | Callable = gin.REQUIRED, teac
   weights)` batches) to `output_dir`; returns it. See the module's docstring."""
   folder = Path(output_dir)
   teacher = teacher if isinstance(teacher, Layer) else teacher(mode="eval")
-  source = Path(teacher_checkpoint)
-  if source not in checkpoints.list_checkpoints(source.parent):
-    source = checkpoints.latest(source)
-    if source is None:
-      raise DataError(f"teacher_topk: no checkpoint in {teacher_checkpoint}")
+  source = checkpoints.checkpoint_or_latest(teacher_checkpoint)
+  if source is None:
+    raise DataError(f"teacher_topk: no checkpoint in {teacher_checkpoint}")
   about = {"teacher": str(teacher), "teacher_checkpoint": str(source), "k": int(k), "batches": int(batches)}
   folder.mkdir(parents=True, exist_ok=True)
   meta = folder / "topk.json"

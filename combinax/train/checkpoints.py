@@ -358,6 +358,12 @@ def latest(directory: str | os.PathLike) -> Path | None:
   return found[-1] if found else None
 
 
+def checkpoint_or_latest(path: str | os.PathLike) -> Path | None:
+  """`path` itself if it is a committed checkpoint, else the newest one under it (a run directory), else None."""
+  path = Path(path)
+  return path if path in list_checkpoints(path.parent) else latest(path)
+
+
 # --- The manager --------------------------------------------------------------------------------------------------
 
 

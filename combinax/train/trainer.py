@@ -29,10 +29,6 @@ from combinax.train.logging import QuietLogger, RunLogger, plot_loss_curve
 from combinax.train.step import TrainState, TrainStep, frozen_mask, loss_inputs, split_batch
 
 
-def _is_checkpoint(path: Path) -> bool:
-  return path in checkpoints.list_checkpoints(path.parent)
-
-
 def _differences(saved: dict, record: dict) -> list[str]:
   """What differs between the run a checkpoint records and this one (`Trainer._record`): gin bindings, the model."""
   changes = rundir.config_differences(saved["config"], record["config"])
@@ -218,8 +214,7 @@ class Trainer:
     if ours != theirs:
       raise TrainingError(f"the teacher's outputs {theirs} differ from the student's {ours}: distillation needs the "
                           "teacher's vocabulary (the same tokenizer)")
-    source = Path(self.task.teacher_checkpoint)
-    source = source if _is_checkpoint(source) else checkpoints.latest(source)
+    source = checkpoints.checkpoint_or_latest(self.task.teacher_checkpoint)
     if source is None:
       raise TrainingError(f"teacher_checkpoint {self.task.teacher_checkpoint}: no checkpoint there")
     return teacher, checkpoints.restore(source, template, prefix="params")[0]
@@ -294,8 +289,7 @@ class Trainer:
                           "again from scratch over them (each was set aside as *.damaged; move them away to start "
                           "afresh): " + "; ".join(damaged))
     if self.init_checkpoint:  # fine-tuning: the params and model state of another run, nothing else
-      source = Path(self.init_checkpoint)
-      source = source if _is_checkpoint(source) else checkpoints.latest(source)
+      source = checkpoints.checkpoint_or_latest(self.init_checkpoint)
       if source is None:
         raise TrainingError(f"init_checkpoint {self.init_checkpoint}: no checkpoint there")
       params, kept = checkpoints.restore_matching(source, fresh.params, prefix="params")
