@@ -115,21 +115,42 @@ def sample_logits(logits, rng, temperature: float = 1.0, top_k: int | None = Non
 
 def sampled_logits(logits, temperature: float, top_k: int | None = None, top_p: float | None = None):
   """The logits `sample_logits` samples from (temperature > 0): divided by the temperature, -inf outside the top_k
-  and the top_p nucleus; their softmax is the distribution of its tokens."""
+  and the top_p nucleus; their softmax is the distribution of its tokens. A token stays when fewer than `top_k`
+  tokens are strictly likelier, and when the tokens strictly likelier hold less than `top_p` of the probability
+  (after top_k), so tokens tied at the boundary stay or go together."""
   if top_k is not None and top_k > logits.shape[-1]:
     raise ValueError(f"top_k: expected at most the vocabulary's {logits.shape[-1]} tokens, got {top_k}")
   logits = logits / temperature
   if top_k is not None:
-    kth = lax.top_k(logits, top_k)[0][:, -1:]
-    logits = jnp.where(logits >= kth, logits, -jnp.inf)
-  if top_p is not None:
-    order = jnp.argsort(-logits, axis=-1)
-    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs          # probability of the strictly more likely tokens
-    sorted_logits = jnp.where(before < top_p, sorted_logits, -jnp.inf)   # the first token always stays
-    logits = jnp.full_like(logits, -jnp.inf).at[jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
+    keys = _ordered_keys(logits)
+    logits = jnp.where(keys >= _threshold_key(keys, jnp.ones((), jnp.int32), top_k), logits, -jnp.inf)
+  if top_p is not None and top_p < 1:   # 1 keeps every token (float32 sums of the tail may round up to 1)
+    keys = _ordered_keys(logits)
+    logits = jnp.where(keys >= _threshold_key(keys, jax.nn.softmax(logits, axis=-1), top_p), logits, -jnp.inf)
   return logits
+
+
+def _ordered_keys(x):
+  """uint32 keys that order as the float32 values `x` do (-inf lowest): the sign bit flipped for positive values,
+  every bit for negative ones."""
+  bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+
+def _threshold_key(keys, weights, limit):
+  """Per row of `keys` (batch, vocab), the smallest key K whose strictly larger keys weigh less than `limit`
+  (`weights` broadcast against keys): keys >= K are the top-k (weights 1, limit k) or the nucleus (weights the
+  probabilities, limit top_p). A bisection over the 2^32 keys, 32 masked sums: sorting the vocabulary instead
+  (argsort, or lax.top_k once its result meets the logits in one fusion) took 300-450 ms a step for 32 rows of
+  SmolLM2's 49,152 tokens on XLA:CPU, this takes 25-50 ms."""
+  def halve(_, bounds):
+    low, high = bounds
+    middle = low + (high - low) // 2
+    light = jnp.sum(jnp.where(keys > middle[..., None], weights, 0), axis=-1) < limit
+    return jnp.where(light, low, middle + 1), jnp.where(light, middle, high)
+  rows = keys.shape[:-1]
+  start = (jnp.zeros(rows, jnp.uint32), jnp.full(rows, 0xFFFFFFFF, jnp.uint32))
+  return lax.fori_loop(0, 32, halve, start)[1][..., None]
 
 
 def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int = 100, temperature: float = 1.0,

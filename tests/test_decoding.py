@@ -105,6 +105,32 @@ def test_sample_logits_restricts_the_support():
   assert sharp[0] > 0.85
 
 
+def test_top_k_and_top_p_keep_the_tokens_a_sorted_float64_reference_keeps():
+  logits = np.asarray(jax.random.normal(jax.random.key(3), (16, 3000))) * np.linspace(0.5, 6, 16)[:, None]
+  for top_k, top_p in [(1, None), (40, None), (2999, None), (None, 1e-6), (None, 0.3), (None, 0.9), (None, 1.0),
+                       (100, 0.8)]:
+    kept = np.isfinite(np.asarray(decoding.sampled_logits(jnp.asarray(logits, jnp.float32), 0.7, top_k, top_p)))
+    scaled = np.asarray(jnp.asarray(logits, jnp.float32) / 0.7, np.float64)
+    if top_k is not None:
+      scaled = np.where(scaled >= np.sort(scaled, axis=-1)[:, -top_k:][:, :1], scaled, -np.inf)
+    if top_p is not None and top_p < 1:   # top_p=1 keeps every token
+      probs = np.exp(scaled - scaled.max(-1, keepdims=True))
+      probs /= probs.sum(-1, keepdims=True)
+      ordered = -np.sort(-probs, axis=-1)
+      before = np.cumsum(ordered, axis=-1) - ordered
+      smallest = np.min(np.where(before < top_p, ordered, np.inf), axis=-1, keepdims=True)
+      scaled = np.where(probs >= smallest, scaled, -np.inf)
+    np.testing.assert_array_equal(kept, np.isfinite(scaled), err_msg=f"top_k={top_k} top_p={top_p}")
+
+
+def test_tokens_tied_at_the_top_k_or_top_p_boundary_stay_together():
+  logits = jnp.log(jnp.array([[0.4, 0.2, 0.2, 0.2]]))
+  assert np.isfinite(np.asarray(decoding.sampled_logits(logits, 1.0, top_k=2))).tolist() == [[True] * 4]
+  assert np.isfinite(np.asarray(decoding.sampled_logits(logits, 1.0, top_p=0.5))).tolist() == [[True] * 4]
+  assert np.isfinite(np.asarray(decoding.sampled_logits(logits, 1.0, top_p=0.4))).tolist() == [
+      [True, False, False, False]]
+
+
 def test_eos_ends_a_sequence_with_padding(lm):
   _, decoder, params, prompt = lm
   greedy = np.asarray(decoding.autoregressive_sample(decoder, params, prompt, max_length=6, temperature=0.0))
