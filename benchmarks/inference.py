@@ -2,7 +2,7 @@
 PyTorch `transformers` (float32) and llama.cpp (`llama-cpp-python`, the same GGUF file), side by side in one run.
 
     pip install -e ".[bench]"                           # PyTorch, transformers, llama-cpp-python (builds llama.cpp)
-    python benchmarks/inference.py [--new 128] [--rounds 5] [--peers-python PATH]
+    python benchmarks/inference.py [--new 128] [--rounds 5] [--peers-python PATH] [--draft RUN_DIR]
 
 Every engine runs in a worker process of its own (`peers/generate_*.py`, the protocol in `peers/generation.py`),
 reads the same GGUF file (combinax's float32 and int8 from its cached import of it), and gets the same prompt as
@@ -32,10 +32,13 @@ PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start
 NAME = "smollm2-135m-instruct"
 
 
-def engines(peers_python: str) -> dict[str, list[str]]:
+def engines(peers_python: str, draft: str | None = None, draft_k: int = 4) -> dict[str, list[str]]:
   """Engine name -> its worker's command (without the common flags)."""
   ours = [sys.executable, str(HERE / "peers" / "generate_combinax.py")]
-  return {
+  speculative = {} if draft is None else {
+      f"combinax {weights} + draft": ours + ["--weights", weights, "--draft", draft, "--draft_k", str(draft_k)]
+      for weights in ("float32", "int8")}
+  return {**speculative,
       "combinax float32": ours + ["--weights", "float32"],
       "combinax int8": ours + ["--weights", "int8"],
       "combinax gguf (q4_1)": ours + ["--weights", "gguf"],
@@ -86,6 +89,9 @@ def main():
   parser.add_argument("--peers-python", default=sys.executable,
                       help="the Python whose environment has torch, transformers and llama-cpp-python")
   parser.add_argument("--only", nargs="*", help="engine names to run (default: all)")
+  parser.add_argument("--draft", help="a combinax-train run of a small LM with SmolLM2's tokenizer (e.g. "
+                      "experiments/distill_smollm2.py's distilled student): adds speculative decoding with it")
+  parser.add_argument("--draft-k", type=int, default=4, help="tokens the draft proposes at a time")
   args = parser.parse_args()
   from combinax import pretrained
   from combinax.pretrained import registry
@@ -96,7 +102,7 @@ def main():
   common = ["--gguf", str(gguf), "--prompt", ",".join(map(str, prompt)), "--new", str(args.new), "--threads",
             str(args.threads)]
   workers = []
-  for name, command in engines(args.peers_python).items():
+  for name, command in engines(args.peers_python, args.draft, args.draft_k).items():
     if args.only and name not in args.only:
       continue
     print(f"starting {name} ...", file=sys.stderr, flush=True)
