@@ -23,13 +23,16 @@ setup(
         "orbax-checkpoint>=0.11.0",  # checkpoints: each process writes its own shards, asynchronously
     ],
     entry_points={"console_scripts": ["combinax-train = combinax.train.cli:train",
-                                      "combinax-decode = combinax.train.cli:decode"]},
+                                      "combinax-decode = combinax.train.cli:decode",
+                                      "combinax-federated = combinax.federated.cli:main"]},
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5"],
         "tfds": ["tensorflow-datasets>=4.9.4", "importlib_resources", "array_record>=0.5"],
         # Readers of pretrained weights (safetensors, GGUF, Keras HDF5); the weights themselves come with
         # `python -m combinax.pretrained download NAME`.
         "pretrained": ["safetensors>=0.4", "gguf>=0.10", "h5py>=3.8"],
+        # The Flower adapter (combinax.federated.flower): a federated recipe run as separate processes.
+        "federated": ["flwr>=1.13"],
         # The peers of benchmarks/compare.py (run by hand, never by CI). Trax 1.4.1 pins old JAX and TensorFlow, so
         # it gets an environment of its own: bash benchmarks/setup_trax.sh.
         # benchmarks/inference.py's peers too: transformers and llama.cpp (llama-cpp-python builds it from source,

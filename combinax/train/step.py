@@ -231,6 +231,11 @@ class TrainStep:
                      train_state.rng, bad_step)
     return new, {"loss": loss, "total_loss": total, "grad_norm": grad_norm}
 
+  def update(self, train_state: TrainState, batch):
+    """One update as the pure, unjitted function that `__call__` compiles: for callers that transform it further,
+    e.g. `jax.vmap` over the clients of a federated round (`combinax.federated`). Returns (new state, metrics)."""
+    return self._step(train_state, tuple(batch), self.teacher_params)
+
   def __call__(self, train_state: TrainState, batch):
     """One update: returns (new train state, metrics). The old state is donated (do not reuse it)."""
     batch = sharding.shard_batch(tuple(batch), self.mesh)
