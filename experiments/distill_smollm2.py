@@ -1,16 +1,19 @@
-"""Issue 19's experiment: a 4-layer student of SmolLM2-135M on the bundled King James Bible, trained three ways at
-equal steps on equal data, against the teacher itself:
+"""Issue 19's experiment: a 4-layer student of SmolLM2-135M on the bundled King James Bible, trained four ways at
+equal steps on equal data, against its teachers:
 
-  hard        the student recipe's loss, next-token cross-entropy (DistillationLoss with alpha=0, which the tests
-              show equals WeightedCategoryCrossEntropy bitwise), on the batches the teacher's top-k were written for
-  distilled   configs/distill_smollm2_kjv.gin: alpha=0.5, T=2 against the teacher's stored top-32 logits, same batches
-  synthetic   configs/student_smollm2_kjv.gin on text SmolLM2 wrote (combinax-decode --samples), no KJV text at all
+  hard labels       the student recipe's loss, next-token cross-entropy (DistillationLoss with alpha=0, which the
+                    tests show equals WeightedCategoryCrossEntropy bitwise), on the batches the top-k were stored for
+  distilled         configs/distill_smollm2_kjv.gin: alpha=0.5, T=2 against the stored top-32 logits of SmolLM2 as
+                    shipped (a chat model), same batches
+  distilled, tuned  the same from SmolLM2 fine-tuned on the same KJV batches first (configs/teacher_smollm2_kjv.gin)
+  synthetic         configs/student_smollm2_kjv.gin on text SmolLM2 wrote (combinax-decode --samples), no KJV text
 
-Every student starts from the same 4 of the teacher's 30 blocks (0, 10, 19, 29) and its embedding. `--seeds` runs
-hard and distilled once per seed (the order the stored batches are visited in); both see the same batches, each once.
+Every student starts from the same 4 of SmolLM2's 30 blocks (0, 10, 19, 29) and its embedding. `--seeds` runs hard
+and distilled-from-the-tuned-teacher once per seed (the order the stored batches are visited in; both see the same
+batches, each once); distilled from SmolLM2 as shipped and synthetic once.
 Then, in this process: held-out cross-entropy on the first `--eval-batches` batches of KJV's test split for every
 student and the teacher, and greedy decoding speed (batch 1, 16 prompt tokens + 128 new, float32, interleaved
-rounds) of a student and the teacher, and of the teacher with the first distilled student as its speculative draft.
+rounds) of a student and the teacher, and of each teacher with its first distilled student as speculative draft.
 
 Each stage is skipped when its output exists (the training runs resume through combinax-train's own resume), so
 the command can be rerun after a stop. Everything goes to --workdir; results.json and a Markdown table at the end.
@@ -54,9 +57,9 @@ def shape_bindings(args, topk: bool = True) -> list[str]:
           f"--config=Trainer.checkpoint_every = {steps}", f"--config=EvalTask.eval_every = {steps}"]
 
 
-def train_on_topk(args, work: Path, name: str, seed: int, alpha: float, log: Path) -> Path:
+def train_on_topk(args, work: Path, name: str, seed: int, alpha: float, log: Path, topk: str = "topk") -> Path:
   out = work / f"{name}-seed{seed}"
-  topk = work / "topk"
+  topk = work / topk
   run(["combinax-train", "--config_file=configs/distill_smollm2_kjv.gin", *shape_bindings(args),
        "--config=TrainTask.data = @TopKBatches()", f"--config=TopKBatches.folder = '{topk}'",
        "--config=TopKBatches.shuffle = True", f"--config=TopKBatches.seed = {seed}",
@@ -113,11 +116,18 @@ def measure(args, work: Path, runs: dict[str, list[Path]]) -> dict:
     template = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 8), jnp.int32))[0])
     return model, checkpoints.restore(checkpoints.latest(run_dir), template, prefix="params")[0]
 
-  results = {"cross_entropy": {}}
-  teacher, teacher_params, _ = pretrained.load(NAME, mode="eval")
-  results["cross_entropy"]["teacher"] = [held_out(teacher, teacher_params)]
+  def teacher_params(run_dir: Path | None):
+    if run_dir is None:
+      return pretrained.load(NAME, mode="eval")[1]
+    model = pretrained.model(NAME, mode="eval")
+    template = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 8), jnp.int32))[0])
+    return checkpoints.restore(checkpoints.latest(run_dir), template, prefix="params")[0]
+
+  teachers = {"SmolLM2 as shipped": teacher_params(None), "SmolLM2 tuned on KJV": teacher_params(work / "teacher-kjv")}
+  teacher = pretrained.model(NAME, mode="eval")
+  results = {"cross_entropy": {f"teacher: {name}": [held_out(teacher, p)] for name, p in teachers.items()}}
   initial = checkpoints.checkpoint_or_latest(student_init_checkpoint())
-  model, _ = student_params(work / f"hard-seed{args.seeds[0]}")
+  model, _ = student_params(runs["hard labels"][0])
   template = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 8), jnp.int32))[0])
   results["cross_entropy"]["student at its initialisation"] = [
       held_out(model, checkpoints.restore(initial, template, prefix="params")[0])]
@@ -125,24 +135,27 @@ def measure(args, work: Path, runs: dict[str, list[Path]]) -> dict:
     results["cross_entropy"][kind] = [held_out(*student_params(d)) for d in dirs]
   print(json.dumps(results["cross_entropy"], indent=1), flush=True)
 
-  # Decoding speed, batch 1, greedy: interleaved rounds, best and median tokens/s.
+  # Decoding speed, batch 1, greedy: interleaved rounds, best and median tokens/s. Each teacher also decodes with
+  # the first student distilled from it as its speculative draft (the same text as its greedy decoding).
   prompt = np.asarray(batches[0][0][:1, :16], np.int32)
-  new, max_len = 128, 16 + 128 + 8
+  new, max_len = 128, 16 + 128 + max(args.draft_k) + 1
   start = llama.start_id(pretrained.config(NAME))
-  target, target_params, _ = pretrained.load(NAME, mode="predict", max_len=max_len)
-  draft, draft_params = student_params(runs["distilled"][0], mode="predict", max_len=max_len)
-  engines = {
-      "teacher (30 blocks)": lambda: decoding.autoregressive_sample(target, target_params, prompt, max_length=new,
-                                                                    temperature=0.0, start_id=start),
-      "student (4 blocks)": lambda: decoding.autoregressive_sample(draft, draft_params, prompt, max_length=new,
-                                                                   temperature=0.0, start_id=start)}
+  target = pretrained.model(NAME, mode="predict", max_len=max_len)
+  greedy = lambda model, params: lambda: decoding.autoregressive_sample(model, params, prompt, max_length=new,
+                                                                        temperature=0.0, start_id=start)
+  draft = pretrained.model(NAME, n_layers=4, mode="predict", max_len=max_len)
+  drafts = {"SmolLM2 as shipped": student_params(runs["distilled, SmolLM2 as shipped"][0])[1],
+            "SmolLM2 tuned on KJV": student_params(runs["distilled, tuned teacher"][0])[1]}
+  engines = {"student (4 blocks)": greedy(draft, drafts["SmolLM2 tuned on KJV"])}
   stats = {}
-  for k in args.draft_k:
-    def speculate(k=k):
-      tokens, stats[k] = speculative.speculative_sample(target, target_params, draft, draft_params, prompt,
-                                                        max_length=new, k=k, temperature=0.0, start_id=start)
-      return tokens
-    engines[f"teacher + distilled draft, k={k}"] = speculate
+  for name, params in teachers.items():
+    engines[f"{name} (30 blocks)"] = greedy(target, params)
+    for k in args.draft_k:
+      def speculate(key=f"{name} + its distilled draft, k={k}", params=params, k=k, name=name):
+        tokens, stats[key] = speculative.speculative_sample(target, params, draft, drafts[name], prompt,
+                                                            max_length=new, k=k, temperature=0.0, start_id=start)
+        return tokens
+      engines[f"{name} + its distilled draft, k={k}"] = speculate
   outputs = {name: np.asarray(jax.block_until_ready(f())) for name, f in engines.items()}   # compiles
   rates = {name: [] for name in engines}
   for _ in range(args.rounds):
@@ -150,13 +163,14 @@ def measure(args, work: Path, runs: dict[str, list[Path]]) -> dict:
       begin = time.perf_counter()
       jax.block_until_ready(f())
       rates[name].append(new / (time.perf_counter() - begin))
-  greedy = outputs["teacher (30 blocks)"]
+  plain = lambda name: outputs[f"{name.split(' + ')[0].split(' (')[0]} (30 blocks)"]
   results["decoding"] = {
       name: {"tokens_per_s_best": max(r), "tokens_per_s_median": statistics.median(r),
-             "equal_to_teacher_greedy": bool(np.array_equal(outputs[name], greedy)),
-             **({"acceptance_rate": stats[int(name.rsplit("=", 1)[1])].acceptance_rate} if "k=" in name else {})}
+             **({"equal_to_greedy": bool(np.array_equal(outputs[name], plain(name))),
+                 "acceptance_rate": stats[name].acceptance_rate} if name in stats else {})}
       for name, r in rates.items()}
-  results["student_agreement_with_teacher_greedy"] = float(np.mean(outputs["student (4 blocks)"] == greedy))
+  results["student_agreement_with_tuned_teacher_greedy"] = float(
+      np.mean(outputs["student (4 blocks)"] == outputs["SmolLM2 tuned on KJV (30 blocks)"]))
   return results
 
 
@@ -195,13 +209,21 @@ def main():
       timings[key] = action()
       (work / "timings.json").write_text(json.dumps(timings, indent=1))
 
-  timed("teacher top-k, s", lambda: run([sys.executable, "-m", "combinax.distill", "topk",
-                                         "--config_file=configs/distill_smollm2_kjv.gin", *shape_bindings(args),
-                                         f"--output_dir={work / 'topk'}"], log))
-  runs = {"hard labels": [], "distilled": []}
+  topk = [sys.executable, "-m", "combinax.distill", "topk", "--config_file=configs/distill_smollm2_kjv.gin",
+          *shape_bindings(args)]
+  timed("teacher top-k, s", lambda: run(topk + [f"--output_dir={work / 'topk'}"], log))
+  tuned = work / "teacher-kjv"
+  timed("teacher fine-tuning, s", lambda: run(
+      ["combinax-train", "--config_file=configs/teacher_smollm2_kjv.gin", *shape_bindings(args, topk=False),
+       f"--output_dir={tuned}"], log))
+  timed("tuned teacher top-k, s", lambda: run(
+      topk + [f"--config=TEACHER_CHECKPOINT = '{tuned}'", f"--output_dir={work / 'topk-tuned'}"], log))
+  runs = {"hard labels": [], "distilled, tuned teacher": [],
+          "distilled, SmolLM2 as shipped": [train_on_topk(args, work, "distilled", args.seeds[0], 0.5, log)]}
   for seed in args.seeds:
     runs["hard labels"].append(train_on_topk(args, work, "hard", seed, 0.0, log))
-    runs["distilled"].append(train_on_topk(args, work, "distilled", seed, 0.5, log))
+    runs["distilled, tuned teacher"].append(
+        train_on_topk(args, work, "distilled-tuned", seed, 0.5, log, topk="topk-tuned"))
   corpus = work / "synthetic.jsonl"
   timed("synthetic corpus, s", lambda: synthetic_corpus(args, work, log)[1])
   synthetic = work / "synthetic-seed0"
@@ -227,12 +249,13 @@ def report(results: dict):
     step = results["seconds_per_step"].get(kind)
     print(f"| {kind} | {', '.join(f'{v:.4f}' for v in values)} | {statistics.mean(values):.4f} | "
           f"{statistics.mean(values) / hard:.3f} | {'' if step is None else f'{statistics.mean(step):.2f}'} |")
-  print("\n| decoding, batch 1, greedy, 128 new | tokens/s best | median | same text as teacher | acceptance |")
+  print("\n| decoding, batch 1, greedy, 128 new | tokens/s best | median | same text as greedy | acceptance |")
   print("|---|---|---|---|---|")
   for name, d in results["decoding"].items():
     print(f"| {name} | {d['tokens_per_s_best']:.1f} | {d['tokens_per_s_median']:.1f} | "
-          f"{d['equal_to_teacher_greedy']} | {d.get('acceptance_rate', '')} |")
-  print(f"\nstudent's greedy tokens equal to the teacher's: {results['student_agreement_with_teacher_greedy']:.3f}")
+          f"{d.get('equal_to_greedy', '')} | {d.get('acceptance_rate', '')} |")
+  print("\nthe student's greedy tokens equal to the tuned teacher's: "
+        f"{results['student_agreement_with_tuned_teacher_greedy']:.3f}")
   print(f"one-time costs: {results['timings']}")
   print(f"a synthetic sample: {results['synthetic_sample']['text']!r}")
 

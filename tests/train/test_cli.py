@@ -11,7 +11,10 @@ from combinax.pretrained import registry
 from combinax.train import checkpoints, cli
 from combinax.train.logging import read_metrics
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.gin"))
+# Recipes of other commands, tested where those are.
+OTHER_COMMANDS = {"fedavg_digits": "combinax-federated: tests/federated/test_run.py"}
+ALL_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.gin"))
+CONFIGS = [c for c in ALL_CONFIGS if c.stem not in OTHER_COMMANDS]   # combinax-train's
 COMMON = ["Trainer.steps = 3", "Trainer.log_every = 1", "Trainer.checkpoint_every = 3", "EvalTask.n_batches = 1",
           "EvalTask.eval_every = 3", "corpus_tokenizer.kind = 'char'"]
 # The growth recipes bind per phase (scopes small/ and large/), so their tiny settings are scoped too.
@@ -57,6 +60,10 @@ TINY = {
                    "Trainer.init_checkpoint = None"],
     "student_smollm2_kjv": SMOLLM2_STUDENT,
     "distill_smollm2_kjv": SMOLLM2_STUDENT + SMOLLM2_TEACHER,
+    # The teacher fine-tuned, as a 2-block cut of SmolLM2.
+    "teacher_smollm2_kjv": SMOLLM2_STUDENT[:3] + ["teacher/pretrained.model.n_layers = 2",
+                                                  "Trainer.init_checkpoint = @distill.student_checkpoint()",
+                                                  "distill.student_checkpoint.layers = [0, 29]"],
     "grow_lm_kjv": GROW,
     "grow_lm_kjv_scratch": GROW,
 }
@@ -80,11 +87,12 @@ def run(main, *args):
 
 
 def test_every_recipe_has_tiny_settings():
-  assert {c.stem for c in CONFIGS} == set(TINY)
+  assert {c.stem for c in ALL_CONFIGS} == set(TINY) | set(OTHER_COMMANDS)
 
 
 PRETRAINED = {"finetune_minilm_sentiment": "all-minilm-l6-v2",  # recipes that start from bundled weights
-              "student_smollm2_kjv": "smollm2-135m-instruct", "distill_smollm2_kjv": "smollm2-135m-instruct"}
+              "student_smollm2_kjv": "smollm2-135m-instruct", "distill_smollm2_kjv": "smollm2-135m-instruct",
+              "teacher_smollm2_kjv": "smollm2-135m-instruct"}
 
 
 @pytest.fixture(scope="module")
