@@ -60,6 +60,8 @@ def shape_bindings(args, topk: bool = True) -> list[str]:
 def train_on_topk(args, work: Path, name: str, seed: int, alpha: float, log: Path, topk: str = "topk") -> Path:
   out = work / f"{name}-seed{seed}"
   topk = work / topk
+  if (out / f"step_{args.steps:08d}").exists():   # finished (rerunning it would check its configuration again)
+    return out
   run(["combinax-train", "--config_file=configs/distill_smollm2_kjv.gin", *shape_bindings(args),
        "--config=TrainTask.data = @TopKBatches()", f"--config=TopKBatches.folder = '{topk}'",
        "--config=TopKBatches.shuffle = True", f"--config=TopKBatches.seed = {seed}",

@@ -4,9 +4,11 @@ a distillation run that costs about a student's training (no teacher forward per
     python -m combinax.distill topk --config_file=configs/distill_smollm2_kjv.gin --output_dir=runs/smollm2_topk
 
 `teacher_topk` (gin-configurable) runs the teacher in eval mode on `batches` batches of its data pipeline's
-`(tokens, targets, weights)` and writes one `topk-NNNNN.npz` per batch (tokens, targets, weights, the k largest
-logits as float32 `values` and their token `ids`), each file written whole or not at all, and a `topk.json` saying
-what made them. Rerun, it goes on after the batches already written (the pipeline is deterministic). `TopKBatches`
+`(tokens, targets, weights)` and writes one `topk-NNNNN.npz` per batch (tokens, targets, weights, the
+log-probabilities of its k likeliest tokens as float32 `values` and their token `ids`), each file written whole or
+not at all, and a `topk.json` saying what made them. Log-probabilities, not logits: with them the loss knows the
+probability of the tokens left out (one minus theirs).
+Rerun, it goes on after the batches already written (the pipeline is deterministic). `TopKBatches`
 reads a folder back as `(tokens, values, ids, targets, weights)` batches for `cl.DistillationLoss(top_k=True)`.
 """
 
@@ -27,6 +29,7 @@ from combinax.layers.base import Layer
 from combinax.train import checkpoints
 
 SHARD = "topk-{:05d}.npz"
+VALUES = "log-probabilities"   # what a shard's `values` hold (folders of the first version held raw logits)
 
 
 def _written(folder: Path) -> int:
@@ -47,14 +50,16 @@ def teacher_topk(output_dir: str, teacher: Layer | Callable = gin.REQUIRED, teac
   source = checkpoints.checkpoint_or_latest(teacher_checkpoint)
   if source is None:
     raise DataError(f"teacher_topk: no checkpoint in {teacher_checkpoint}")
-  about = {"teacher": str(teacher), "teacher_checkpoint": str(source), "k": int(k), "batches": int(batches)}
+  about = {"teacher": str(teacher), "teacher_checkpoint": str(source), "k": int(k), "batches": int(batches),
+           "values": VALUES}
   folder.mkdir(parents=True, exist_ok=True)
   meta = folder / "topk.json"
   if meta.exists():
     before = json.loads(meta.read_text())
-    if {key: before.get(key) for key in ("teacher", "k")} != {key: about[key] for key in ("teacher", "k")}:
-      raise DataError(f"teacher_topk: {folder} holds top-{before.get('k')} logits of another teacher; choose another "
-                      "output_dir")
+    same = ("teacher", "k", "values")
+    if {key: before.get(key) for key in same} != {key: about[key] for key in same}:
+      raise DataError(f"teacher_topk: {folder} holds top-{before.get('k')} {before.get('values', 'logits')} of "
+                      "another teacher or another kind; choose another output_dir")
   _write_json(meta, about)
   done = _written(folder)
   stream = data()
@@ -62,7 +67,8 @@ def teacher_topk(output_dir: str, teacher: Layer | Callable = gin.REQUIRED, teac
   signature = jax.ShapeDtypeStruct(np.shape(first[0]), np.asarray(first[0]).dtype)
   template = jax.eval_shape(lambda: teacher.init(jax.random.key(0), signature)[0])
   params = checkpoints.restore(source, template, prefix="params")[0]
-  top = jax.jit(lambda p, ids: jax.lax.top_k(teacher.apply(p, {}, ids)[0].astype(np.float32), k))
+  log_probs = lambda p, ids: jax.nn.log_softmax(teacher.apply(p, {}, ids)[0].astype(np.float32), axis=-1)
+  top = jax.jit(lambda p, ids: jax.lax.top_k(log_probs(p, ids), k))
   for index in range(batches):
     batch = first if index == 0 else next(stream)
     if index < done:
@@ -100,7 +106,8 @@ class _Shards:
 
 @gin.configurable(module="combinax.distill")
 class TopKBatches(Source):
-  """The batches `teacher_topk` wrote to `folder`, as `(tokens, values, ids, targets, weights)`: the model's inputs,
+  """The batches `teacher_topk` wrote to `folder`, as `(tokens, values, ids, targets, weights)` (values: the teacher's
+  log-probabilities of its top-k tokens `ids`): the model's inputs,
   then what `cl.DistillationLoss(top_k=True)` takes after the model's logits. `shuffle` / `repeat` / `shard` as for
   every source (whole batches are the examples)."""
 
@@ -112,7 +119,12 @@ class TopKBatches(Source):
     return f"teacher top-k logits in {self.folder}"
 
   def load(self):
-    if not (self.folder / "topk.json").exists():
+    meta = self.folder / "topk.json"
+    if not meta.exists():
       raise DataError(f"{self.folder}: no teacher top-k logits here (topk.json is missing); write them with "
                       "python -m combinax.distill topk")
+    held = json.loads(meta.read_text()).get("values", "logits")
+    if held != VALUES:
+      raise DataError(f"{self.folder}: holds the teacher's top-k {held}, DistillationLoss(top_k=True) takes its "
+                      f"{VALUES}; write them again with python -m combinax.distill topk")
     return _Shards(self.folder, _written(self.folder))

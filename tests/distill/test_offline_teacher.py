@@ -1,6 +1,8 @@
 """The teacher's top-k logits stored once and read back reproduce the online distillation loss; writing them resumes
 after a kill; students cut from every other layer of their teacher."""
 
+import json
+
 import jax
 import numpy as np
 import optax
@@ -72,11 +74,17 @@ def test_writing_resumes_after_the_batches_already_written_and_refuses_another_t
   assert (out / "topk-00000.npz").stat().st_mtime_ns == before   # not written again
   for i in range(4):
     np.testing.assert_array_equal(np.load(out / f"topk-{i:05d}.npz")["values"], whole[i])
-  with pytest.raises(DataError, match="holds top-4 logits of another teacher"):
+  with pytest.raises(DataError, match="holds top-4 log-probabilities of another teacher"):
     teacher_topk(out, teacher=lm(n_layers=4, d_model=16), teacher_checkpoint=str(folder), data=lm_data(), k=4,
                  batches=1)
   with pytest.raises(DataError, match="no teacher top-k logits here"):
     list(TopKBatches(str(tmp_path))())
+  meta = json.loads((out / "topk.json").read_text())
+  del meta["values"]   # a folder of the first version, which stored raw logits
+  (out / "topk.json").write_text(json.dumps(meta))
+  with pytest.raises(DataError, match="holds the teacher's top-k logits, DistillationLoss.top_k=True. takes its "
+                                      "log-probabilities; write them again"):
+    list(TopKBatches(str(out))())
 
 
 def test_a_student_trains_on_stored_top_k_logits(teacher, tmp_path):

@@ -46,18 +46,38 @@ def test_temperature_one_and_alpha_zero_is_plain_cross_entropy_bitwise():
   assert np.asarray(distilled).tobytes() == np.asarray(plain).tobytes()
 
 
-def test_top_k_teacher_logits_with_k_the_vocabulary_give_the_full_loss():
+def test_top_k_teacher_log_probabilities_with_k_the_vocabulary_give_the_full_loss():
   s, t = logits(5), logits(6)
   full = cl.DistillationLoss(2.0, 0.6).apply({}, {}, (s, t, TARGETS, WEIGHTS))[0]
-  values, ids = jax.lax.top_k(t, VOCAB)
+  values, ids = jax.lax.top_k(jax.nn.log_softmax(t), VOCAB)
   top = cl.DistillationLoss(2.0, 0.6, top_k=True).apply({}, {}, (s, values, ids, TARGETS, WEIGHTS))[0]
   np.testing.assert_allclose(top, full, rtol=1e-6)
-  # With fewer, the teacher's distribution is renormalised over its k likeliest tokens.
-  values, ids = jax.lax.top_k(t, 3)
-  few = cl.DistillationLoss(2.0, 1.0, top_k=True).apply({}, {}, (s, values, ids, TARGETS, WEIGHTS))[0]
-  p = jax.nn.softmax(values / 2.0)
-  q = jnp.take_along_axis(jax.nn.log_softmax(s / 2.0), ids, axis=-1)
-  np.testing.assert_allclose(few, 4.0 * jnp.mean(jnp.sum(p * (jnp.log(p) - q), -1)), rtol=1e-5)
+
+
+def test_with_fewer_tokens_the_rest_of_the_vocabulary_is_one_class_of_both_distributions():
+  s, t = logits(5), logits(6)
+  k, T = 3, 2.0
+  values, ids = jax.lax.top_k(jax.nn.log_softmax(t), k)
+  few = cl.DistillationLoss(T, 1.0, top_k=True).apply({}, {}, (s, values, ids, TARGETS, WEIGHTS))[0]
+  # by hand, in float64: k + 1 classes, the teacher's and the student's probabilities of the other tokens summed
+  p_t, p_s = np.exp(np.asarray(jax.nn.log_softmax(t), np.float64)), np.asarray(jax.nn.softmax(s), np.float64)
+  ids = np.asarray(ids)
+  top_t, top_s = np.take_along_axis(p_t, ids, -1), np.take_along_axis(p_s, ids, -1)
+  bucket_t = np.concatenate([top_t, 1 - top_t.sum(-1, keepdims=True)], -1) ** (1 / T)
+  bucket_s = np.concatenate([top_s, 1 - top_s.sum(-1, keepdims=True)], -1) ** (1 / T)
+  bucket_t /= bucket_t.sum(-1, keepdims=True)
+  bucket_s /= bucket_s.sum(-1, keepdims=True)
+  expected = T ** 2 * np.mean(np.sum(bucket_t * np.log(bucket_t / bucket_s), -1))
+  np.testing.assert_allclose(few, expected, rtol=1e-5)
+
+
+def test_a_student_that_matches_the_teachers_top_k_and_rest_has_zero_loss_and_gradient():
+  t = logits(9)
+  values, ids = jax.lax.top_k(jax.nn.log_softmax(t), 4)
+  loss = lambda s: cl.DistillationLoss(2.0, 1.0, top_k=True).apply({}, {}, (s, values, ids, TARGETS, WEIGHTS))[0]
+  value, grad = jax.value_and_grad(loss)(t)
+  assert abs(float(value)) < 1e-6
+  np.testing.assert_allclose(grad, 0.0, atol=1e-6)
 
 
 def test_padding_counts_for_nothing():
