@@ -195,7 +195,7 @@ def main():
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--steps", type=int, default=300, help="steps of every run (and top-k batches stored)")
   parser.add_argument("--length", type=int, default=64, help="tokens per sequence (the recipes say 128)")
-  parser.add_argument("--samples", type=int, default=800, help="synthetic samples")
+  parser.add_argument("--samples", type=int, default=400, help="synthetic samples (seen twice in --steps)")
   parser.add_argument("--sample-length", type=int, default=96, help="tokens per synthetic sample")
   parser.add_argument("--eval-batches", type=int, default=40, help="held-out batches of 8 sequences")
   parser.add_argument("--draft-k", type=int, nargs="+", default=[2, 4])
