@@ -82,8 +82,8 @@ def synthetic_corpus(args, work: Path, log: Path) -> Path:
 
 
 def seconds_per_step(run_dir: Path) -> float:
-  rates = [r["train/steps_per_sec"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-           if "train/steps_per_sec" in r]
+  rates = [r["steps_per_sec"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+           if "steps_per_sec" in r]
   return 1 / statistics.median(rates[1:] or rates)   # the first interval holds the compilation
 
 
@@ -171,6 +171,7 @@ def measure(args, work: Path, runs: dict[str, list[Path]]) -> dict:
              **({"equal_to_greedy": bool(np.array_equal(outputs[name], plain(name))),
                  "acceptance_rate": stats[name].acceptance_rate} if name in stats else {})}
       for name, r in rates.items()}
+  print(json.dumps(results["decoding"], indent=1), flush=True)
   results["student_agreement_with_tuned_teacher_greedy"] = float(
       np.mean(outputs["student (4 blocks)"] == outputs["SmolLM2 tuned on KJV (30 blocks)"]))
   return results
