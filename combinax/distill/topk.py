@@ -26,7 +26,7 @@ import numpy as np
 from combinax.data.base import DataError
 from combinax.data.sources import Source
 from combinax.layers.base import Layer
-from combinax.train import checkpoints
+from combinax.train import checkpoints, rundir
 
 SHARD = "topk-{:05d}.npz"
 VALUES = "log-probabilities"   # what a shard's `values` hold (folders of the first version held raw logits)
@@ -60,7 +60,7 @@ def teacher_topk(output_dir: str, teacher: Layer | Callable = gin.REQUIRED, teac
     if {key: before.get(key) for key in same} != {key: about[key] for key in same}:
       raise DataError(f"teacher_topk: {folder} holds top-{before.get('k')} {before.get('values', 'logits')} of "
                       "another teacher or another kind; choose another output_dir")
-  _write_json(meta, about)
+  rundir.write_atomically(meta, json.dumps(about, indent=1))
   done = _written(folder)
   stream = data()
   first = next(stream)
@@ -82,12 +82,6 @@ def teacher_topk(output_dir: str, teacher: Layer | Callable = gin.REQUIRED, teac
                ids=np.asarray(ids, np.int32))
     os.replace(tmp, shard)
   return folder
-
-
-def _write_json(path: Path, value: dict):
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(json.dumps(value, indent=1))
-  os.replace(tmp, path)
 
 
 class _Shards:
