@@ -22,9 +22,9 @@ setup(
         "tensorboardX>=2.6",
         "orbax-checkpoint>=0.11.0",  # checkpoints: each process writes its own shards, asynchronously
     ],
-    entry_points={"console_scripts": ["combinax-train = combinax.train.cli:train",
-                                      "combinax-decode = combinax.train.cli:decode",
-                                      "combinax-federated = combinax.federated.cli:main"]},
+    entry_points={"console_scripts": ["combinax-train = combinax.cli.train:main",
+                                      "combinax-decode = combinax.cli.decode:main",
+                                      "combinax-federated = combinax.cli.federated:main"]},
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5"],
         "tfds": ["tensorflow-datasets>=4.9.4", "importlib_resources", "array_record>=0.5"],

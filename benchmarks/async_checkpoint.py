@@ -35,7 +35,8 @@ import optax
 from combinax import layers as cl
 from combinax.models import TransformerLM
 from combinax.paths import leaves_with_paths
-from combinax.train import checkpoints, sharding
+from combinax import sharding
+from combinax.store import checkpoints
 from combinax.train.step import TrainStep
 
 

@@ -77,7 +77,7 @@ def grown_loss(run: Path) -> float:
   from combinax import layers as cl
   from combinax.data.recipes import corpus_tokenizer, lm_pipeline
   from combinax.models import TransformerLM
-  from combinax.train import checkpoints
+  from combinax.store import checkpoints
   model = TransformerLM(8192, d_model=256, d_ff=1024, n_layers=8, n_heads=8, positions="rotary", max_len=64,
                         tie_embeddings=True)
   template = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.ShapeDtypeStruct((16, 64), jnp.int32))[0])

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 from combinax import layers as cl  # noqa: E402
 from combinax.models import TransformerLM  # noqa: E402
 from combinax.parallel import schedule  # noqa: E402
-from combinax.train import sharding  # noqa: E402
+from combinax import sharding  # noqa: E402
 
 LOSS = cl.CategoryCrossEntropy()
 

@@ -39,6 +39,7 @@ import jax  # noqa: E402
 import optax  # noqa: E402
 
 from combinax import layers as cl  # noqa: E402
+from combinax.train import objective  # noqa: E402
 from combinax.train.step import TrainStep  # noqa: E402
 
 import combinax_worker  # noqa: E402  (its model_for; importing it parses no arguments of ours)
@@ -89,8 +90,8 @@ def hlo_instructions(path: str) -> dict:
 def main():
   config = work.WORKS[args.work]
   model = combinax_worker.model_for(args.work, config)
-  step_fn = TrainStep(model, cl.CategoryCrossEntropy(),
-                      optax.adamw(config["lr"], weight_decay=config["weight_decay"]), fuse_loss=True)
+  step_fn = TrainStep(model, objective.fused_head(model, cl.CategoryCrossEntropy()),
+                      optax.adamw(config["lr"], weight_decay=config["weight_decay"]))
   batches = [(b[:, 1:], b[:, 1:]) for b in (jax.device_put(b) for b in work.batches(args.work))]
   state = step_fn.init(jax.random.key(0), batches[0])
   for i in range(3):

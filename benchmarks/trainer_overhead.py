@@ -27,8 +27,8 @@ import work  # noqa: E402
 from combinax import data  # noqa: E402
 from combinax import layers as cl  # noqa: E402
 from combinax.models import TransformerLM  # noqa: E402
-from combinax.train import Trainer, TrainStep, TrainTask, schedules  # noqa: E402
-from combinax.train.logging import read_metrics  # noqa: E402
+from combinax.store.logging import read_metrics  # noqa: E402
+from combinax.train import Trainer, TrainStep, TrainTask, objective, schedules  # noqa: E402
 
 CONFIG = work.WORKS["transformer"]
 
@@ -57,8 +57,9 @@ def loop_rate(steps: int, log_every: int) -> float:
 
 def bare_rate(steps: int, chunk: int) -> float:
   """Median steps/s of the bare TrainStep over chunks of `chunk` steps (one host sync per chunk)."""
-  step = TrainStep(model(), cl.WeightedCategoryCrossEntropy(),
-                   optax.adamw(CONFIG["lr"], weight_decay=CONFIG["weight_decay"]), fuse_loss=True)
+  lm = model()
+  step = TrainStep(lm, objective.fused_head(lm, cl.WeightedCategoryCrossEntropy()),
+                   optax.adamw(CONFIG["lr"], weight_decay=CONFIG["weight_decay"]))
   stream = pipeline()()
   batches = [next(stream) for _ in range(16)]
   state = step.init(jax.random.key(0), batches[0])

@@ -20,30 +20,28 @@ from jax import lax
 from jax.experimental import io_callback
 
 from combinax import shapes
-from combinax.layers.attention import DotProductAttention, ShiftRight
-from combinax.layers.base import Layer
-from combinax.layers.positional import LearnedPositionalEncoding, _Positional
+from combinax.layers.base import Layer, walk
 
 
-def _layers(layer: Layer):
-  yield layer
-  for child in layer.sublayers:
-    yield from _layers(child)
-
-
-def _check_model(model: Layer, n_positions: int, inputs):
-  """The model must decode (predict mode) and hold `n_positions`; it takes (inputs, ids) iff inputs are given."""
+def check_model(model: Layer, n_positions: int, inputs=None):
+  """A ValueError unless `model` can decode `n_positions` positions: built with mode="predict", every layer's
+  `max_positions` at least `n_positions`, and taking (inputs, ids) if `inputs` are given (an encoder-decoder), ids
+  alone if not."""
   expected_n_in = 1 if inputs is None else 2
   if model.n_in != expected_n_in:
     raise ValueError(f"{model.name}: a model with n_in={model.n_in} needs "
                      f"{'inputs= (an encoder-decoder)' if model.n_in == 2 else 'no inputs= (decoder-only)'}")
   if not model.decodes:
     raise ValueError(f"{model.name}: decoding needs the model built with mode='predict' (it keeps no decoding state)")
-  for layer in _layers(model):
-    cached = isinstance(layer, DotProductAttention) and layer.decodes
-    if (cached or isinstance(layer, LearnedPositionalEncoding)) and layer.max_len < n_positions:
+  for layer in walk(model):
+    if layer.max_positions is not None and layer.max_positions < n_positions:
       raise ValueError(f"{model.name}: decoding {n_positions} positions needs max_len >= {n_positions}, "
-                       f"but {layer.name} has max_len={layer.max_len}")
+                       f"but {layer.name} has max_len={layer.max_positions}")
+
+
+def max_positions(model: Layer) -> int | None:
+  """The most positions `model` can decode: the smallest `max_positions` among its layers, or None if unbounded."""
+  return min((layer.max_positions for layer in walk(model) if layer.max_positions is not None), default=None)
 
 
 def check_sampling(max_length, temperature, top_k, top_p):
@@ -78,8 +76,9 @@ def _state_signature(batch: int, inputs):
   return (shapes.signature(resized), ids)
 
 
-def _init_state(model: Layer, batch: int, inputs):
-  """The model's zero decoding state for `batch` sequences (params are not computed: XLA drops them)."""
+def init_state(model: Layer, batch: int, inputs=None):
+  """`model`'s decoding state before its first call, for `batch` sequences (and an encoder-decoder's `inputs`, of
+  any batch: only their shapes count). Compiled once per model and shapes; the params are not computed."""
   sig = _state_signature(batch, inputs)
   leaves, tree = jax.tree_util.tree_flatten(sig)
   return _zero_state(model, tree, tuple(leaves))
@@ -92,14 +91,9 @@ def _zero_state(model: Layer, tree, leaves):
   return model.init(jax.random.key(0), jax.tree_util.tree_unflatten(tree, leaves))[1]
 
 
-def _with_index(state, index):
-  """The decoding state with every cache's (and position encoding's) `index` set to `index`."""
-  def reset(path, leaf):
-    return jnp.full_like(leaf, index) if getattr(path[-1], "key", None) == "index" else leaf
-  return jax.tree_util.tree_map_with_path(reset, state)
-
-
-def _call(model, params, state, inputs, ids):
+def next_token_logits(model: Layer, params, state, inputs, ids):
+  """Feeds `ids` (batch, n) to a predict-mode `model` (after an encoder-decoder's `inputs`, or None); returns the
+  float32 logits (batch, vocab) of the last position, which predict the token after `ids`, and the new state."""
   logits, state = model.apply(params, state, ids if inputs is None else (inputs, ids))
   return logits[:, -1].astype(jnp.float32), state
 
@@ -191,11 +185,11 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
     raise ValueError("start_id=None feeds each prompt as it is, so every prompt needs at least one token; got a "
                      f"prompt of length {lengths.min()}")
   total = int(lengths.max()) + max_length
-  _check_model(model, total, inputs)
+  check_model(model, total, inputs)
   bucket = _bucket(model, width, max_length, start_id)
   if bucket is not None:   # one compilation for every prompt width up to the bucket's
     prompt = jnp.pad(prompt, ((0, 0), (0, bucket - width)), constant_values=pad_id)
-  state = _init_state(model, batch, inputs)
+  state = init_state(model, batch, inputs)
   rng = jax.random.key(0) if rng is None else rng
   settings = _Sampling(None if bucket is not None else int(lengths.min()), prompt.shape[1] + max_length, max_length,
                        float(temperature), top_k, top_p, eos_id, start_id, pad_id, on_token)
@@ -203,21 +197,13 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
 
 
 def rewind_blocker(model: Layer) -> Layer | None:
-  """The first layer of `model` whose decoding state is more than a position (`index`) and a KV cache written at
-  it (an RNN's carry), or None: then the whole state can be rewound to an earlier position by setting its index, the
-  entries past it being masked and overwritten when fed again (speculative decoding and prompt buckets rely on it)."""
-  for layer in _layers(model):
-    own = layer.decodes and not any(child.decodes for child in layer.sublayers)
-    if own and not isinstance(layer, (DotProductAttention, ShiftRight, _Positional)):
+  """The first layer of `model` (depth first) whose own decoding state cannot be rewound to an earlier position
+  (an RNN's carry: see `Layer.rewindable`), or None: then `model.rewind(state, index)` takes the whole state back
+  (speculative decoding and prompt buckets rely on it)."""
+  for layer in walk(model):
+    if not layer.rewindable and all(child.rewindable for child in layer.sublayers):
       return layer
   return None
-
-
-def _capacity(model: Layer) -> int | None:
-  """The positions the model's decoding state holds (its smallest `max_len`), or None if unbounded."""
-  sizes = [layer.max_len for layer in _layers(model)
-           if isinstance(layer, (DotProductAttention, _Positional)) and layer.decodes]
-  return min(sizes, default=None)
 
 
 def _bucket(model: Layer, width: int, max_length: int, start_id) -> int | None:
@@ -225,7 +211,7 @@ def _bucket(model: Layer, width: int, max_length: int, start_id) -> int | None:
   power of two, at least 16; None (no padding) when the model's state cannot be rewound past the padding or its cache
   has no room for it. The padded positions are filled with the prompt in one call and then rewound."""
   bucket = max(16, 1 << max(width - 1, 0).bit_length())
-  capacity = _capacity(model)
+  capacity = max_positions(model)
   needed = bucket + max_length + (start_id is not None)
   if rewind_blocker(model) is not None or (capacity is not None and needed > capacity):
     return None
@@ -256,14 +242,14 @@ def _sample(model, settings: _Sampling, params, state, prompt, lengths, inputs, 
   if start_id is not None:
     fed = jnp.concatenate([jnp.full((batch, 1), start_id, jnp.int32), fed], axis=1)
   if shortest is not None:
-    logits, state = _call(model, params, state, inputs, fed)        # prefill: logits for position `shortest`
+    logits, state = next_token_logits(model, params, state, inputs, fed)   # prefill: logits for position `shortest`
     start = jnp.int32(shortest)
   else:   # the whole padded prompt in one call, then back to the shortest prompt's end
     start = jnp.min(lengths)
     committed = start + (start_id is not None)                      # tokens fed up to position `start`
     all_logits, state = model.apply(params, state, fed if inputs is None else (inputs, fed))
     logits = lax.dynamic_index_in_dim(all_logits, committed - 1, axis=1, keepdims=False).astype(jnp.float32)
-    state = _with_index(state, committed)
+    state = model.rewind(state, committed)
 
   def body(carry):
     t, logits, state, buffer, done = carry
@@ -275,7 +261,7 @@ def _sample(model, settings: _Sampling, params, state, prompt, lengths, inputs, 
     buffer = buffer.at[:, t].set(token)
     if on_token is not None:   # ordered: the host sees the positions in turn, while the loop goes on
       io_callback(lambda tokens: on_token(np.asarray(tokens)), None, token, ordered=True)
-    logits, state = _call(model, params, state, inputs, token[:, None])
+    logits, state = next_token_logits(model, params, state, inputs, token[:, None])
     return t + 1, logits, state, buffer, done
 
   end = jnp.max(lengths) + max_length
@@ -318,10 +304,10 @@ def beam_search(model: Layer, params, prompt=None, *, max_length: int = 100, bea
     raise ValueError(f"beam_size: expected a positive number of beams, got {beam_size!r}")
   prompt = _as_prompt(prompt, inputs, batch_size)
   batch = prompt.shape[0]
-  _check_model(model, prompt.shape[1] + max_length, inputs)
+  check_model(model, prompt.shape[1] + max_length, inputs)
   wide_inputs = None if inputs is None else jax.tree_util.tree_map(lambda x: jnp.repeat(x, beam_size, axis=0),
                                                                    inputs)
-  state = _init_state(model, batch * beam_size, wide_inputs)
+  state = init_state(model, batch * beam_size, wide_inputs)
   axes = _batch_axes(model, batch * beam_size, wide_inputs)
   settings = _Beams(axes, batch, beam_size, max_length, eos_id, float(length_penalty), start_id, pad_id)
   return _beam(model, settings, params, state, jnp.repeat(prompt, beam_size, axis=0), wide_inputs)
@@ -347,7 +333,7 @@ class _Beams(NamedTuple):
 def _beam(model, settings: _Beams, params, state, prompt, inputs):
   axes, batch, k, max_length, eos_id, alpha, start_id, pad_id = settings
   fed = jnp.concatenate([jnp.full((batch * k, 1), start_id, jnp.int32), prompt], axis=1)
-  logits, state = _call(model, params, state, inputs, fed)
+  logits, state = next_token_logits(model, params, state, inputs, fed)
   vocab = logits.shape[-1]
   neg = jnp.float32(-1e9)
   alive_scores = jnp.tile(jnp.array([0.0] + [neg] * (k - 1), jnp.float32), (batch, 1))   # only beam 0 starts
@@ -380,7 +366,7 @@ def _beam(model, settings: _Beams, params, state, prompt, inputs):
     finished_scores, best = lax.top_k(pool_scores, k)
     finished = jnp.take_along_axis(jnp.concatenate([finished, seqs], axis=1), best[:, :, None], axis=1)
     alive_tokens = jnp.take_along_axis(tokens, live, axis=1).reshape(-1)
-    logits, state = _call(model, params, state, inputs, alive_tokens[:, None])
+    logits, state = next_token_logits(model, params, state, inputs, alive_tokens[:, None])
     return t + 1, logits, state, alive, live_scores, finished, finished_scores
 
   def go_on(carry):

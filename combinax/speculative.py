@@ -4,10 +4,10 @@ token of the target's own. Greedy, the output is the target's greedy output toke
 is distributed exactly as the target's (a proposal d drawn from the draft's q is kept with probability
 min(1, p(d) / q(d)), else a token is drawn from max(0, p - q), normalised).
 
-Both models decode with their KV caches (predict mode, as `autoregressive_sample` uses them). After each round the
-caches are rolled back past the rejected proposals by resetting their `index` (the positions beyond it are masked,
-and overwritten when fed again), so the draft and the target must be models whose whole decoding state is a KV cache
-and its index (Transformers; not RNNs, whose carries cannot be rolled back).
+Both models decode with their KV caches (predict mode, as `autoregressive_sample` uses them). After each round their
+decoding states are rewound past the rejected proposals (`Layer.rewind`: a cache moves its `index` back, the
+positions beyond it being masked, and overwritten when fed again), so the draft and the target must be models whose
+every layer can rewind (Transformers; not RNNs, whose carries cannot be rolled back: `decoding.rewind_blocker`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from combinax.decoding import (_call, _check_model, _init_state, _with_index, check_sampling, rewind_blocker,
+from combinax.decoding import (check_model, check_sampling, init_state, next_token_logits, rewind_blocker,
                                sampled_logits)
 from combinax.layers.base import Layer
 
@@ -55,7 +55,7 @@ def speculative_sample(target: Layer, target_params, draft: Layer, draft_params,
     raise ValueError("start_id=None feeds each prompt as it is, so the prompt needs at least one token")
   for name, model in (("target", target), ("draft", draft)):
     try:
-      _check_model(model, fed + max_length + k, None)
+      check_model(model, fed + max_length + k, None)
     except ValueError as e:
       raise ValueError(f"{name}: {e} (speculating {k} tokens ahead)") from None
     blocker = rewind_blocker(model)
@@ -66,7 +66,7 @@ def speculative_sample(target: Layer, target_params, draft: Layer, draft_params,
   batch = prompt.shape[0]
   settings = _Speculation(int(k), int(max_length), float(temperature), top_k, top_p, start_id, pad_id)
   tokens, rounds, accepted = _speculate(target, draft, settings, target_params, draft_params,
-                                        _init_state(target, batch, None), _init_state(draft, batch, None), prompt,
+                                        init_state(target, batch, None), init_state(draft, batch, None), prompt,
                                         jax.random.key(0) if rng is None else rng)
   if eos_id is not None:   # as the plain sampler: the EOS is kept, then padding
     after = jnp.cumsum(tokens == eos_id, axis=1) - (tokens == eos_id) > 0
@@ -105,7 +105,7 @@ def _speculate(target, draft, settings: _Speculation, target_params, draft_param
 
   def propose(carry, i):
     token, state, key = carry
-    logits, state = _call(draft, draft_params, state, None, token[:, None])
+    logits, state = next_token_logits(draft, draft_params, state, None, token[:, None])
     if greedy:
       nxt, q = jnp.argmax(logits, axis=-1).astype(jnp.int32), jnp.zeros((batch, 0))
     else:
@@ -152,7 +152,7 @@ def _speculate(target, draft, settings: _Speculation, target_params, draft_param
     buffer = lax.dynamic_update_slice_in_dim(buffer, written, n, axis=1)
     n = n + a + 1
     # Back to every committed token but the last: the rejected proposals leave the caches.
-    return (n, token, buffer, _with_index(target_state, n - 1), _with_index(draft_state, n - 1), rounds + 1,
+    return (n, token, buffer, target.rewind(target_state, n - 1), draft.rewind(draft_state, n - 1), rounds + 1,
             accepted + a)
 
   def not_finished(carry):

@@ -96,7 +96,7 @@ def measure(args, work: Path, runs: dict[str, list[Path]]) -> dict:
   from combinax import data, decoding, pretrained, speculative
   from combinax.layers import WeightedCategoryCrossEntropy
   from combinax.pretrained import llama
-  from combinax.train import checkpoints
+  from combinax.store import checkpoints
 
   tokenizer = pretrained.tokenizer(NAME)
   stream = data.lm_pipeline(corpus="kjv", split="test", tokenizer=tokenizer, length=args.length, batch_size=8,
@@ -181,7 +181,7 @@ def student_init_checkpoint() -> str:
   """The cut the recipes start every student from (gin-configured as in configs/student_smollm2_kjv.gin)."""
   import gin
 
-  from combinax.train.cli import parse_config
+  from combinax.cli.frame import parse_config
   gin.clear_config()
   parse_config([str(ROOT / "configs/student_smollm2_kjv.gin")], [])
   from combinax import distill

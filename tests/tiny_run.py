@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from combinax.train import checkpoints
+from combinax.store import checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def make_workspace(folder: Path, config: str) -> tuple[Path, dict]:
 def command(program: str, *args, workspace) -> subprocess.Popen:
   """Starts `combinax-<program>` (train or decode) in the workspace, its output piped."""
   folder, environ = workspace
-  argv = [sys.executable, "-c", f"from combinax.train.cli import {program}; {program}()", *map(str, args)]
+  argv = [sys.executable, "-m", f"combinax.cli.{program}", *map(str, args)]
   return subprocess.Popen(argv, cwd=folder, env=environ, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

@@ -16,6 +16,7 @@ import optax  # noqa: E402
 import combinax as cx  # noqa: E402
 from combinax import layers as cl  # noqa: E402
 from combinax.models import TransformerLM  # noqa: E402
+from combinax.train import objective  # noqa: E402
 from combinax.train.step import TrainStep  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def main():
   config = work.WORKS[args.work]
   model = model_for(args.work, config)
   optimizer = optax.adamw(config["lr"], weight_decay=config["weight_decay"])
-  step_fn = TrainStep(model, cl.CategoryCrossEntropy(), optimizer, fuse_loss=True)   # both works end in a Dense
+  step_fn = TrainStep(model, objective.fused_head(model, cl.CategoryCrossEntropy()), optimizer)   # both end in a Dense
   # The LM shifts its inputs right inside: the targets are its inputs.
   batches = [jax.device_put(b[:, 1:]) for b in work.batches(args.work)]
   batches = [(b, b) for b in batches]

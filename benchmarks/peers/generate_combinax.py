@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import combinax  # noqa: E402
 from combinax import decoding, pretrained, quant  # noqa: E402
 from combinax.pretrained import llama  # noqa: E402
-from combinax.train import decode_cli  # noqa: E402
+from combinax.cli import decode as decode_command  # noqa: E402
 
 NAME = "smollm2-135m-instruct"
 INT8 = [("blocks/*kernel", quant.QuantSpec("int8", 32)), ("embed/embedding", quant.QuantSpec("int8", 32))]
@@ -60,7 +60,7 @@ def speculative(prompt, options, params, start):
   """`generate` with the draft of --draft proposing (its weights int8 when the target's are)."""
   options = dict(options, max_len=options["max_len"] + args.draft_k + 1)
   target = pretrained.model(NAME, **options)
-  draft = decode_cli._from_run(Path(args.draft))
+  draft = decode_command.load_run(Path(args.draft))
   draft_params = draft.params if args.weights == "float32" else quant.quantize(draft.params, INT8)
   draft_model = draft.build(options["max_len"])
 

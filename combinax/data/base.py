@@ -218,6 +218,18 @@ class Serial(Stage):
     return "Serial(" + ", ".join(repr(s) for s in self.stages) + ")"
 
 
+def as_keys(keys) -> tuple[int, ...] | None:
+  """The example positions a stage's `keys=` argument names, as a tuple: one position or a list/tuple of them;
+  None (every position, where the stage allows it) stays None.
+
+  >>> as_keys(0), as_keys([0, 2]), as_keys(None)
+  ((0,), (0, 2), None)
+  """
+  if keys is None:
+    return None
+  return tuple(keys) if isinstance(keys, (list, tuple)) else (keys,)
+
+
 def replace_at(example: tuple, key: int, value) -> tuple:
   """`example` with position `key` replaced by `value`."""
   items = list(example)

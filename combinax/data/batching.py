@@ -10,9 +10,9 @@ import bisect
 
 import numpy as np
 
-from combinax.data.base import DataError, Stage, Stream, check_tuple
+from combinax.data.base import DataError, Stage, Stream, as_keys, check_tuple
 from combinax.data.hosts import current_host, host_batch_size
-from combinax.data.transforms import _keys, length_of
+from combinax.data.transforms import length_of
 
 
 def stack_examples(examples: list, pad_value=0, length: int | None = None) -> tuple:
@@ -201,7 +201,7 @@ class BucketByLength(Stage):
                       f"batch_sizes {batch_sizes}")
     self.boundaries = boundaries
     self.batch_sizes = batch_sizes
-    self.length_keys = _keys(length_keys)
+    self.length_keys = as_keys(length_keys)
     self.drop_long = drop_long
     self.pad_to_boundary = pad_to_boundary
     self.drop_remainder = drop_remainder

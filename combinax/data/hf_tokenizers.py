@@ -12,10 +12,12 @@ from typing import Iterable
 import numpy as np
 
 from combinax.data.base import DataError
-from combinax.data.tokenizers import Tokenizer, _atomic_write
+from combinax.data.tokenizers import Tokenizer
+from combinax.store.rundir import write_atomically
 
 
-def _tokenizers():
+def tokenizers_package():
+  """The `tokenizers` package (imported when first needed: it is optional), or a DataError saying how to get it."""
   try:
     import tokenizers
   except ImportError as e:
@@ -53,7 +55,7 @@ class _HFTokenizer(Tokenizer):
     return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=True)
 
   def save(self, path) -> None:
-    _atomic_write(path, self._tok.to_str().encode("utf-8"))
+    write_atomically(path, self._tok.to_str().encode("utf-8"))
 
 
 class BPETokenizer(_HFTokenizer):
@@ -67,7 +69,7 @@ class BPETokenizer(_HFTokenizer):
 
   @classmethod
   def train(cls, texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2) -> "BPETokenizer":
-    tk = _tokenizers()
+    tk = tokenizers_package()
     byte_level = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer = tk.Tokenizer(tk.models.BPE())
     tokenizer.pre_tokenizer = byte_level
@@ -94,7 +96,7 @@ def _special(tokenizer, token: str, default: int) -> int:
 
 
 def _from_file(path):
-  tk = _tokenizers()
+  tk = tokenizers_package()
   try:
     return tk.Tokenizer.from_file(str(path))
   except Exception as e:  # the Rust library raises plain Exceptions
@@ -126,7 +128,7 @@ class WordPieceTokenizer(_HFTokenizer):
 
   @staticmethod
   def _bert(vocab: dict, lowercase: bool):
-    tk = _tokenizers()
+    tk = tokenizers_package()
     missing = [t for t in ("[UNK]", "[CLS]", "[SEP]") if t not in vocab]
     if missing:
       raise DataError(f"WordPiece vocabulary has no {missing[0]} token")
@@ -168,7 +170,7 @@ class WordPieceTokenizer(_HFTokenizer):
   @classmethod
   def train(cls, texts: Iterable[str], vocab_size: int = 8192, lowercase: bool = True) -> "WordPieceTokenizer":
     """A BERT-style WordPiece vocabulary trained on `texts` (`[PAD]` = 0)."""
-    tk = _tokenizers()
+    tk = tokenizers_package()
     trainer = tk.trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS,
                                            show_progress=False)
     tokenizer = tk.Tokenizer(tk.models.WordPiece(unk_token="[UNK]"))
@@ -181,4 +183,4 @@ class WordPieceTokenizer(_HFTokenizer):
     """Writes a BERT `vocab.txt` (tokens in id order)."""
     vocab = self._tok.get_vocab()
     tokens = sorted(vocab, key=vocab.get)
-    _atomic_write(path, ("\n".join(tokens) + "\n").encode("utf-8"))
+    write_atomically(path, ("\n".join(tokens) + "\n").encode("utf-8"))

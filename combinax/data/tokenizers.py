@@ -24,6 +24,7 @@ from typing import Iterable
 import numpy as np
 
 from combinax.data.base import DataError
+from combinax.store.rundir import write_atomically
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
@@ -106,7 +107,7 @@ class CharTokenizer(Tokenizer):
     return "".join(self.chars[i - 3] for i in ids if i >= 3)
 
   def save(self, path) -> None:
-    _atomic_write(path, json.dumps({"type": "char", "chars": self.chars}).encode("utf-8"))
+    write_atomically(path, json.dumps({"type": "char", "chars": self.chars}).encode("utf-8"))
 
   @classmethod
   def load(cls, path) -> "CharTokenizer":
@@ -178,7 +179,7 @@ class SentencePieceTokenizer(Tokenizer):
     return self._sp.id_to_piece(int(i))
 
   def save(self, path) -> None:
-    _atomic_write(path, self.model_proto)
+    write_atomically(path, self.model_proto)
 
   @classmethod
   def load(cls, path) -> "SentencePieceTokenizer":
@@ -186,15 +187,6 @@ class SentencePieceTokenizer(Tokenizer):
       return cls(Path(path).read_bytes())
     except (OSError, RuntimeError) as e:
       raise DataError(f"{path}: not a readable SentencePiece model ({e})") from None
-
-
-def _atomic_write(path, content: bytes) -> None:
-  """Writes `content` to `path` through a temporary file and a rename, so readers never see half a file."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_bytes(content)
-  os.replace(tmp, path)
 
 
 def load_tokenizer(path) -> Tokenizer:

@@ -10,13 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from combinax.data.base import DataError, Stage, Stream, check_tuple, replace_at
-
-
-def _keys(keys) -> tuple[int, ...] | None:
-  if keys is None:
-    return None
-  return tuple(keys) if isinstance(keys, (list, tuple)) else (keys,)
+from combinax.data.base import DataError, Stage, Stream, as_keys, check_tuple, replace_at
 
 
 def length_of(example: tuple, keys: Sequence[int], stage: str) -> int:
@@ -59,7 +53,7 @@ class Map(MapStage):
 
   def __init__(self, fn: Callable, keys=None):
     self.fn = fn
-    self.keys = _keys(keys)
+    self.keys = as_keys(keys)
 
   def map(self, example):
     if self.keys is None:
@@ -81,7 +75,7 @@ class Tokenize(MapStage):
 
   def __init__(self, tokenizer, keys=None, append_eos: bool = False):
     self.tokenizer = tokenizer
-    self.keys = _keys(keys)
+    self.keys = as_keys(keys)
     self.append_eos = append_eos
 
   def _encode(self, text):
@@ -117,7 +111,7 @@ class Detokenize(MapStage):
 
   def __init__(self, tokenizer, keys=(0,)):
     self.tokenizer = tokenizer
-    self.keys = _keys(keys)
+    self.keys = as_keys(keys)
 
   def map(self, example):
     check_tuple(example, self.name, self.keys)
@@ -167,7 +161,7 @@ class FilterByLength(Stage):
       raise DataError(f"FilterByLength: max_length {max_length} < min_length {min_length}")
     self.max_length = max_length
     self.min_length = min_length
-    self.length_keys = _keys(length_keys)
+    self.length_keys = as_keys(length_keys)
 
   def stream(self, upstream):
     return _FilterStream(self, upstream)
@@ -183,7 +177,7 @@ class TruncateToLength(MapStage):
 
   def __init__(self, length: int, keys=(0,)):
     self.length = length
-    self.keys = _keys(keys)
+    self.keys = as_keys(keys)
 
   def map(self, example):
     check_tuple(example, self.name, self.keys)
@@ -211,7 +205,7 @@ class PadToLength(MapStage):
 
   def __init__(self, length: int, keys=(0,), pad_value=0):
     self.length = length
-    self.keys = _keys(keys)
+    self.keys = as_keys(keys)
     self.pad_value = pad_value
 
   def map(self, example):

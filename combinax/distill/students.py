@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any, Sequence
 
 import gin
@@ -13,7 +10,7 @@ import numpy as np
 
 from combinax.data.tokenizers import cache_root
 from combinax.paths import unflatten
-from combinax.train import checkpoints
+from combinax.store import checkpoints, rundir
 
 
 class StudentError(ValueError):
@@ -63,13 +60,7 @@ def student_checkpoint(teacher_checkpoint: str = gin.REQUIRED, layers: Sequence[
   if found is not None:
     return str(found)
   params = take_layers(unflatten(checkpoints.read_arrays(source, prefix="params")), layers)
-  folder.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=folder.parent))
-  try:
+  with rundir.replaced_atomically(folder) as tmp:
     checkpoints.save(tmp, 0, {"params": params, "state": {}},
                      {"teacher_checkpoint": str(source), "layers": [int(i) for i in layers]})
-    tmp.rename(folder)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return str(checkpoints.latest(folder))

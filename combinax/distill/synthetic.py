@@ -8,8 +8,9 @@ Kim & Rush 2016).
 Each line is `{"text": the prompt's text and the sample, "sample": the generated text, "prompt": ..., "index": i}`;
 `<output>.provenance.json` records the model, the prompts and the settings. Samples are made a batch at a time, batch
 b from the seed folded with b, so the file is the same however often the command is stopped and rerun: a rerun
-keeps the whole batches already written (a line cut short by a kill is dropped) and goes on from there, and refuses
-to add to a file that other settings made.
+keeps the whole batches already written (the longest prefix whose line k holds sample k; a line cut short by a kill
+is dropped) and goes on from there, refuses to add to a file that other settings made, and a second writer of the
+same file is refused while the first holds its lock.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import json
 import os
 from pathlib import Path
 from typing import Callable, Sequence
+
+from combinax.store import rundir
 
 
 class SyntheticError(ValueError):
@@ -28,22 +31,37 @@ def provenance_path(output: Path) -> Path:
   return output.with_name(output.name + ".provenance.json")
 
 
-def _complete_lines(output: Path) -> list[str]:
+def _verified_lines(output: Path) -> list[str]:
+  """The longest prefix of `output`'s lines in which line k is whole and holds sample k (a line a kill cut short,
+  and everything after a line out of place, are not kept)."""
   if not output.exists():
     return []
-  text = output.read_text(encoding="utf-8")
-  lines = text.split("\n")
-  return lines[:-1]   # the last piece is "" after a complete file, or a line a kill cut short
+  kept = []
+  for line in output.read_text(encoding="utf-8").split("\n")[:-1]:   # the last piece: "" or a line cut short
+    try:
+      if json.loads(line)["index"] != len(kept):
+        break
+    except (ValueError, KeyError, TypeError):
+      break
+    kept.append(line)
+  return kept
 
 
 def write_samples(output, generate: Callable[[Sequence[str], int], Sequence[str]], prompts: Sequence[str], *,
                   samples: int, batch_size: int, provenance: dict) -> int:
   """Writes `samples` samples to `output` (JSONL): batch b holds samples b * batch_size ..., made by
-  `generate(its prompts, b)` (prompt i is `prompts[i % len(prompts)]`); returns how many were made by this call."""
+  `generate(its prompts, b)` (prompt i is `prompts[i % len(prompts)]`); returns how many were made by this call.
+  Holds the corpus's lock (`.<name>.lock` beside it) throughout: a second writer of the same file is refused."""
   output = Path(output)
   if samples < 1 or batch_size < 1 or not prompts:
     raise SyntheticError(f"write_samples: samples ({samples}) and batch_size ({batch_size}) must be positive, with "
                          f"at least one prompt (got {len(prompts)})")
+  with rundir.locked(output.parent, lock_file=f".{output.name}.lock"):
+    rundir.clear_leftovers(output.parent, f"{output.name}*")
+    return _write(output, generate, prompts, samples, batch_size, provenance)
+
+
+def _write(output: Path, generate, prompts, samples: int, batch_size: int, provenance: dict) -> int:
   about = {**provenance, "prompts": list(prompts), "samples": int(samples), "batch_size": int(batch_size)}
   record = provenance_path(output)
   if record.exists() and json.loads(record.read_text()) != about:
@@ -51,15 +69,13 @@ def write_samples(output, generate: Callable[[Sequence[str], int], Sequence[str]
     changed = sorted(k for k in set(before) | set(about) if before.get(k) != about.get(k))
     raise SyntheticError(f"{output} was made with other settings ({', '.join(changed)} differ, see {record}); "
                          "write to another file")
-  output.parent.mkdir(parents=True, exist_ok=True)
-  tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
-  tmp.write_text(json.dumps(about, indent=1))
-  os.replace(tmp, record)
-  lines = _complete_lines(output)
+  rundir.write_atomically(record, json.dumps(about, indent=1))
+  lines = _verified_lines(output)
   # Whole batches only (a batch is made from its own seed), and never more than asked for.
   kept = samples if len(lines) >= samples else len(lines) // batch_size * batch_size
   if output.exists() and output.read_text(encoding="utf-8") != "".join(line + "\n" for line in lines[:kept]):
-    _rewrite(output, lines[:kept])   # a line cut short, or the start of an unfinished batch
+    # a line cut short, a line out of place, or the start of an unfinished batch
+    rundir.write_atomically(output, "".join(line + "\n" for line in lines[:kept]))
   made = 0
   with open(output, "a", encoding="utf-8") as f:
     for start in range(kept, samples, batch_size):
@@ -73,9 +89,3 @@ def write_samples(output, generate: Callable[[Sequence[str], int], Sequence[str]
       os.fsync(f.fileno())
       made += len(index)
   return made
-
-
-def _rewrite(output: Path, lines: list[str]):
-  tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-  tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-  os.replace(tmp, output)

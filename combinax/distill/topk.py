@@ -15,7 +15,6 @@ reads a folder back as `(tokens, values, ids, targets, weights)` batches for `cl
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +25,8 @@ import numpy as np
 from combinax.data.base import DataError
 from combinax.data.sources import Source
 from combinax.layers.base import Layer
-from combinax.train import checkpoints, rundir
+from combinax.store import checkpoints, rundir
+from combinax.store.session import RunSession
 
 SHARD = "topk-{:05d}.npz"
 VALUES = "log-probabilities"   # what a shard's `values` hold (folders of the first version held raw logits)
@@ -46,13 +46,18 @@ def teacher_topk(output_dir: str, teacher: Layer | Callable = gin.REQUIRED, teac
   """Writes the teacher's top-`k` logits for the first `batches` batches of `data` (a pipeline of `(tokens, targets,
   weights)` batches) to `output_dir`; returns it. See the module's docstring."""
   folder = Path(output_dir)
+  with RunSession(folder).held():   # one writer at a time; what a killed one was writing is cleared
+    _write_topk(folder, teacher, teacher_checkpoint, data, k, batches)
+  return folder
+
+
+def _write_topk(folder: Path, teacher, teacher_checkpoint: str, data: Callable, k: int, batches: int):
   teacher = teacher if isinstance(teacher, Layer) else teacher(mode="eval")
   source = checkpoints.checkpoint_or_latest(teacher_checkpoint)
   if source is None:
     raise DataError(f"teacher_topk: no checkpoint in {teacher_checkpoint}")
   about = {"teacher": str(teacher), "teacher_checkpoint": str(source), "k": int(k), "batches": int(batches),
            "values": VALUES}
-  folder.mkdir(parents=True, exist_ok=True)
   meta = folder / "topk.json"
   if meta.exists():
     before = json.loads(meta.read_text())
@@ -75,13 +80,9 @@ def teacher_topk(output_dir: str, teacher: Layer | Callable = gin.REQUIRED, teac
       continue
     tokens, targets, weights = (np.asarray(x) for x in batch)
     values, ids = top(params, tokens)
-    shard = folder / SHARD.format(index)
-    tmp = shard.with_name(f".{shard.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with rundir.replaced_atomically(folder / SHARD.format(index)) as tmp, open(tmp, "wb") as f:
       np.savez(f, tokens=tokens, targets=targets, weights=weights, values=np.asarray(values),
                ids=np.asarray(ids, np.int32))
-    os.replace(tmp, shard)
-  return folder
 
 
 class _Shards:

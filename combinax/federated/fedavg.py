@@ -38,10 +38,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from combinax.federated.splits import ClientData
 from combinax.layers.base import Layer
+from combinax.sharding import CLIENTS
 from combinax.train.step import TrainState, TrainStep
 
 EXECUTIONS = ("vmap", "sequential", "sharded")
-CLIENTS = "clients"   # the mesh axis the clients of a round are split over
 
 
 class FederatedError(ValueError):

@@ -21,7 +21,6 @@ The server writes its final state as a combinax checkpoint (`step_<rounds>`) in 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import jax
@@ -73,17 +72,6 @@ def from_arrays(arrays: list, params, model_state):
 def client_round_key(run_rng, round_index: int, client_id: int):
   """The key a simulated round gives client `client_id` in round `round_index` (0-based)."""
   return jax.random.fold_in(round_keys(run_rng, round_index)[1], client_id)
-
-
-def _recipe(config_files, bindings, output_dir):
-  """The recipe's `FederatedRun` and what it builds: (run, FedAvg, client data, fresh server state)."""
-  import combinax.federated  # noqa: F401  (registers the federated configurables)
-  from combinax.federated.run import FederatedRun
-  from combinax.train.cli import parse_config
-  parse_config(config_files, bindings)
-  run = FederatedRun(output_dir=output_dir)
-  fedavg, clients, fresh = run.build()
-  return run, fedavg, clients, fresh
 
 
 def make_client(fedavg, clients, fresh: ServerState, *, client_id: int):
@@ -139,49 +127,29 @@ def make_strategy(fedavg, n_clients: int, fresh: ServerState):
                   on_fit_config_fn=lambda server_round: {"round": server_round - 1})
 
 
-def serve(config_files, bindings, *, output_dir: str, address: str) -> Path:
-  """Runs the Flower server for the recipe's rounds; saves the final server state in `output_dir` (returned)."""
+def serve(run, *, address: str) -> Path:
+  """Runs the Flower server for `run`'s rounds (a `FederatedRun`, configured); saves the final server state in its
+  `output_dir` (returned)."""
   flwr = _flwr()
-  from combinax.train import checkpoints
-  run, fedavg, clients, fresh = _recipe(config_files, bindings, output_dir)
+  from combinax.store import checkpoints
+  fedavg, clients, fresh = run.build()
   strategy = make_strategy(fedavg, clients.n_clients, fresh)
   flwr.server.start_server(server_address=address, strategy=strategy,
                            config=flwr.server.ServerConfig(num_rounds=run.rounds))
   params, model_state, opt_state = strategy.final
   final = ServerState(params, model_state, opt_state, np.int32(run.rounds), fresh.rng)
-  return checkpoints.save(output_dir, run.rounds, final, {"flower": {"address": address}})
+  return checkpoints.save(run.output_dir, run.rounds, final, {"flower": {"address": address}})
 
 
-def join(config_files, bindings, *, output_dir: str, address: str, client_id: int, max_wait_s: float = 120.0):
-  """Runs Flower client `client_id` of the recipe until the server ends the run."""
+def join(run, *, address: str, client_id: int, max_wait_s: float = 120.0):
+  """Runs Flower client `client_id` of `run` (a `FederatedRun`, configured) until the server ends the run."""
   flwr = _flwr()
-  _, fedavg, clients, fresh = _recipe(config_files, bindings, output_dir)
+  fedavg, clients, fresh = run.build()
   client = make_client(fedavg, clients, fresh, client_id=client_id)
   flwr.client.start_client(server_address=address, client=client.to_client(), insecure=True,
                            max_wait_time=max_wait_s)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m combinax.federated.flower", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("role", choices=("server", "client"))
-  parser.add_argument("--config_file", action="append", default=[], help="gin config file(s), applied in order")
-  parser.add_argument("--config", action="append", default=[], help="gin bindings, applied after the files")
-  parser.add_argument("--output_dir", required=True, help="where the server writes its final checkpoint")
-  parser.add_argument("--address", default="127.0.0.1:8080", help="the server's host:port")
-  parser.add_argument("--client_id", type=int, default=None, help="client: which of the recipe's clients it is")
-  args = parser.parse_args(argv)
-  try:
-    if args.role == "server":
-      saved = serve(args.config_file, args.config, output_dir=args.output_dir, address=args.address)
-      print(f"combinax flower server: wrote {saved}")
-    elif args.client_id is None:
-      parser.error("client: --client_id is required")
-    else:
-      join(args.config_file, args.config, output_dir=args.output_dir, address=args.address, client_id=args.client_id)
-  except FederatedError as e:
-    raise SystemExit(f"combinax flower {args.role}: {str(e).splitlines()[0]}") from None
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":   # `python -m combinax.federated.flower`: a command, whose code is on the command floor
+  from combinax.cli.flower import main
   main()

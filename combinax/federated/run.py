@@ -16,7 +16,6 @@ from typing import Callable
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -25,8 +24,7 @@ from combinax.data.base import Stage
 from combinax.federated.fedavg import FedAvg, FedAvgOptions, FederatedError, ServerState
 from combinax.federated.splits import ClientData, pack_clients, read_examples, split_clients
 from combinax.layers.base import Layer
-from combinax.train import checkpoints, rundir
-from combinax.train.logging import QuietLogger, RunLogger
+from combinax.store.session import RunSession
 from combinax.train.step import loss_inputs, split_batch
 from combinax.train.trainer import TrainingError
 
@@ -113,7 +111,8 @@ class FederatedRun:
     self.server_optimizer = None if server_optimizer is None else server_optimizer(learning_rate=server_learning_rate)
     self.rounds, self.eval_every, self.checkpoint_every = rounds, eval_every, checkpoint_every
     self.seed, self.metrics, self.eval_batch_size, self.progress = seed, metrics, eval_batch_size, progress
-    self.manager = checkpoints.CheckpointManager(self.output_dir, keep_checkpoints, clean_up=False)
+    self.session = RunSession(self.output_dir, keep=keep_checkpoints, checkpoint_every=checkpoint_every,
+                              fingerprints={"clients": "the clients' data (the split or the examples)"})
 
   def build(self) -> tuple[FedAvg, ClientData, ServerState]:
     """The algorithm, the client data and the fresh server state of round 0."""
@@ -129,56 +128,25 @@ class FederatedRun:
       digest.update(np.ascontiguousarray(array).tobytes())
     return {"config": gin.config_str(), "model": str(self.model), "clients": digest.hexdigest()}
 
-  def _restore(self, fresh: ServerState, record: dict, allow_change: bool) -> tuple[ServerState, list[str]]:
-    """The newest checkpoint that loads whole (damaged ones set aside), else `fresh`; notes for the log."""
-    notes = []
-    for checkpoint in reversed(self.manager.checkpoints()):
-      try:
-        server, metadata = checkpoints.restore(checkpoint, fresh)
-      except checkpoints.CheckpointMismatchError as e:
-        raise TrainingError(f"{e}. {self.output_dir} holds a federated run of another model or optimizer: use a "
-                            "new --output_dir") from None
-      except checkpoints.CheckpointError as e:
-        notes.append(f"checkpoint {checkpoint.name} cannot be used, set aside as "
-                     f"{self.manager.set_aside(checkpoint).name}: {e}")
-        continue
-      saved = metadata.get("run", {})
-      changes = rundir.config_differences(saved.get("config", ""), record["config"])
-      if saved.get("clients") != record["clients"]:
-        changes.append("the clients' data (the split or the examples)")
-      if changes and not allow_change:
-        raise TrainingError(f"{self.output_dir}: this configuration differs from the one {checkpoint.name} was "
-                            f"trained with: {'; '.join(changes)}. Rerun with that configuration (config.gin), allow "
-                            "the change (--allow_config_change), or use another --output_dir")
-      if changes:
-        notes.append(f"resuming {checkpoint.name} with a changed configuration (allowed): {'; '.join(changes)}")
-      return ServerState(*server), notes
-    return fresh, notes
-
   def run(self, *, allow_config_change: bool = False) -> ServerState:
-    """Runs rounds until `rounds` (resuming from the newest checkpoint); returns the final server state."""
-    with rundir.locked(self.output_dir):
-      self.manager.clear_leftovers()
-      rundir.clear_leftovers(self.output_dir)
-      try:
-        return self._run(allow_config_change)
-      finally:
-        self.manager.close()
+    """Runs rounds until `rounds` (resuming from the newest checkpoint, `RunSession.resume`); returns the final
+    server state."""
+    with self.session.held():
+      return self._run(allow_config_change)
 
   def _run(self, allow_config_change: bool) -> ServerState:
     fedavg, clients, fresh = self.build()
     record = self._record(clients)
-    server, notes = self._restore(fresh, record, allow_config_change)
-    primary = jax.process_index() == 0
-    if primary:
-      rundir.write_atomically(self.output_dir / "config.gin", record["config"])
+    resumed = self.session.resume(fresh, record, allow_change=allow_config_change)
+    server, notes = (fresh, []) if resumed is None else (ServerState(*resumed.tree), resumed.notes)
+    self.session.start(record)
     evaluator = None if self.eval_data is None else Evaluator(self.model, read_examples(self.eval_data),
                                                               self.metrics, batch_size=self.eval_batch_size)
     start = int(server.round)
-    logger = RunLogger(self.output_dir, self.rounds, start, progress=self.progress) if primary else QuietLogger()
+    logger = self.session.logger(self.rounds, start, progress=self.progress)
     try:
       if start:
-        notes.insert(0, f"resumed from round {start} ({self.manager.latest()})")
+        notes.insert(0, f"resumed from round {start} ({self.session.latest()})")
       for note in notes:
         logger.message(note)
       for r in range(start + 1, self.rounds + 1):
@@ -186,16 +154,14 @@ class FederatedRun:
         if int(metrics["bad_clients"]):
           raise TrainingError(f"round {r}: {int(metrics['bad_clients'])} client(s) met a non-finite loss or gradient "
                               f"in local training; the run stopped. The last good checkpoint is "
-                              f"{self.manager.latest() or 'none'}")
+                              f"{self.session.latest() or 'none'}")
         logger.log(r, {"loss": metrics["loss"], "examples": metrics["examples"]})
         evaluated = {}
         if evaluator is not None and (r % self.eval_every == 0 or r == self.rounds):
           evaluated = evaluator(server.params, server.state)
           logger.log(r, evaluated, prefix="eval")
-        if r % self.checkpoint_every == 0 or r == self.rounds:
-          self.manager.save(r, server, {"metrics": {f"eval/{k}": v for k, v in evaluated.items()}, "run": record})
-          if primary:
-            rundir.write_atomically(self.output_dir / "operative_config.gin", gin.operative_config_str())
+        if self.session.due(r, self.rounds):
+          self.session.save(r, server, {"metrics": {f"eval/{k}": v for k, v in evaluated.items()}}, record)
     finally:
       logger.close()
     return server

@@ -23,10 +23,12 @@ import jax
 import optax
 
 from combinax.growth.grow import TRAINABLE, Grown
-from combinax.growth.operator import GrowthOptions
-from combinax.train import checkpoints, rundir, schedules
+from combinax.growth.operator import GrowthError, GrowthOptions
+from combinax.store import checkpoints
+from combinax.store.session import RunSession
+from combinax.train import schedules
 from combinax.train.step import split_batch
-from combinax.train.trainer import Trainer, TrainingError, TrainTask
+from combinax.train.trainer import Trainer, TrainingError
 
 
 class GrowthRun:
@@ -39,6 +41,13 @@ class GrowthRun:
     steps: operator training steps (Adam at `learning_rate` on the large model's loss and data); 0 materialises the
       operator as initialised, which is how stacking, interpolation and Net2Net run as baselines.
     log_every: the operator phase's log, evaluation (with the large run's eval task) and checkpoint interval.
+
+  The operator phase is the large run's Trainer and task (`large` called again, `dataclasses.replace` of its task),
+  so every setting of the large run holds there too (data, loss, compute dtype, accumulation, a teacher, the mesh
+  and sharding, the seed) except what defines the phase: the `Grown` model, Adam at `learning_rate` on the
+  operator's params alone (`growth/*`: no clipping, weight decay, L2, freezing or per-group rates, which are the
+  large run's), its steps and its log. A setting it cannot honour (a pipelined, fused-head or quantization-aware
+  large run) is refused by name.
   """
 
   def __init__(self, small: Callable[..., Trainer] = gin.REQUIRED, large: Callable[..., Trainer] = gin.REQUIRED,
@@ -50,35 +59,51 @@ class GrowthRun:
       raise ValueError(f"GrowthRun.steps: expected >= 0 operator steps, got {steps}")
     self.output_dir, self.options, self.steps = Path(output_dir), options, int(steps)
     self.learning_rate, self.log_every = float(learning_rate), int(log_every)
+    self.session = RunSession(self.output_dir)
     self.small = small(output_dir=str(self.output_dir / "small"))
+    self.large_trainer = large
     self.large = large(output_dir=str(self.output_dir / "large"), init_checkpoint=str(self.output_dir / "grown"))
     self.grown = Grown(self.small.model, self.large.model, options)
+    if self.steps:
+      self._check_operator_phase()
+
+  def _check_operator_phase(self):
+    """Refuses, by name, the large run's settings that the operator phase cannot honour."""
+    task = self.large.task
+    unfit = [(self.large.pipelined, "large/Trainer.pipeline_stages", "the Grown model runs unpipelined"),
+             (task.fuse_loss, "large/TrainTask.fuse_loss = True", "the Grown model has no final Dense to fuse"),
+             (bool(task.quantization_aware), "large/TrainTask.quantization_aware",
+              "its rules name the large model's params, which the operator phase computes rather than trains")]
+    for refused, name, why in unfit:
+      if refused:
+        raise GrowthError(f"GrowthRun: the operator phase cannot honour {name} ({why}); leave it out of the large "
+                          "run, or grow without operator steps (GrowthRun.steps = 0)")
 
   def _complete(self, trainer: Trainer) -> Path | None:
-    latest = trainer.manager.latest()
+    latest = trainer.session.latest()
     if latest is not None and checkpoints.read_manifest(latest)["step"] >= trainer.steps:
       return latest
     return None
 
   def _growth_trainer(self, small_checkpoint: Path) -> Trainer:
+    """The operator phase: the large run's Trainer and task (see the class docstring)."""
     large = self.large
-    task = TrainTask(data=large.task.data, loss_layer=large.task.loss_layer, optimizer=optax.adam,
-                     schedule=schedules.constant(self.learning_rate), clip_norm=None, weight_decay=0.0,
-                     l2_weight=0.0, accumulate_steps=1, frozen=(), lr_multipliers=None, trainable=TRAINABLE,
-                     fuse_loss=False)
+    task = dataclasses.replace(large.task, optimizer=optax.adam, schedule=schedules.constant(self.learning_rate),
+                               clip_norm=None, weight_decay=0.0, l2_weight=0.0, frozen=(), lr_multipliers=None,
+                               trainable=TRAINABLE)
     eval_task = large.eval_task
     if eval_task is not None:   # evaluate the grown model every log_every operator steps
       eval_task = type(eval_task)(data=eval_task.data, metrics=eval_task.metrics, eval_every=self.log_every,
                                   n_batches=eval_task.n_batches)
-    return Trainer(model=self.grown, task=task, eval_task=eval_task, output_dir=str(self.output_dir / "growth"),
-                   steps=self.steps, seed=large.seed, checkpoint_every=self.log_every, keep_checkpoints=1,
-                   best_metric=None, log_every=self.log_every, model_parallel=large.mesh.shape.get("model", 1),
-                   sharding_rules=list(large.rules), init_checkpoint=str(small_checkpoint),
-                   early_stopping_patience=None, progress=large.progress)
+    return self.large_trainer(model=self.grown, task=task, eval_task=eval_task,
+                              output_dir=str(self.output_dir / "growth"), steps=self.steps,
+                              checkpoint_every=self.log_every, keep_checkpoints=1, best_metric=None,
+                              log_every=self.log_every, init_checkpoint=str(small_checkpoint),
+                              early_stopping_patience=None)
 
   def _materialise(self, small_checkpoint: Path):
     """Writes grown/: the large model's params and state, from the operator run (or the initial operator)."""
-    inputs, _ = split_batch(self.grown, self.large._first_batch_signature(self.large.task.data()))
+    inputs, _ = split_batch(self.grown, self.large.first_batch_signature())
     abstract_params, _ = jax.eval_shape(lambda: self.grown.init(jax.random.key(0), inputs))
     small_template = self.grown.small_params(abstract_params)
     # Every small param must come from the small run: a partial restore would grow random weights silently.
@@ -99,11 +124,10 @@ class GrowthRun:
   def run(self, *, allow_config_change: bool = False):
     """Runs (or resumes) each phase that is not complete; returns the large run's final train state. Holds
     `output_dir`'s lock throughout; `allow_config_change` goes to each phase's `Trainer.run`."""
-    with rundir.locked(self.output_dir):
+    with self.session.held():   # (each phase is a Trainer with a session of its own, in its own folder)
       final = self._run(allow_config_change)
-      if jax.process_index() == 0:   # the whole run's configuration, once every phase accepted it
-        rundir.write_atomically(self.output_dir / "config.gin", gin.config_str())
-        rundir.write_atomically(self.output_dir / "operative_config.gin", gin.operative_config_str())
+      self.session.start({"config": gin.config_str()})   # the whole run's configuration, once every phase accepted it
+      self.session.write_operative_config()
       return final
 
   def _run(self, allow_config_change: bool):
@@ -113,10 +137,10 @@ class GrowthRun:
       self.small.run(allow_config_change=allow_config_change)
       small_checkpoint = self._complete(self.small)
       if small_checkpoint is None:   # it stopped early
-        small_checkpoint = self.small.manager.latest()
+        small_checkpoint = self.small.session.latest()
     if small_checkpoint is None:
       raise TrainingError(f"GrowthRun: the small run left no checkpoint in {self.small.output_dir}")
-    if self.large.manager.latest() is None and checkpoints.latest(self.output_dir / "grown") is None:
+    if self.large.session.latest() is None and checkpoints.latest(self.output_dir / "grown") is None:
       if self.steps:
         _say(f"phase 2/3: {self.steps} operator steps ({self.output_dir / 'growth'})")
         self._growth_trainer(small_checkpoint).run(allow_config_change=allow_config_change)

@@ -7,7 +7,7 @@ from combinax.layers.activations import (Elu, FastGelu, Gelu, Glu, LeakyRelu, Re
                                          Swish, Tanh)
 from combinax.layers.attention import (Attention, AttentionQKV, CausalAttention, DotProductAttention,
                                        EncoderDecoderMask, PaddingMask, ShiftRight, attend)
-from combinax.layers.base import Layer, LayerError, check_mode, child_rng, init_and_signature
+from combinax.layers.base import Layer, LayerError, check_mode, child_rng, init_and_signature, walk
 from combinax.layers.combinators import (Add, Branch, Concatenate, Drop, Dup, Fn, Gate, Multiply, Parallel,
                                          Residual, Select, Serial, Split, SubtractTop, Swap)
 from combinax.layers.control import BatchLeadingAxes, Bidirectional, Cache, Chunk, Cond, Remat, Scan

@@ -26,6 +26,7 @@ class ShiftRight(Layer):
     self.n_positions, self.pad_value, self.mode = int(n_positions), pad_value, check_mode(self, mode)
 
   decodes = property(lambda self: self.mode == "predict")
+  rewindable = property(lambda self: True)   # predict mode keeps nothing: a shift of one token per call is no shift
 
   def forward(self, params, state, x, *, rng, train):
     if x.ndim < 2:
@@ -123,6 +124,14 @@ class DotProductAttention(Layer):
                        "predict mode", expected="causal=True with mode='predict'", actual="causal=False")
 
   decodes = property(lambda self: self.mode == "predict")
+  rewindable = property(lambda self: True)
+  max_positions = property(lambda self: self.max_len if self.decodes else None)
+
+  def rewind_state(self, state, index):
+    """The cache keeps its entries and moves its `index` back: those past it are masked, then overwritten."""
+    if not state:
+      return state
+    return {**state, "index": jnp.full_like(state["index"], index)}
 
   def _d_head(self, inputs) -> int:
     """Checks the shapes of q, k, v (arrays or signatures); returns d_head."""

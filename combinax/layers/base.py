@@ -141,6 +141,30 @@ class Layer(metaclass=_Immutable):
     then continues the sequence of the calls before it. Layers that keep such state override this."""
     return any(child.decodes for child in self.sublayers)
 
+  @property
+  def rewindable(self) -> bool:
+    """True when `rewind` can take this layer's decoding state back to an earlier position. A layer that keeps
+    decoding state of its own overrides this and `rewind_state`; one that cannot go back (an RNN's carry, which
+    holds the whole past in one vector) says False."""
+    return not self.decodes
+
+  @property
+  def max_positions(self) -> int | None:
+    """The most positions of one sequence this layer takes (a KV cache's or a learned position table's `max_len`),
+    or None where it sets no bound; decoding checks a model's layers against it."""
+    return None
+
+  def rewind_state(self, state, index):
+    """This layer's `state` as it was when `index` positions had been fed (see `rewind`). The default keeps the
+    state of a rewindable layer as it is: it holds no decoding state (batch-norm statistics are not: decoding leaves
+    them alone), or nothing that depends on the position."""
+    if not self.rewindable:
+      kept = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+      raise LayerError(self, "this layer keeps decoding state that it cannot rewind to an earlier position",
+                       expected="a layer that overrides rewindable and rewind_state (as attention caches and "
+                       "positional encodings do)", actual=f"{type(self).__name__} keeping {', '.join(kept)}")
+    return state
+
   def init_params_and_state(self, rng: jax.Array, input_signature) -> tuple[Any, Any]:
     """Returns `(params, state)` for this signature; leaves without parameters keep the default `({}, {})`."""
     del rng, input_signature
@@ -183,6 +207,30 @@ class Layer(metaclass=_Immutable):
       if is_root and self.sublayers:
         new_state = scopes.fold_state(aliases, new_state)
     return outputs, new_state
+
+  def rewind(self, state, index):
+    """The decoding `state` (from `init`, then `apply` in predict mode) taken back to what it was when the first
+    `index` positions of the sequence had been fed, so decoding can go on from there (speculative decoding drops
+    rejected tokens this way). A KV cache keeps its entries and moves its `index`: those past it are masked, and
+    overwritten when fed again. `index` may be traced; it must not exceed the positions fed. Raises a `LayerError`
+    naming the layer whose state cannot go back (see `rewindable`).
+
+    >>> from combinax import layers as cl
+    >>> encoding = cl.PositionalEncoding(mode="predict")
+    >>> _, state = encoding.init(jax.random.key(0), shapes.ShapeDtype((1, 1, 4)))
+    >>> _, state = encoding.apply({}, state, jnp.zeros((1, 5, 4)))
+    >>> int(state["index"]), int(encoding.rewind(state, 2)["index"])
+    (5, 2)
+    """
+    with _frame(self, state) as is_root:
+      if is_root and self.sublayers:  # as in `apply`: shared layers' state is lent out, then folded back
+        from combinax.layers import scopes
+        aliases = scopes.plan(self)
+        state = scopes.unfold(aliases, state)
+      state = self.rewind_state(state, index)
+      if is_root and self.sublayers:
+        state = scopes.fold_state(aliases, state)
+    return state
 
   def output_signature(self, input_signature):
     """The signature of the outputs for inputs of `input_signature`, computed without running anything."""
@@ -257,6 +305,19 @@ class Layer(metaclass=_Immutable):
 
   def __repr__(self) -> str:
     return f"<{self.name}{self.arity_suffix()} layer>"
+
+
+def walk(layer: Layer):
+  """Yields `layer` and every sublayer below it, depth first, parents before children and children in order. The
+  plumbing that derived combinators build (hidden in `str`) is included, and a layer used twice is met twice.
+
+  >>> from combinax import layers as cl
+  >>> [l.name for l in walk(cl.Serial(cl.Dense(2), cl.Serial(cl.Relu(), name="inner")))]
+  ['Serial', 'Dense', 'inner', 'Relu']
+  """
+  yield layer
+  for child in layer.sublayers:
+    yield from walk(child)
 
 
 def init_and_signature(layer: Layer, rng: jax.Array, input_signature):

@@ -46,17 +46,28 @@ def _as_branch(arg) -> Layer:
   if arg is None or (isinstance(arg, (list, tuple)) and not arg):
     return _identity()
   if isinstance(arg, (list, tuple)):
-    return _hidden(Serial(*arg))
+    return mark_hidden(Serial(*arg))
   raise TypeError(f"expected a layer, None or a list of layers, got {type(arg).__name__} ({arg!r})")
 
 
 def _identity() -> Layer:
   """The 1 -> 1 identity that None, [] and an empty `Serial` stand for (hidden: it prints as nothing)."""
-  return _hidden(Select([0], name="Identity"))
+  return mark_hidden(Select([0], name="Identity"))
 
 
-def _hidden(layer: Layer) -> Layer:
-  """Marks plumbing built inside a derived combinator (called before the layer is shared with anyone)."""
+def mark_hidden(layer: Layer) -> Layer:
+  """Marks `layer` as plumbing built inside a derived combinator and returns it: `str(model)` and error paths show
+  what it holds instead of it (see `visible_children`). Call it on a layer you have just built, before anyone else
+  holds it (it sets an attribute of a layer that is otherwise frozen).
+
+  >>> body = mark_hidden(Serial(Dup(), Add()))
+  >>> print(Serial(cl.Relu(), body, name="Doubled"))  # no line for the hidden Serial
+  Doubled[
+    Relu
+    Dup_out2
+    Add_in2
+  ]
+  """
   object.__setattr__(layer, "hidden", True)
   return layer
 
@@ -192,7 +203,7 @@ class Branch(Serial):
     branches = tuple(_as_branch(arg) for arg in layers)
     n_in = max((l.n_in for l in branches), default=0)
     indices = [i for layer in branches for i in range(layer.n_in)]
-    super().__init__(_hidden(Select(indices, n_in=n_in)), _hidden(Parallel(*branches)), name=name)
+    super().__init__(mark_hidden(Select(indices, n_in=n_in)), mark_hidden(Parallel(*branches)), name=name)
     self.branches = branches
 
   @property
@@ -205,9 +216,9 @@ class Residual(Serial):
 
   def __init__(self, *layers, shortcut: Layer | None = None, name: str | None = None):
     main = _flatten(layers)
-    body = main[0] if len(main) == 1 else _hidden(Serial(*main))
+    body = main[0] if len(main) == 1 else mark_hidden(Serial(*main))
     shortcut_layer = shortcut if shortcut is not None else _identity()
-    super().__init__(_hidden(Branch(shortcut_layer, body)), Add(), name=name)
+    super().__init__(mark_hidden(Branch(shortcut_layer, body)), Add(), name=name)
     self.main, self.shortcut = tuple(main), shortcut
 
   @property

@@ -11,13 +11,15 @@ from jax import lax
 
 from combinax import shapes
 from combinax.layers.base import Layer, LayerError, check_mode, child_rng, init_and_signature
-from combinax.layers.combinators import (Branch, Concatenate, Fn, Select, Serial, _hidden, from_stack,
+from combinax.layers.combinators import (Branch, Concatenate, Fn, Select, Serial, from_stack, mark_hidden,
                                          to_stack)
 from combinax.layers.scopes import Combinator
 
 
-class _Wrapper(Combinator):
-  """A combinator around one layer, with that layer's arity; the layer's params sit at its key."""
+class Wrapper(Combinator):
+  """A combinator around one layer (`self.layer`), with that layer's arity; the layer's params and state sit at its
+  key in this combinator's scope. The base of `Scan`, `Cache`, `Remat`, `LoRA`, ...: a subclass overrides `forward`
+  (running the layer through `inner_apply`) and, where it changes the layer's inputs, `inner_signature`."""
 
   def __init__(self, layer: Layer, name: str | None = None, own_state: bool = False):
     super().__init__([layer], layer.n_in, layer.n_out, name, own_state)
@@ -42,7 +44,7 @@ class _Wrapper(Combinator):
     return outputs, self._wrap(new_state)
 
 
-class Scan(_Wrapper):
+class Scan(Wrapper):
   """Runs `layer` along `axis` with `lax.scan`, Trax-style: the layer maps (x..., carry...) to (y..., carry...),
   the last `n_carry` stack items being the carries. Outputs are the stacked ys and the final carries.
 
@@ -63,6 +65,15 @@ class Scan(_Wrapper):
                        expected=f"0 <= n_carry < {layer.n_in} and n_carry <= {layer.n_out}", actual=n_carry)
 
   decodes = property(lambda self: self.mode == "predict" or self.layer.decodes)
+  # A carry is a function of every position before it: no part of it belongs to the positions to be dropped.
+  rewindable = property(lambda self: self.mode != "predict" and self.layer.rewindable)
+
+  def rewind_state(self, state, index):
+    if self.mode == "predict":
+      raise LayerError(self, "a recurrent carry cannot be rewound to an earlier position: it folds every position "
+                       "before it into one value", expected="decoding state kept per position (a KV cache)",
+                       actual=f"carries {shapes.describe(state[self.own_key]['carry'])}")
+    return super().rewind_state(state, index)
 
   def _split(self, items):
     stack = to_stack(items, self.n_in)
@@ -135,7 +146,7 @@ class Cond(Combinator):
       if true.n_in != true.n_out:
         raise LayerError(true, "Cond without `false` needs a `true` branch with n_in == n_out",
                          expected=f"n_out == {true.n_in}", actual=f"n_out == {true.n_out}")
-      false = _hidden(Select(list(range(true.n_in)), name="Identity"))
+      false = mark_hidden(Select(list(range(true.n_in)), name="Identity"))
     if (true.n_in, true.n_out) != (false.n_in, false.n_out):
       raise LayerError(false, "Cond's branches must have the same arity",
                        expected=f"{true.n_in} -> {true.n_out}", actual=f"{false.n_in} -> {false.n_out}")
@@ -176,7 +187,7 @@ class Cond(Combinator):
     return from_stack(to_stack(outputs, true.n_out) + stack[true.n_in:], self.n_out), new_state
 
 
-class Chunk(_Wrapper):
+class Chunk(Wrapper):
   """Runs `layer` on `chunk_size` examples at a time (a scan over the batch) to bound memory."""
 
   def __init__(self, layer: Layer, chunk_size: int, name: str | None = None):
@@ -206,7 +217,7 @@ class Chunk(_Wrapper):
     return from_stack([y.reshape((-1,) + y.shape[2:]) for y in ys], self.n_out), new_state
 
 
-class BatchLeadingAxes(_Wrapper):
+class BatchLeadingAxes(Wrapper):
   """Runs `layer`, which expects rank `n_last_axes_to_keep + 1`, with all leading axes folded into one batch."""
 
   def __init__(self, layer: Layer, n_last_axes_to_keep: int = 1, name: str | None = None):
@@ -234,7 +245,7 @@ class BatchLeadingAxes(_Wrapper):
     return from_stack(ys, self.n_out), new_state
 
 
-class Remat(_Wrapper):
+class Remat(Wrapper):
   """Runs `layer` under `jax.checkpoint`: its activations are recomputed in the backward pass, not stored."""
 
   def forward(self, params, state, inputs, *, rng, train):
@@ -250,8 +261,8 @@ class Bidirectional(Serial):
     backward_layer = copy.deepcopy(forward_layer)
     flip = Fn("Flip", lambda x: jnp.flip(x, axis=axis))
     merge = merge_layer if merge_layer is not None else Concatenate()
-    backward = _hidden(Serial(flip, backward_layer, flip))
-    super().__init__(_hidden(Branch(forward_layer, backward)), merge, name=name)
+    backward = mark_hidden(Serial(flip, backward_layer, flip))
+    super().__init__(mark_hidden(Branch(forward_layer, backward)), merge, name=name)
     self.forward_layer, self.backward_layer, self.merge_layer = forward_layer, backward_layer, merge
 
   @property
@@ -259,7 +270,7 @@ class Bidirectional(Serial):
     return (self.forward_layer, self.backward_layer, self.merge_layer)
 
 
-class Cache(_Wrapper):
+class Cache(Wrapper):
   """Trax's `Cache`: in predict mode, runs `layer` on the first call and returns the same outputs on later calls
   (e.g. an encoder while its decoder emits one token per call). In other modes it is `layer`."""
 
@@ -268,6 +279,15 @@ class Cache(_Wrapper):
     self.mode = check_mode(self, mode)
 
   decodes = property(lambda self: self.mode == "predict" or self.layer.decodes)
+
+  def rewind_state(self, state, index):
+    """The outputs depend on the inputs, not on the position: they stay, unless rewound to before the first call."""
+    state = super().rewind_state(state, index)
+    if self.mode != "predict":
+      return state
+    filled = state[self.own_key]["filled"] & (index > 0)
+    outputs = tuple(jnp.where(filled, o, jnp.zeros_like(o)) for o in state[self.own_key]["outputs"])
+    return {**state, self.own_key: {"outputs": outputs, "filled": filled}}
 
   def init_params_and_state(self, rng, input_signature):
     params, state, out = init_and_signature(self.layer, child_rng(rng, 0), input_signature)

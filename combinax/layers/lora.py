@@ -20,13 +20,13 @@ import jax.numpy as jnp
 
 from combinax import shapes
 from combinax.layers.base import Layer, LayerError, child_rng
-from combinax.layers.control import _Wrapper
+from combinax.layers.control import Wrapper
 from combinax.paths import leaves_with_paths, matches, unflatten
 
 SUFFIX_A, SUFFIX_B = "_lora_a", "_lora_b"
 
 
-class LoRA(_Wrapper):
+class LoRA(Wrapper):
   """`layer` with rank-`rank` adapters on the kernels whose paths match `targets` (glob patterns).
 
   >>> import combinax as cx

@@ -64,6 +64,12 @@ class _Positional(Layer):
                        actual=shapes.describe(x))
 
   decodes = property(lambda self: self.mode == "predict")
+  rewindable = property(lambda self: True)
+
+  def rewind_state(self, state, index):
+    if not state:
+      return state
+    return {"index": jnp.full_like(state["index"], index)}
 
   def init_params_and_state(self, rng, input_signature):
     self._check(input_signature)
@@ -93,6 +99,9 @@ class PositionalEncoding(_Positional):
     super().__init__(max_len, mode, name)
     self.base = float(base)
 
+  # The sinusoids of any position can be computed: only whole sequences (not decoding) are held to max_len.
+  max_positions = property(lambda self: None if self.mode == "predict" else self.max_len)
+
   def encodings(self, params, positions, d_feature):
     return sinusoids(positions, d_feature, self.base)
 
@@ -103,6 +112,8 @@ class LearnedPositionalEncoding(_Positional):
   def __init__(self, max_len: int = 512, initializer=None, mode: str = "train", name: str | None = None):
     super().__init__(max_len, mode, name)
     self.initializer = initializers.get(initializer or initializers.normal(0.02))
+
+  max_positions = property(lambda self: self.max_len)   # the table's rows, in every mode
 
   def init_params(self, rng, d_feature):
     return {"embedding": self.initializer(rng, (self.max_len, d_feature), jnp.float32)}

@@ -57,6 +57,12 @@ class Repeat(Combinator):
     rngs = jnp.stack([child_rng(rng, i) for i in range(self.n_layers)])
     return jax.vmap(lambda r: self.block.init(r, input_signature))(rngs)
 
+  def rewind_state(self, state, index):
+    """Each copy's state, stacked as it is, rewound as the block rewinds its own."""
+    if not jax.tree_util.tree_leaves(state):
+      return state
+    return jax.vmap(lambda layer_state: self.block.rewind(layer_state, index))(state)
+
   def rematerialised(self, fn, *, prevent_cse: bool):
     """`fn` under `jax.checkpoint` with this layer's `remat` policy; `fn` itself when `remat` is False."""
     if not self.remat:

@@ -36,6 +36,17 @@ class Combinator(Layer):
     """Unnamed combinators keep their children's parameters in the enclosing scope."""
     return not self.explicit_name
 
+  @property
+  def rewindable(self) -> bool:
+    return all(child.rewindable for child in self.sublayers)
+
+  def rewind_state(self, state, index):
+    """Each child's state rewound where it lives in ours; a combinator with state of its own rewinds that too."""
+    state = dict(state)
+    for i, child in enumerate(self.sublayers):
+      self.store_child(state, i, child.rewind(self.child_view(state, i), index), overwrite=True)
+    return state
+
   def child_view(self, tree: dict, index: int):
     """The params (or state) of child `index`, taken from this combinator's params (or state)."""
     slot = self.child_slots[index]

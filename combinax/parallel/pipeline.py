@@ -31,8 +31,7 @@ from combinax import shapes
 from combinax.layers.base import Layer, LayerError
 from combinax.layers.combinators import from_stack, to_stack
 from combinax.layers.repeat import Repeat
-
-STAGE, DATA = "stage", "data"
+from combinax.sharding import DATA, STAGE
 
 
 def schedule(stages: int, microbatches: int) -> np.ndarray:

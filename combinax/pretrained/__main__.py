@@ -1,8 +1,6 @@
-"""`python -m combinax.pretrained [list | download NAME... | info NAME... | run NAME [FLAGS]]`."""
-
-import sys
-
-from combinax.pretrained.registry import main
+"""`python -m combinax.pretrained [list | download NAME... | info NAME... | run NAME [FLAGS]]`: a command, so its
+code lives on the command floor (`combinax.cli.pretrained`)."""
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from combinax.cli.pretrained import main
+  main()

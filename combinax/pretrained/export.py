@@ -7,7 +7,6 @@ any safetensors reader (`safetensors.numpy.load_file`).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jax
@@ -15,6 +14,7 @@ import numpy as np
 
 from combinax.paths import leaves_with_paths, unflatten
 from combinax.pretrained.families import PretrainedError, check_fits, safetensors_numpy
+from combinax.store import rundir
 
 
 def save_safetensors(params, path, metadata: dict[str, str] | None = None) -> Path:
@@ -28,12 +28,8 @@ def save_safetensors(params, path, metadata: dict[str, str] | None = None) -> Pa
   bad = [name for name, value in tensors.items() if value.dtype == object]
   if bad:
     raise PretrainedError(f"save_safetensors: {bad[0]} is not an array")
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
+  with rundir.replaced_atomically(path) as tmp:
     save_file(tensors, str(tmp), metadata={"format": "combinax-params", **(metadata or {})})
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
   return path
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from combinax import layers as cl, quant
-from combinax.data.hf_tokenizers import BPETokenizer, _tokenizers
+from combinax.data.hf_tokenizers import BPETokenizer, tokenizers_package
 from combinax.models.transformer import TransformerLM
 from combinax.paths import unflatten
 from combinax.pretrained.families import Imported, PretrainedError, check_params, stack_layers
@@ -156,7 +156,7 @@ def read_tokenizer(reader, config: dict) -> BPETokenizer:
   kind = _field(reader, "tokenizer.ggml.model")
   if kind != "gpt2":
     raise PretrainedError(f"GGUF file: tokenizer {kind!r} is not supported (gpt2 byte-level BPE)")
-  tk = _tokenizers()
+  tk = tokenizers_package()
   tokens = list(_field(reader, "tokenizer.ggml.tokens"))
   merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]
   types = list(_field(reader, "tokenizer.ggml.token_type", [1] * len(tokens)))

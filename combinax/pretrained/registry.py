@@ -12,12 +12,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +26,7 @@ from combinax.data.tokenizers import cache_root, load_tokenizer
 from combinax.layers.base import Layer
 from combinax.paths import leaves_with_paths
 from combinax.pretrained.families import Imported, PretrainedError, check_params
-from combinax.train import checkpoints
+from combinax.store import checkpoints, rundir
 
 
 @dataclass(frozen=True)
@@ -123,23 +119,11 @@ def import_to_cache(name: str) -> Path:
                           f"{info(name).package}=={info(name).version}); run `{download_command(name)}`")
   imported: Imported = family(name).import_files(source)
   folder = cache_path(name)
-  folder.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-  # mkdtemp makes it private (0700); the cache is an ordinary folder, readable as the user's umask allows.
-  mask = os.umask(0)
-  os.umask(mask)
-  tmp.chmod(0o777 & ~mask)
-  try:
-    metadata = {"name": name, "family": info(name).family, "config": imported.config,
-                "source": f"{info(name).package}=={info(name).version}", "tokenizer": type(imported.tokenizer).__name__}
+  metadata = {"name": name, "family": info(name).family, "config": imported.config,
+              "source": f"{info(name).package}=={info(name).version}", "tokenizer": type(imported.tokenizer).__name__}
+  with rundir.replaced_atomically(folder) as tmp:
     checkpoints.save(tmp, 0, {"params": imported.params, "state": {}}, metadata)
     imported.tokenizer.save(tmp / "tokenizer.json")
-    if folder.exists():
-      shutil.rmtree(folder)
-    tmp.rename(folder)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return checkpoints.latest(folder)
 
 
@@ -282,37 +266,3 @@ def describe() -> str:
     status = "cached" if _cached_checkpoint(name) else ("installed" if source_files(name) else "not installed")
     lines.append(f"{name:24s} {status:14s} {entry.license:11s} {entry.description}")
   return "\n".join(lines)
-
-
-USAGE = """usage: python -m combinax.pretrained [list | download NAME... | info NAME... | run NAME [FLAGS]]
-  run: a bundled LM answers one prompt a line as it writes (combinax-decode --interactive; its flags, e.g.
-       --quantize=gguf --temperature=0 --max_length=100)"""
-
-
-def main(argv: list[str] | None = None) -> int:
-  """`python -m combinax.pretrained [list | download NAME... | info NAME... | run NAME [FLAGS]]`."""
-  argv = sys.argv[1:] if argv is None else argv
-  if not argv or argv[0] == "list":
-    print(describe())
-    return 0
-  command, names = argv[0], argv[1:]
-  if command == "run" and names:   # an LM at the terminal: combinax-decode's interactive mode
-    from combinax.train import cli
-    sys.argv = ["combinax-decode", f"--pretrained={names[0]}", "--interactive", *names[1:]]
-    cli.decode()
-    return 0
-  if command not in ("download", "info") or not names:
-    print(USAGE, file=sys.stderr)
-    return 2
-  for name in names:
-    if name not in ENTRIES:
-      print(f"no pretrained model {name!r}; known: {', '.join(list_models())}", file=sys.stderr)
-      return 2
-    if command == "info":
-      print(json.dumps({**info(name).__dict__, "files": str(source_files(name)), "cache": str(cache_path(name))},
-                       indent=1))
-      continue
-    if source_files(name) is None:
-      install(name)
-    print(f"{name}: cached at {import_to_cache(name)}")
-  return 0

@@ -26,12 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from combinax.data.base import DataError
-from combinax.data.tokenizers import Tokenizer, _atomic_write
+from combinax.data.tokenizers import Tokenizer
 from combinax.layers.base import Layer
 from combinax.models.rnn import TextGenRNN
 from combinax.paths import unflatten
 from combinax.pretrained.families import Imported, PretrainedError, check_params
 from combinax.shapes import ShapeDtype
+from combinax.store.rundir import write_atomically
 
 FAMILY = "textgenrnn"
 WEIGHTS, VOCAB = "textgenrnn_weights.hdf5", "textgenrnn_vocab.json"
@@ -92,7 +93,7 @@ class TextgenrnnTokenizer(Tokenizer):
   def save(self, path) -> None:
     """Writes JSON `{"type": "textgenrnn", "meta_token": "<s>", "vocab": {char: id, ...}}` (ids ascending)."""
     content = {"type": "textgenrnn", "meta_token": self.meta_token, "vocab": self.vocab}
-    _atomic_write(path, json.dumps(content).encode("utf-8"))
+    write_atomically(path, json.dumps(content).encode("utf-8"))
 
   @classmethod
   def load(cls, path) -> "TextgenrnnTokenizer":

@@ -95,3 +95,37 @@ def nbytes(params: Any) -> int:
 
 __all__ = ["KINDS", "QuantSpec", "QuantizedArray", "dequantize", "fake_quantize", "from_gguf_blocks", "nbytes",
            "quantize", "quantize_array"]
+
+
+DECODING_KINDS = ("int8", "q4", "q4_1")
+
+
+def for_decoding(model, params: Any, kind: str) -> Any:
+  """`params` for decoding with `kind` weights: every matrix kernel in `kind` and every embedding table in int8,
+  in groups of 32 along the axis their matmul contracts where it divides it (llama.cpp's blocks), else one group
+  per output. Only Dense, Embedding and TiedLogits compute with quantized weights: a ValueError names a model with
+  other matmuls (an RNN's recurrent kernel)."""
+  import jax.numpy as jnp
+  if kind not in DECODING_KINDS:
+    raise ValueError(f"quant.for_decoding: kind must be one of {DECODING_KINDS}, got {kind!r}")
+
+  def convert(path: str, leaf):
+    table = path.endswith("embedding") and leaf.ndim == 2
+    if not (table or (path.endswith("kernel") and leaf.ndim in (2, 3))):
+      return leaf
+    axis = -1 if table else -2
+    length = leaf.shape[axis]
+    group = 32 if length % 32 == 0 else length
+    if not table and kind != "int8" and group % 2:
+      return leaf   # 4 bits pack two to a byte: an odd axis stays float
+    return quantize_array(leaf, "int8" if table else kind, group=group, axis=axis)
+
+  flat = leaves_with_paths(params)
+  out = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), [convert(p, leaf) for p, leaf in flat])
+  try:
+    jax.eval_shape(lambda p: model.apply(p, {}, jnp.zeros((1, 2), jnp.int32)), out)
+  except Exception as e:   # noqa: BLE001  (whatever a layer does with an array it did not expect)
+    raise ValueError(f"{kind} weights: this model has a layer that computes with its weights itself (only Dense, "
+                     "Embedding and TiedLogits take quantized ones, e.g. not an RNN's recurrent kernel): "
+                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+  return out

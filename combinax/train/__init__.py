@@ -8,7 +8,9 @@ import gin as _gin
 import optax as _optax
 
 from combinax.configurable import register as _register
-from combinax.train import checkpoints, regularization, schedules, sharding
+from combinax import sharding
+from combinax.store import checkpoints
+from combinax.train import regularization, schedules
 from combinax.train.schedules import (constant, cosine, exponential_decay, linear_warmup, multifactor, rsqrt_decay,
                                       step_decay)
 from combinax.train.step import TrainState, TrainStep

@@ -1,8 +1,8 @@
 """Training-time fusion of a model's final `Dense` (the logits) with its softmax cross-entropy loss, on request.
 
 A language model's last layer projects to the vocabulary, and the loss then reads those (batch, length, vocab)
-logits once for the softmax and once more for its gradient. Asked with `TrainStep(fuse_loss=True)` (in gin,
-`TrainTask.fuse_loss = True`), `TrainStep` computes that pair with `projected_cross_entropy`: the same loss and
+logits once for the softmax and once more for its gradient. Asked with `objective.fused_head(model, loss_layer)`
+(in gin, `TrainTask.fuse_loss = True`), the step computes that pair with `projected_cross_entropy`: the same loss and
 gradients, a chunk of positions at a time, so the full logits are never built (faster on CPU, far less memory).
 It applies to a model that is a `Serial` ending in a plain `Dense`, trained with `CategoryCrossEntropy` or
 `WeightedCategoryCrossEntropy`; asked of anything else it raises a `ValueError` that says what does not fit.
@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import jax
 
-from combinax.layers.base import Layer
+from combinax.layers.base import Layer, walk
 from combinax.layers.combinators import Serial
 from combinax.layers.core import Dense
 from combinax.layers.losses import (CategoryCrossEntropy, WeightedCategoryCrossEntropy, check_categorical,
@@ -27,12 +27,6 @@ class FusedHead(NamedTuple):
   head: Dense
   key: str                # where the final Dense's params live in the model's params
   loss_layer: Layer
-
-
-def _layers(layers):
-  for layer in layers:
-    yield layer
-    yield from _layers(getattr(layer, "sublayers", ()))
 
 
 def fused_head(model: Layer, loss_layer: Layer) -> FusedHead:
@@ -48,7 +42,7 @@ def fused_head(model: Layer, loss_layer: Layer) -> FusedHead:
   head, key = model.sublayers[-1], model.child_slots[-1]
   if type(head) is not Dense or not isinstance(key, str):
     raise cannot(f"the model ends in {head.name}, not a Dense")
-  if any(layer is head for layer in _layers(model.sublayers[:-1])):
+  if any(layer is head for before in model.sublayers[:-1] for layer in walk(before)):
     raise cannot(f"the final Dense ({key}) is shared with another place in the model")
   body = Serial(*model.sublayers[:-1])
   if body.n_in != model.n_in or body.n_out != 1:
@@ -56,20 +50,16 @@ def fused_head(model: Layer, loss_layer: Layer) -> FusedHead:
   return FusedHead(body, head, key, loss_layer)
 
 
-def fused_loss(plan: FusedHead, params, state, inputs, rest, rng, plain_loss):
-  """(loss, new model state) of `plan`'s model and loss on one batch, as `loss_layer(model(inputs), *rest)`.
+def projected_loss(plan: FusedHead, head_params, x, rest, plain_loss):
+  """The loss of `plan`'s model from the activations `x` before its final Dense, as `loss_layer(head(x), *rest)`.
   `plain_loss(logits)` is the unfused loss, for batches without the (batch, length) shape the fusion needs."""
-  body_params = {k: v for k, v in params.items() if k != plan.key}
-  x, new_state = plan.body.apply(body_params, state, inputs, rng=rng, train=True)
-  head_params = params[plan.key]
   weighted = isinstance(plan.loss_layer, WeightedCategoryCrossEntropy)
   targets = rest[0] if rest else None
   weights = rest[1] if weighted and len(rest) > 1 else None
   if x.ndim != 3 or targets is None or (weighted and weights is None) or targets.shape != x.shape[:2]:
     # Not the (batch, length, d) -> (batch, length) case: the plain path, with its own checks and errors.
-    return plain_loss(plan.head.apply(head_params, {}, x)[0]), new_state
+    return plain_loss(plan.head.apply(head_params, {}, x)[0])
   logits = jax.ShapeDtypeStruct(x.shape[:2] + (head_params["kernel"].shape[1],), x.dtype)
   check_categorical(plan.loss_layer, logits, targets, weights)
-  loss = projected_cross_entropy(x, head_params["kernel"], head_params.get("bias"), targets, weights,
+  return projected_cross_entropy(x, head_params["kernel"], head_params.get("bias"), targets, weights,
                                  plan.loss_layer.label_smoothing or 0.0)
-  return loss, new_state

@@ -17,12 +17,11 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from combinax import quant, shapes
+from combinax import shapes, sharding
 from combinax.layers.base import Layer
 from combinax.layers.combinators import from_stack, to_stack
 from combinax.paths import mask as path_mask
-from combinax.train import regularization, sharding
-from combinax.train.fused_head import fused_head, fused_loss
+from combinax.train import objective, regularization
 
 
 class TrainState(NamedTuple):
@@ -47,10 +46,6 @@ def loss_inputs(layer: Layer, model: Layer, outputs, rest):
   return from_stack(to_stack(outputs, model.n_out) + list(rest), layer.n_in)
 
 
-def _cast(tree, dtype):
-  return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
 def frozen_mask(params, frozen: Iterable[str] = (), trainable: Iterable[str] | None = None):
   """True for each parameter that must not change: it matches `frozen`, or (with `trainable`) matches none of
   `trainable`. None when every parameter trains."""
@@ -66,12 +61,15 @@ def frozen_mask(params, frozen: Iterable[str] = (), trainable: Iterable[str] | N
 
 
 class TrainStep:
-  """Builds and runs the jitted training step for a model, a loss layer and an optax optimizer.
+  """Builds and runs the jitted training step for a model, its loss and an optax optimizer.
 
   Args:
-    model, loss_layer: layers; the loss maps (model outputs, *rest of the batch) to a scalar.
+    model: the layer trained.
+    loss: a loss layer, mapping (model outputs, *rest of the batch) to a scalar, or an `objective.Objective`
+      composed from one (a fused head, a compute dtype, a teacher, quantization-aware weights: `objective.py`).
     optimizer: an optax GradientTransformation (learning-rate schedules, clipping etc. chained in it).
-    mesh: where to run (default: all devices on the data axis); rules: parameter sharding rules.
+    mesh: where to run (default: all devices on the data axis); rules: parameter sharding rules, which place the
+      objective's constants (a teacher's params) too.
     l2_weight, l2_exclude: an L2 penalty `l2_weight / 2 * |w|^2` on params not matching `l2_exclude`.
     accumulate_steps: split each batch into this many micro-batches, run them one after another (a scan) and apply
       the mean gradient once: the update of the whole batch with the memory of one micro-batch (exact when the
@@ -79,44 +77,22 @@ class TrainStep:
     frozen: glob patterns of parameters that never change (bit-identical); trainable: if given, every parameter
       that matches none of these patterns is frozen too (e.g. `["*_lora_*"]` trains only LoRA adapters). Frozen
       parameters get no gradient (XLA drops its computation) and do not count in the gradient norm or clipping.
-    compute_dtype: e.g. jnp.bfloat16: run the model in that dtype, keep float32 master params and updates.
-    fuse_loss: compute the model's final `Dense` and the categorical cross-entropy loss together, a chunk of
-      positions at a time (`fused_head.py`): same loss and gradients, faster, less memory. A ValueError says why
-      when the model or the loss does not fit.
-    quantization_aware: `combinax.quant` rules: the model runs with those params as their quantized form computes
-      (`quant.fake_quantize`, straight-through gradients to the float params).
-    teacher, teacher_params: distillation: the teacher runs on the same inputs in eval mode inside the step, with no
-      gradient, and the loss layer takes (the model's outputs, the teacher's outputs, *rest of the batch), e.g.
-      `cl.DistillationLoss`. Its params are an argument of the compiled step, placed once by the same sharding rules
-      as the model's; they are not in the train state, so no optimizer sees them and they never change.
   """
 
-  def __init__(self, model: Layer, loss_layer: Layer, optimizer: optax.GradientTransformation,
+  def __init__(self, model: Layer, loss: Layer | objective.Objective, optimizer: optax.GradientTransformation, *,
                mesh: Mesh | None = None, rules: Iterable = (), l2_weight: float = 0.0,
                l2_exclude: Iterable[str] = regularization.DEFAULT_EXCLUDE, accumulate_steps: int = 1,
-               frozen: Iterable[str] = (), compute_dtype=None, trainable: Iterable[str] | None = None,
-               fuse_loss: bool = False, quantization_aware: Iterable[tuple] = (), teacher: Layer | None = None,
-               teacher_params=None):
-    self.model, self.loss_layer, self.optimizer = model, loss_layer, optimizer
+               frozen: Iterable[str] = (), trainable: Iterable[str] | None = None):
+    self.model, self.optimizer = model, optimizer
+    self.objective = objective.plain(model, loss) if isinstance(loss, Layer) else loss
     self.trainable = None if trainable is None else tuple(trainable)
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
     self.rules, self.l2_weight, self.l2_exclude = list(rules), float(l2_weight), tuple(l2_exclude)
-    self.accumulate_steps, self.frozen, self.compute_dtype = int(accumulate_steps), tuple(frozen), compute_dtype
+    self.accumulate_steps, self.frozen = int(accumulate_steps), tuple(frozen)
     if self.accumulate_steps < 1:
       raise ValueError(f"accumulate_steps must be >= 1, got {accumulate_steps}")
-    if fuse_loss and compute_dtype is not None:
-      raise ValueError(f"fuse_loss=True computes the logits in float32; it cannot run with compute_dtype="
-                       f"{jnp.dtype(compute_dtype).name}: set one of them")
-    self.fused = fused_head(model, loss_layer) if fuse_loss else None
-    self.quantization_aware = tuple(quantization_aware)
-    if (teacher is None) != (teacher_params is None):
-      raise ValueError("distillation needs both teacher= (the model) and teacher_params=")
-    if teacher is not None and fuse_loss:
-      raise ValueError("fuse_loss=True computes the model's loss from its last activations alone; a teacher's "
-                       "loss needs its logits: set one of them")
-    self.teacher = teacher
-    self.teacher_params = None if teacher is None else jax.device_put(
-        teacher_params, sharding.tree_shardings(teacher_params, self.mesh, self.rules))
+    self.constants = jax.device_put(self.objective.constants,
+                                    sharding.tree_shardings(self.objective.constants, self.mesh, self.rules))
     self._compiled = None
 
   # --- Initialisation ---------------------------------------------------------------------------------------
@@ -142,38 +118,19 @@ class TrainStep:
 
   # --- The step ---------------------------------------------------------------------------------------------
 
-  def loss(self, params, model_state, batch, rng, teacher_params=None):
+  def loss(self, params, model_state, batch, rng, constants):
     """The training loss of one (micro-)batch, the model's new state, and the loss before regularization."""
     inputs, rest = split_batch(self.model, batch)
-    if self.teacher is not None:   # the teacher's outputs go to the loss before the rest of the batch
-      teacher_outputs, _ = self.teacher.apply(teacher_params, {}, inputs, train=False)
-      rest = tuple(to_stack(jax.lax.stop_gradient(teacher_outputs), self.teacher.n_out)) + tuple(rest)
-    loss, new_state = self._data_loss(params, model_state, inputs, rest, rng)
+    loss, new_state = self.objective(params, model_state, inputs, rest, rng, constants)
     total = loss
     if self.l2_weight:
       total = total + regularization.l2_penalty(params, self.l2_weight, exclude=self.l2_exclude)
     return total, (new_state, loss)
 
-  def _data_loss(self, params, model_state, inputs, rest, rng):
-    """`loss_layer(model(inputs), *rest)` and the model's new state: fused (`fused_head.py`) where it applies."""
-    plain_loss = lambda outputs: self.loss_layer.apply(
-        {}, {}, loss_inputs(self.loss_layer, self.model, outputs, rest))[0]
-    if self.quantization_aware:
-      params = quant.fake_quantize(params, self.quantization_aware)
-    if self.fused is not None:
-      return fused_loss(self.fused, params, model_state, inputs, rest, rng, plain_loss)
-    run_params = params if self.compute_dtype is None else _cast(params, self.compute_dtype)
-    if self.compute_dtype is not None:
-      inputs = _cast(inputs, self.compute_dtype)
-    outputs, new_state = self.model.apply(run_params, model_state, inputs, rng=rng, train=True)
-    if self.compute_dtype is not None:
-      outputs = _cast(outputs, jnp.float32)
-    return plain_loss(outputs), new_state
-
-  def _gradients(self, params, model_state, batch, rng, teacher_params):
+  def _gradients(self, params, model_state, batch, rng, constants):
     grad_fn = jax.value_and_grad(self.loss, has_aux=True)
     if self.accumulate_steps == 1:
-      (total, (model_state, loss)), grads = grad_fn(params, model_state, batch, rng, teacher_params)
+      (total, (model_state, loss)), grads = grad_fn(params, model_state, batch, rng, constants)
       return total, loss, grads, model_state
     k = self.accumulate_steps
     def micro(x):
@@ -186,7 +143,7 @@ class TrainStep:
       grads_sum, total_sum, loss_sum, model_state = carry
       micro_batch, index = scanned
       (total, (model_state, loss)), grads = grad_fn(params, model_state, micro_batch, jax.random.fold_in(rng, index),
-                                                    teacher_params)
+                                                    constants)
       grads_sum = jax.tree_util.tree_map(jnp.add, grads_sum, grads)
       return (grads_sum, total_sum + total, loss_sum + loss, model_state), None
 
@@ -198,10 +155,10 @@ class TrainStep:
   def _frozen_mask(self, params):
     return frozen_mask(params, self.frozen, self.trainable)
 
-  def _step(self, train_state: TrainState, batch, teacher_params):
+  def _step(self, train_state: TrainState, batch, constants):
     rng = jax.random.fold_in(train_state.rng, train_state.step)
     total, loss, grads, model_state = self._gradients(train_state.params, train_state.state, batch, rng,
-                                                      teacher_params)
+                                                      constants)
     frozen = self._frozen_mask(train_state.params)
     if frozen is not None:
       grads = jax.tree_util.tree_map(lambda g, keep: jnp.zeros_like(g) if keep else g, grads, frozen)
@@ -234,7 +191,7 @@ class TrainStep:
   def update(self, train_state: TrainState, batch):
     """One update as the pure, unjitted function that `__call__` compiles: for callers that transform it further,
     e.g. `jax.vmap` over the clients of a federated round (`combinax.federated`). Returns (new state, metrics)."""
-    return self._step(train_state, tuple(batch), self.teacher_params)
+    return self._step(train_state, tuple(batch), self.constants)
 
   def __call__(self, train_state: TrainState, batch):
     """One update: returns (new train state, metrics). The old state is donated (do not reuse it)."""
@@ -242,8 +199,8 @@ class TrainStep:
     if self._compiled is None:
       shardings = self.state_shardings(jax.eval_shape(lambda s: s, train_state))
       replicated = NamedSharding(self.mesh, P())
-      teacher = None if self.teacher is None else sharding.tree_shardings(self.teacher_params, self.mesh, self.rules)
-      self._compiled = jax.jit(self._step, in_shardings=(shardings, sharding.batch_sharding(self.mesh), teacher),
+      constants = sharding.tree_shardings(self.constants, self.mesh, self.rules)
+      self._compiled = jax.jit(self._step, in_shardings=(shardings, sharding.batch_sharding(self.mesh), constants),
                                out_shardings=(shardings, replicated), donate_argnums=0)
     with sharding.running_on(self.mesh):
-      return self._compiled(train_state, batch, self.teacher_params)
+      return self._compiled(train_state, batch, self.constants)

@@ -8,6 +8,7 @@ checkpoint. It checks for a non-finite loss only when it logs or saves (no host 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 from pathlib import Path
@@ -21,21 +22,14 @@ import optax
 
 from combinax import data as cx_data
 from combinax import layers as cl
-from combinax import quant
+from combinax import quant, sharding
 from combinax.layers.base import Layer
 from combinax.paths import leaves_with_paths, matches
-from combinax.train import checkpoints, regularization, rundir, schedules, sharding
-from combinax.train.logging import QuietLogger, RunLogger, plot_loss_curve
+from combinax.store import checkpoints
+from combinax.store.logging import plot_loss_curve
+from combinax.store.session import RunSession
+from combinax.train import objective, regularization, schedules
 from combinax.train.step import TrainState, TrainStep, frozen_mask, loss_inputs, split_batch
-
-
-def _differences(saved: dict, record: dict) -> list[str]:
-  """What differs between the run a checkpoint records and this one (`Trainer._record`): gin bindings, the model."""
-  changes = rundir.config_differences(saved["config"], record["config"])
-  if saved["model_fingerprint"] != record["model_fingerprint"]:
-    changes.append("the model: " + "; ".join(rundir.model_differences(saved["model"], record["model"])
-                                             or ["the same text, other params"]))
-  return changes
 
 
 class TrainingError(RuntimeError):
@@ -55,37 +49,48 @@ def _scale_by_pattern(multipliers: dict[str, float]) -> optax.GradientTransforma
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
 class TrainTask:
   """What to train on and how: the data pipeline (a stage such as `data.Serial(...)`, called to get a stream of
   batches), the loss layer, the optax optimizer (a factory taking `learning_rate`), the schedule, clipping, weight
   decay (decoupled, for optimizers that take `weight_decay`), L2, accumulation, freezing (`frozen` patterns, or
-  only the `trainable` ones train), per-group rates (`lr_multipliers`), `fuse_loss` (the model's final Dense
-  and a cross-entropy loss computed together: `TrainStep`'s option, faster for language models), and
-  `quantization_aware` (`combinax.quant` rules, e.g. `[("blocks/*kernel", ("int8", 32))]`: the model trains and
-  evaluates with those weights as their quantized form computes, the gradients reaching the float weights straight
-  through, so that it is fine-tuned for decoding with quantized weights), and distillation: a `teacher` (a model
-  with the student's vocabulary, or a function of `mode`) whose params come from `teacher_checkpoint` runs in each
-  step, its outputs going to the loss layer after the model's (`cl.DistillationLoss`)."""
+  only the `trainable` ones train), per-group rates (`lr_multipliers`), and the transforms of the step's loss
+  (`make_objective`): `fuse_loss` (the model's final Dense and a cross-entropy loss computed together: faster for
+  language models), `quantization_aware` (`combinax.quant` rules, e.g. `[("blocks/*kernel", ("int8", 32))]`: the
+  model trains and evaluates with those weights as their quantized form computes, the gradients reaching the float
+  weights straight through, so that it is fine-tuned for decoding with quantized weights), and distillation: a
+  `teacher` (a model with the student's vocabulary, or a function of `mode`) whose params come from
+  `teacher_checkpoint` runs in each step, its outputs going to the loss layer after the model's
+  (`cl.DistillationLoss`). Frozen; `dataclasses.replace(task, ...)` makes a variant (as `GrowthRun` does)."""
 
-  def __init__(self, data: Callable = gin.REQUIRED, loss_layer: Layer | None = None,
-               optimizer: Callable = optax.adamw, schedule: Callable | None = None, clip_norm: float | None = 1.0,
-               weight_decay: float = 0.0, l2_weight: float = 0.0, accumulate_steps: int = 1,
-               frozen: Iterable[str] = (), lr_multipliers: dict[str, float] | None = None,
-               trainable: Iterable[str] | None = None, fuse_loss: bool = False,
-               quantization_aware: Iterable[tuple] = (), teacher: Layer | Callable | None = None,
-               teacher_checkpoint: str | None = None):
-    if (teacher is None) != (teacher_checkpoint is None):
+  data: Callable = gin.REQUIRED
+  loss_layer: Layer | None = None
+  optimizer: Callable = optax.adamw
+  schedule: Callable | None = None
+  clip_norm: float | None = 1.0
+  weight_decay: float = 0.0
+  l2_weight: float = 0.0
+  accumulate_steps: int = 1
+  frozen: Iterable[str] = ()
+  lr_multipliers: dict[str, float] | None = None
+  trainable: Iterable[str] | None = None
+  fuse_loss: bool = False
+  quantization_aware: Iterable[tuple] = ()
+  teacher: Layer | Callable | None = None
+  teacher_checkpoint: str | None = None
+
+  def __post_init__(self):
+    if (self.teacher is None) != (self.teacher_checkpoint is None):
       raise ValueError("TrainTask: distillation needs both teacher (a model, or a function of mode) and "
                        "teacher_checkpoint (a run directory or a checkpoint holding its params)")
-    self.teacher, self.teacher_checkpoint = teacher, teacher_checkpoint
-    self.data, self.fuse_loss = data, fuse_loss
-    self.quantization_aware = tuple(tuple(rule) for rule in quantization_aware)
-    self.loss_layer = loss_layer if loss_layer is not None else cl.WeightedCategoryCrossEntropy()
-    self.optimizer, self.schedule = optimizer, schedule if schedule is not None else schedules.constant(1e-3)
-    self.clip_norm, self.weight_decay, self.l2_weight = clip_norm, float(weight_decay), float(l2_weight)
-    self.accumulate_steps, self.frozen = accumulate_steps, tuple(frozen)
-    self.trainable = None if trainable is None else tuple(trainable)
-    self.lr_multipliers = dict(lr_multipliers or {})
+    normal = dict(quantization_aware=tuple(tuple(rule) for rule in self.quantization_aware),
+                  loss_layer=self.loss_layer if self.loss_layer is not None else cl.WeightedCategoryCrossEntropy(),
+                  schedule=self.schedule if self.schedule is not None else schedules.constant(1e-3),
+                  weight_decay=float(self.weight_decay), l2_weight=float(self.l2_weight), frozen=tuple(self.frozen),
+                  trainable=None if self.trainable is None else tuple(self.trainable),
+                  lr_multipliers=dict(self.lr_multipliers or {}))
+    for name, value in normal.items():
+      object.__setattr__(self, name, value)   # (a frozen dataclass normalises its fields this way)
 
   def make_optimizer(self, params) -> optax.GradientTransformation:
     kwargs = {"learning_rate": self.schedule}
@@ -106,6 +111,38 @@ class TrainTask:
       return optax.chain(*parts)
     # Frozen params get no optimizer state and no update work (e.g. LoRA: Adam moments of the adapters only).
     return optax.masked(optax.chain(*parts), jax.tree_util.tree_map(lambda f: not f, frozen))
+
+
+  def make_objective(self, model: Layer, inputs_signature, compute_dtype=None) -> objective.Objective:
+    """The step's loss for `model` as this task composes it: the loss layer (fused with the model's head, with
+    `fuse_loss`), the model in `compute_dtype`, the teacher beside it, on quantization-aware weights."""
+    if self.fuse_loss and compute_dtype is not None:
+      raise ValueError(f"fuse_loss=True computes the logits in float32; it cannot run with compute_dtype="
+                       f"{jnp.dtype(compute_dtype).name}: set one of them")
+    if self.fuse_loss and self.teacher is not None:
+      raise ValueError("fuse_loss=True computes the model's loss from its last activations alone; a teacher's "
+                       "loss needs its logits: set one of them")
+    base = (objective.fused_head if self.fuse_loss else objective.plain)(model, self.loss_layer)
+    transforms = [objective.compute_dtype(compute_dtype)] if compute_dtype is not None else []
+    if self.teacher is not None:
+      transforms.append(objective.teacher(*self._teacher(model, inputs_signature)))
+    if self.quantization_aware:
+      transforms.append(objective.quantization_aware(self.quantization_aware))
+    return objective.chain(base, *transforms)
+
+  def _teacher(self, model: Layer, inputs_signature):
+    """The teacher in eval mode and its params from `teacher_checkpoint`; its outputs must have the student's
+    shape: one tokenizer, one vocabulary."""
+    teacher = self.teacher if isinstance(self.teacher, Layer) else self.teacher(mode="eval")
+    template = jax.eval_shape(lambda: teacher.init(jax.random.key(0), inputs_signature)[0])
+    ours, theirs = model.output_signature(inputs_signature), teacher.output_signature(inputs_signature)
+    if ours != theirs:
+      raise TrainingError(f"the teacher's outputs {theirs} differ from the student's {ours}: distillation needs the "
+                          "teacher's vocabulary (the same tokenizer)")
+    source = checkpoints.checkpoint_or_latest(self.teacher_checkpoint)
+    if source is None:
+      raise TrainingError(f"teacher_checkpoint {self.teacher_checkpoint}: no checkpoint there")
+    return teacher, checkpoints.restore(source, template, prefix="params")[0]
 
 
 class EvalTask:
@@ -170,8 +207,9 @@ class Trainer:
     self.best_metric, self.patience, self.progress = best_metric, early_stopping_patience, progress
     # (Leftovers of killed saves are cleared in `run`, holding the directory's lock: not here, where another run
     # may be writing.)
-    self.manager = checkpoints.CheckpointManager(self.output_dir, keep_checkpoints, best_metric=best_metric,
-                                                 mode=best_mode, clean_up=False)
+    self.session = RunSession(self.output_dir, keep=keep_checkpoints, best_metric=best_metric, best_mode=best_mode,
+                              checkpoint_every=checkpoint_every)
+    self.pipelined = bool(pipeline)
     rules = {"replicated": [], "fsdp": sharding.fsdp_rules(), "tensor": sharding.tensor_parallel_rules()}
     self.rules = ((sharding.pipeline_rules() if pipeline else []) +
                   (rules[sharding_rules] if isinstance(sharding_rules, str) else list(sharding_rules)))
@@ -181,8 +219,10 @@ class Trainer:
 
   # --- Setup ------------------------------------------------------------------------------------------------
 
-  def _first_batch_signature(self, stream):
-    """The first batch's shapes, read without moving the stream (its position is saved and put back)."""
+  def first_batch_signature(self, stream=None):
+    """The shapes of the first batch of `stream` (default: a fresh one of the task's data), read without moving it
+    (its position is saved and put back)."""
+    stream = stream if stream is not None else self.task.data()
     position = stream.get_state()
     batch = next(stream)
     stream.set_state(position)
@@ -190,34 +230,14 @@ class Trainer:
 
   def _build(self, stream) -> tuple[TrainStep, TrainState]:
     """The jitted step for batches like the stream's first, and a fresh train state for it."""
-    signature = self._first_batch_signature(stream)
+    signature = self.first_batch_signature(stream)
     inputs_sig, _ = split_batch(self.model, signature)
     abstract_params = jax.eval_shape(lambda: self.model.init(jax.random.key(0), inputs_sig)[0])
-    optimizer = self.task.make_optimizer(abstract_params)
-    teacher, teacher_params = self._teacher(inputs_sig)
-    step_fn = TrainStep(self.model, self.task.loss_layer, optimizer, mesh=self.mesh, rules=self.rules,
-                        l2_weight=self.task.l2_weight, accumulate_steps=self.task.accumulate_steps,
-                        frozen=self.task.frozen, compute_dtype=self.compute_dtype, trainable=self.task.trainable,
-                        fuse_loss=self.task.fuse_loss, quantization_aware=self.task.quantization_aware,
-                        teacher=teacher, teacher_params=teacher_params)
+    loss = self.task.make_objective(self.model, inputs_sig, self.compute_dtype)
+    step_fn = TrainStep(self.model, loss, self.task.make_optimizer(abstract_params), mesh=self.mesh,
+                        rules=self.rules, l2_weight=self.task.l2_weight, accumulate_steps=self.task.accumulate_steps,
+                        frozen=self.task.frozen, trainable=self.task.trainable)
     return step_fn, step_fn.init(jax.random.key(self.seed), signature)
-
-  def _teacher(self, inputs_sig):
-    """The task's teacher in eval mode and its params from `teacher_checkpoint` (None, None without one); its
-    outputs must have the student's shape: one tokenizer, one vocabulary."""
-    if self.task.teacher is None:
-      return None, None
-    teacher = self.task.teacher
-    teacher = teacher if isinstance(teacher, Layer) else teacher(mode="eval")
-    template = jax.eval_shape(lambda: teacher.init(jax.random.key(0), inputs_sig)[0])
-    ours, theirs = self.model.output_signature(inputs_sig), teacher.output_signature(inputs_sig)
-    if ours != theirs:
-      raise TrainingError(f"the teacher's outputs {theirs} differ from the student's {ours}: distillation needs the "
-                          "teacher's vocabulary (the same tokenizer)")
-    source = checkpoints.checkpoint_or_latest(self.task.teacher_checkpoint)
-    if source is None:
-      raise TrainingError(f"teacher_checkpoint {self.task.teacher_checkpoint}: no checkpoint there")
-    return teacher, checkpoints.restore(source, template, prefix="params")[0]
 
   def _record(self, fresh: TrainState) -> dict:
     """What this run is, saved in every checkpoint: the gin configuration it was given, the model as `str` shows it,
@@ -227,67 +247,22 @@ class Trainer:
     fingerprint = hashlib.sha256(repr((model, structure)).encode()).hexdigest()
     return {"config": gin.config_str(), "model": model, "model_fingerprint": fingerprint}
 
-  def _check_same_run(self, checkpoint: Path, saved: dict | None, record: dict, allow_change: bool) -> list[str]:
-    """Notes for the log when the run resumed from `checkpoint` is configured as it was; a `TrainingError` naming
-    what differs otherwise, unless `allow_change`."""
-    if not saved:   # saved before checkpoints recorded their run (combinax 0.1, 0.2)
-      return [f"{checkpoint.name} records no configuration: resuming without comparing it with this one"]
-    changes = _differences(saved, record)
-    if not changes:
-      return []
-    if allow_change:
-      return [f"resuming {checkpoint.name} with a changed configuration (allowed): " + "; ".join(changes)]
-    raise TrainingError(
-        f"{self.output_dir}: this configuration differs from the one {checkpoint.name} was trained with: "
-        + "; ".join(changes) + ". Nothing was changed in the run directory. Rerun with the configuration it was "
-        "trained with (kept in each checkpoint, and in config.gin), or allow the change deliberately "
-        "(combinax-train --allow_config_change, or Trainer.run(allow_config_change=True)), or use another "
-        "--output_dir")
-
   def _restore(self, stream, fresh: TrainState, record: dict,
                allow_change: bool) -> tuple[TrainState, list, list]:
     """(the state to start from, the best-metric history so far, notes for the log): the newest checkpoint in
-    `output_dir` that loads whole (with the stream put back at its position), else `init_checkpoint`'s params, else
-    `fresh`. A damaged checkpoint is set aside as `step_XXXXXXXX.damaged` and the one before it is tried; when every
-    checkpoint is damaged, the run stops rather than start again over them. A checkpoint of another configuration
-    stops the run (`_check_same_run`)."""
-    notes, damaged = [], []
-    for checkpoint in self.manager.incomplete():
-      aside = self.manager.set_aside(checkpoint)
-      notes.append(f"checkpoint {checkpoint.name} cannot be used, set aside as {aside.name}: its manifest is missing")
-    for checkpoint in reversed(self.manager.checkpoints()):
-      error = None
-      try:
-        state, metadata = checkpoints.restore(checkpoint, fresh)
-        host = checkpoints.read_host_metadata(checkpoint)
-      except checkpoints.CheckpointMismatchError as e:   # not damage: another model's run (same on all processes)
-        saved = checkpoints.read_manifest(checkpoint)["metadata"].get("run")
-        changes = f" (what differs: {'; '.join(_differences(saved, record))})" if saved else ""
-        raise TrainingError(f"{e}. {self.output_dir} holds a run of another model or optimizer{changes}: train this "
-                            "one in a new --output_dir, or resume with the configuration that run was trained "
-                            "with") from None
-      except checkpoints.CheckpointError as e:
-        error = e
-      # Every process takes the same decision, even when only one of them found its own part damaged.
-      if not checkpoints.all_processes_agree(error is None):
-        error = error or checkpoints.CheckpointError(f"{checkpoint}: another process found its part damaged")
-        aside = self.manager.set_aside(checkpoint)
-        damaged.append(f"{checkpoint.name}: {error}")
-        notes.append(f"checkpoint {checkpoint.name} cannot be used, set aside as {aside.name}: {error}")
-        continue
-      notes += self._check_same_run(checkpoint, metadata.get("run"), record, allow_change)
-      if host is not None and "data" in host:
-        stream.set_state(cx_data.loads_state(host["data"]))
+    `output_dir` that loads whole (`RunSession.resume`, with the stream put back at its position), else
+    `init_checkpoint`'s params, else `fresh`."""
+    resumed = self.session.resume(fresh, record, allow_change=allow_change)
+    if resumed is not None:
+      notes = resumed.notes
+      if resumed.host is not None and "data" in resumed.host:
+        stream.set_state(cx_data.loads_state(resumed.host["data"]))
       else:   # saved by another number of hosts: each host's shard of the data is another one now
-        saved_by = checkpoints.read_manifest(checkpoint).get("processes", 1)
-        notes.append(f"{checkpoint.name} was saved by {saved_by} process(es) and this run has "
+        saved_by = checkpoints.read_manifest(resumed.checkpoint).get("processes", 1)
+        notes.append(f"{resumed.checkpoint.name} was saved by {saved_by} process(es) and this run has "
                      f"{jax.process_count()}: params, optimizer state, step and rng are restored, but the data "
                      "pipeline starts again from its beginning (a data position belongs to one host's shard)")
-      return state, metadata.get("best_history", []), notes
-    if damaged:
-      raise TrainingError(f"{self.output_dir}: no checkpoint there loads whole, so the run stops rather than start "
-                          "again from scratch over them (each was set aside as *.damaged; move them away to start "
-                          "afresh): " + "; ".join(damaged))
+      return resumed.tree, resumed.metadata.get("best_history", []), notes
     if self.init_checkpoint:  # fine-tuning: the params and model state of another run, nothing else
       source = checkpoints.checkpoint_or_latest(self.init_checkpoint)
       if source is None:
@@ -304,8 +279,8 @@ class Trainer:
   def _check_finite(self, train_state: TrainState):
     bad = int(train_state.bad_step)
     if bad >= 0:
-      self.manager.wait()
-      latest = self.manager.latest()
+      self.session.manager.wait()
+      latest = self.session.latest()
       raise TrainingError(f"step {bad + 1}: the loss or the gradients are not finite (NaN/inf); the run stopped "
                           f"there. The last good checkpoint is {latest or 'none (no checkpoint was saved)'}.")
 
@@ -313,14 +288,8 @@ class Trainer:
     """Starts an asynchronous save (the files are written while training goes on); each host keeps its own data
     position, and the checkpoint keeps the run's configuration (`_record`)."""
     self._check_finite(train_state)
-    # (the operative configuration, every value the run used, is kept for the record; resumes compare the given one,
-    # so that a default changed by a combinax upgrade does not refuse them)
-    run = {**record, "operative_config": gin.operative_config_str()}
-    self.manager.save(int(train_state.step), train_state,
-                      {"metrics": metrics, "best_history": best_history, "run": run},
-                      host_metadata={"data": cx_data.dumps_state(stream.get_state())})
-    if jax.process_index() == 0:
-      rundir.write_atomically(self.output_dir / "operative_config.gin", gin.operative_config_str())
+    self.session.save(int(train_state.step), train_state, {"metrics": metrics, "best_history": best_history},
+                      record, host_metadata={"data": cx_data.dumps_state(stream.get_state())})
 
   def _eval_metrics(self, params, model_state, batch) -> dict:
     """Each metric of the eval task on one batch (jitted once, in `__init__`)."""
@@ -353,24 +322,19 @@ class Trainer:
     The run holds `output_dir`'s lock throughout (another run there is refused, naming this one). A resumed run
     whose gin configuration or model differs from its checkpoint's stops, naming the difference, unless
     `allow_config_change` (e.g. more steps, another learning rate)."""
-    with rundir.locked(self.output_dir):
-      self.manager.clear_leftovers()
-      if jax.process_index() == 0:
-        rundir.clear_leftovers(self.output_dir)
+    with self.session.held():   # (the save in flight is committed before the run returns, or raises)
       return self._run(allow_config_change)
 
   def _run(self, allow_config_change: bool) -> TrainState:
-    primary = jax.process_index() == 0
     stream = self.task.data()
     step_fn, fresh = self._build(stream)
     record = self._record(fresh)
     train_state, best_history, notes = self._restore(stream, fresh, record, allow_config_change)
-    if primary:   # the run is known to start: its configuration replaces the last one (each checkpoint keeps its own)
-      rundir.write_atomically(self.output_dir / "config.gin", record["config"])
+    self.session.start(record)
     start = int(train_state.step)
-    logger = RunLogger(self.output_dir, self.steps, start, progress=self.progress) if primary else QuietLogger()
+    logger = self.session.logger(self.steps, start, progress=self.progress)
     if start:
-      logger.message(f"resumed from step {start} ({self.manager.latest()})")
+      logger.message(f"resumed from step {start} ({self.session.latest()})")
     for note in notes:
       logger.message(note)
     try:
@@ -389,24 +353,21 @@ class Trainer:
           if self.best_metric in eval_metrics:
             best_history.append(eval_metrics[self.best_metric])
         stop = self._should_stop_early(best_history)
-        if stop or step % self.checkpoint_every == 0 or step == self.steps:
+        if stop or self.session.due(step, self.steps):
           self._save(train_state, stream, eval_metrics, best_history, record)
         if stop:
           logger.message(f"early stopping at step {step}: {self.best_metric} has not improved for "
                          f"{self.patience} evaluations")
           break
     finally:
-      try:
-        self.manager.close()   # the save in flight is committed before the run returns (or raises)
-      finally:
-        logger.close()
-        if primary:
-          plot_loss_curve(self.output_dir)
+      logger.close()
+      if self.session.primary:
+        plot_loss_curve(self.output_dir)
     return train_state
 
   def _should_stop_early(self, history: list) -> bool:
     """True when the best `best_metric` so far is `patience` or more evaluations old."""
     if not self.patience or not history:
       return False
-    best_at = (np.argmin if self.manager.mode == "min" else np.argmax)(history)
+    best_at = (np.argmin if self.session.manager.mode == "min" else np.argmax)(history)
     return len(history) - 1 - int(best_at) >= self.patience

@@ -12,7 +12,7 @@ from combinax import layers as cl
 from combinax.data.base import DataError
 from combinax.distill import StudentError, TopKBatches, student_checkpoint, take_layers, teacher_topk
 from combinax.models import TransformerLM
-from combinax.train import checkpoints
+from combinax.store import checkpoints
 from combinax.train.step import TrainStep
 
 VOCAB = 16

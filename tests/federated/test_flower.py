@@ -18,8 +18,8 @@ import combinax.federated  # noqa: F401
 from combinax.federated import flower
 from combinax.federated.fedavg import FederatedError
 from combinax.federated.run import FederatedRun
-from combinax.train import checkpoints
-from combinax.train.cli import parse_config
+from combinax.store import checkpoints
+from combinax.cli.frame import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = str(ROOT / "configs" / "fedavg_digits.gin")

@@ -12,9 +12,9 @@ import pytest
 
 import combinax.federated  # noqa: F401  (registers the federated configurables)
 from combinax.federated.run import FederatedRun
-from combinax.train.cli import parse_config
-from combinax.train.logging import read_metrics
-from combinax.train.trainer import TrainingError
+from combinax.store.logging import read_metrics
+from combinax.store.rundir import RunDirectoryError
+from combinax.cli.frame import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = str(ROOT / "configs" / "fedavg_digits.gin")
@@ -56,14 +56,14 @@ def test_a_resumed_run_continues_bit_for_bit_as_if_it_had_never_stopped(recipe, 
 
   with gin.unlock_config():
     gin.parse_config("FederatedRun.client_learning_rate = 0.2")
-  with pytest.raises(TrainingError, match=r"differs from the one step_00000004 was trained with: "
-                                          r"FederatedRun.client_learning_rate: 0.1 -> 0.2"):
+  with pytest.raises(RunDirectoryError, match=r"differs from the one step_00000004 was trained with: "
+                                              r"FederatedRun.client_learning_rate: 0.1 -> 0.2"):
     FederatedRun(output_dir=str(tmp_path / "stopped"), rounds=6).run()
 
 
 def test_a_bad_recipe_value_fails_in_one_line_naming_it(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "combinax.federated.cli", f"--config_file={RECIPE}",
+      [sys.executable, "-m", "combinax.cli.federated", f"--config_file={RECIPE}",
        "--config=split_clients.scheme = 'random'", f"--output_dir={tmp_path / 'run'}"],
       capture_output=True, text=True, timeout=120, cwd=ROOT)
   assert result.returncode == 2, result.stderr

@@ -9,13 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
 
 from combinax import growth
 from combinax.models import TransformerLM
 from combinax.paths import paths, unflatten
-from combinax.train import checkpoints, cli
-from combinax.train.logging import read_metrics
+from combinax.store import checkpoints
+from combinax.cli import decode as decode_command
+from combinax.cli import train as train_command
+from combinax.store.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "configs" / "grow_lm_kjv.gin"
@@ -35,16 +36,13 @@ def clean(monkeypatch, tmp_path):
   gin.clear_config()
   yield
   gin.clear_config()
-  flags.FLAGS.unparse_flags()
 
 
 def train(output, *extra, allow_config_change=False):
   gin.clear_config()
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["combinax-train", f"--config_file={RECIPE}", f"--output_dir={output}",
-               *[f"--config={b}" for b in TINY + list(extra)]]
-              + (["--allow_config_change"] if allow_config_change else []))
-  cli.train_main([])
+  train_command.COMMAND.run([f"--config_file={RECIPE}", f"--output_dir={output}",
+                             *[f"--config={b}" for b in TINY + list(extra)]]
+                            + (["--allow_config_change"] if allow_config_change else []))
 
 
 def leaves(checkpoint, prefix="params"):
@@ -102,9 +100,7 @@ def test_decode_samples_from_the_grown_and_trained_model(tmp_path, capsys):
   train(tmp_path)
   capsys.readouterr()
   gin.clear_config()
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["combinax-decode", f"--output_dir={tmp_path / 'large'}", "--prompt=And God", "--max_length=4"])
-  cli.decode_main([])
+  decode_command.COMMAND.run([f"--output_dir={tmp_path / 'large'}", "--prompt=And God", "--max_length=4"])
   assert capsys.readouterr().out.startswith("And God")
 
 

@@ -316,3 +316,14 @@ def test_scan_in_predict_mode_continues_from_its_stored_carry():
   np.testing.assert_array_equal(state["Scan_0"]["carry"][0], full[-1])
   with pytest.raises(cx.LayerError, match="unknown mode"):
     cl.Scan(cl.Add(), mode="decode")
+
+
+def test_walk_yields_the_layer_and_every_sublayer_depth_first_plumbing_and_repeats_included():
+  dense, relu = cl.Dense(2, name="dense"), cl.Relu()
+  model = cl.Serial(dense, cl.Residual(relu, name="res"), cl.Serial(dense, name="again"), name="model")
+  names = [layer.name for layer in cl.walk(model)]
+  # Residual is Serial(Branch(identity, relu), Add) inside; the Branch is Serial(Select, Parallel(identity, relu)).
+  assert names == ["model", "dense", "res", "Branch", "Select", "Parallel", "Identity", "Relu", "Add", "again",
+                   "dense"]
+  assert [layer for layer in cl.walk(model) if layer is dense] == [dense, dense]   # shared: met at each use
+  assert list(cl.walk(relu)) == [relu]

@@ -19,16 +19,10 @@ from catalogue import CATALOGUE, make_inputs
 KEYS = (jax.random.key(1), jax.random.key(2))
 
 
-def _layers(layer):
-  yield layer
-  for child in layer.sublayers:
-    yield from _layers(child)
-
-
 def drops(layer) -> bool:
   """Whether anything in `layer` drops out (a Dropout, or attention dropout) when trained."""
   return any((isinstance(l, cl.Dropout) and l.rate > 0) or (isinstance(l, cl.DotProductAttention) and l.dropout > 0)
-             for l in _layers(layer))
+             for l in cl.walk(layer))
 
 
 def outputs(layer, params, state, x, **kwargs):

@@ -12,7 +12,9 @@ import combinax as cx
 from combinax import data, decoding
 from combinax.models import TransformerLM
 from combinax.parallel import Pipeline
-from combinax.train import checkpoints, schedules, sharding
+from combinax import sharding
+from combinax.store import checkpoints
+from combinax.train import schedules
 from combinax.train.trainer import EvalTask, Trainer, TrainTask
 
 LM = dict(d_model=16, d_ff=32, n_layers=4, n_heads=2, dropout=0.0, max_len=8)

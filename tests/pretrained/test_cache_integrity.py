@@ -13,7 +13,7 @@ import combinax as cx
 from combinax.paths import unflatten
 from combinax.pretrained import registry
 from combinax.pretrained.families import PretrainedError
-from combinax.train import checkpoints
+from combinax.store import checkpoints
 
 from conftest import files_of
 

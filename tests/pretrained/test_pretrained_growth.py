@@ -13,7 +13,8 @@ from combinax import data as cx_data
 from combinax import growth
 from combinax import layers as cl
 from combinax.pretrained import bert
-from combinax.train import checkpoints, cli
+from combinax.store import checkpoints
+from combinax.cli import frame as cli
 from combinax.train.trainer import Trainer
 
 from conftest import files_of

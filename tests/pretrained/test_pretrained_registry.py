@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 import combinax as cx
+from combinax.cli import pretrained as pretrained_command
+from combinax.cli.frame import ConfigError
 from combinax.pretrained import registry
 from combinax.pretrained.families import PretrainedError
-from combinax.train import checkpoints
+from combinax.store import checkpoints
 
 from conftest import files_of, reference
 
@@ -58,17 +60,19 @@ def test_load_with_a_new_head_initialises_only_the_head(pretrained_cache):
 
 
 def test_cli(pretrained_cache, monkeypatch, capsys):
-  assert registry.main(["list"]) == 0
+  command = pretrained_command.COMMAND
+  command.run(["list"])
   out = capsys.readouterr().out
   assert "all-minilm-l6-v2" in out and "Apache-2.0" in out
-  assert registry.main(["info", "textgenrnn"]) == 0
+  command.run(["info", "textgenrnn"])
   assert json.loads(capsys.readouterr().out)["package"] == "textgenrnn"
-  assert registry.main(["download", "gpt-5"]) == 2
-  assert "no pretrained model 'gpt-5'" in capsys.readouterr().err
-  assert registry.main(["fetch"]) == 2
+  with pytest.raises(ConfigError, match="no pretrained model 'gpt-5'"):
+    command.run(["download", "gpt-5"])
+  with pytest.raises(ConfigError, match="'fetch' is not a command of it"):
+    command.run(["fetch"])
   installs = []
   monkeypatch.setattr(registry.subprocess, "check_call", installs.append)
   monkeypatch.setattr(registry, "source_files", lambda name: None)
   with pytest.raises(PretrainedError):  # "installed" by the stub, but still not there
-    registry.main(["download", "textgenrnn"])
+    command.run(["download", "textgenrnn"])
   assert installs[0][1:] == ["-m", "pip", "install", "--no-deps", "textgenrnn==2.0.0"]

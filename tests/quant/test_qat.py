@@ -10,6 +10,7 @@ import pytest
 from combinax import layers as cl
 from combinax import quant
 from combinax.models import TransformerLM
+from combinax.train import objective
 from combinax.train.step import TrainStep
 
 RULES = [("blocks/*kernel", ("q4", 64)), ("embed/embedding", ("int8", 32))]
@@ -64,7 +65,7 @@ def test_fine_tuning_for_4_bit_weights_leaves_the_4_bit_model_better_than_plain_
     return tuple(float(np.mean([batch_loss(p, b) for b in held_out])) for p in (params, small))
 
   # The same 60 further steps, from the same state: one sees the 4-bit weights in its forward pass.
-  aware = TrainStep(model, loss, optax.adam(1e-3), quantization_aware=RULES)
+  aware = TrainStep(model, objective.quantization_aware(RULES)(objective.plain(model, loss)), optax.adam(1e-3))
   again = TrainStep(model, loss, optax.adam(1e-3))
   start = lambda: jax.tree_util.tree_map(jnp.copy, trained._replace(opt_state=optax.adam(1e-3).init(trained.params)))
   float_aware, quantized_aware = losses(fit(aware, start(), train[100:]).params)   # (steps donate: copies)

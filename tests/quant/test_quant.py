@@ -12,7 +12,7 @@ from combinax import layers as cl
 from combinax import quant
 from combinax.models import TransformerLM
 from combinax.quant import QuantizedArray, quantize_array
-from combinax.train import checkpoints
+from combinax.store import checkpoints
 
 KINDS = ["int8", "q4", "q4_1"]
 
@@ -190,7 +190,7 @@ def test_decoding_keeps_no_float32_copy_of_the_quantized_weights(kind, scan_laye
   prompt, settings = jnp.ones((1, 4), jnp.int32), decoding._Sampling(4, 20, 16, 0.0, None, None, None, 0, 0)
 
   def temporaries(p):
-    state = decoding._init_state(model, 1, None)
+    state = decoding.init_state(model, 1, None)
     compiled = decoding._sample.lower(model, settings, p, state, prompt, jnp.full((1,), 4, jnp.int32), None,
                                       jax.random.key(0)).compile()
     return compiled.memory_analysis().temp_size_in_bytes

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from combinax.train import checkpoints
+from combinax.store import checkpoints
 from tiny_run import command, final_params, make_workspace, records, tiny_config, train
 
 KILLS = 20

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from combinax.train import checkpoints
+from combinax.store import checkpoints
 from test_trainer import classifier_trainer
 
 OLD_RUN = Path(__file__).parent / "data" / "combinax_0_1_run"

@@ -11,14 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from combinax.train import checkpoints
+from combinax.store import checkpoints
 
 # A child that saves step after step (each save waits for the one before), a state of ~24 MB whose values say
 # which step wrote them.
 CHILD = """
 import sys
 import jax, jax.numpy as jnp
-from combinax.train import checkpoints
+from combinax.store import checkpoints
 directory = sys.argv[1]
 manager = checkpoints.CheckpointManager(directory, keep=3)
 latest = checkpoints.latest(directory)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from combinax.train import checkpoints as ckpt
-from combinax.train import integrity
+from combinax.store import checkpoints as ckpt
+from combinax.store import integrity
 
 
 def tree(seed=0):

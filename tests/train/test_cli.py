@@ -5,11 +5,11 @@ from pathlib import Path
 
 import gin
 import pytest
-from absl import flags
 
+from combinax.cli import decode, train
 from combinax.pretrained import registry
-from combinax.train import checkpoints, cli
-from combinax.train.logging import read_metrics
+from combinax.store import checkpoints
+from combinax.store.logging import read_metrics
 
 # Recipes of other commands, tested where those are.
 OTHER_COMMANDS = {"fedavg_digits": "combinax-federated: tests/federated/test_run.py"}
@@ -77,13 +77,10 @@ def clean(monkeypatch, tmp_path):
   gin.clear_config()
   yield
   gin.clear_config()
-  flags.FLAGS.unparse_flags()
 
 
-def run(main, *args):
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["combinax", *args])
-  main([])
+def run(command, *args):
+  command.COMMAND.run(list(args))
 
 
 def test_every_recipe_has_tiny_settings():
@@ -110,7 +107,7 @@ def test_recipe_trains_a_few_steps(config, tmp_path, pretrained_cache, monkeypat
     monkeypatch.setenv("COMBINAX_CACHE", str(pretrained_cache))
   output = tmp_path / "run"
   bindings = [f"--config={b}" for b in COMMON + TINY[config.stem]]
-  run(cli.train_main, f"--config_file={config}", f"--output_dir={output}", *bindings)
+  run(train, f"--config_file={config}", f"--output_dir={output}", *bindings)
   assert (output / "config.gin").exists() and (output / "operative_config.gin").exists()
   output = output / RUN_DIR.get(config.stem, "")
   assert checkpoints.latest(output).name == "step_00000003"
@@ -127,10 +124,10 @@ def test_decode_samples_from_the_trained_lm(recipe, tmp_path, capsys):
   # A real (small) SentencePiece vocabulary, so the model's and the tokenizer's vocabularies agree.
   common = [b for b in COMMON if "corpus_tokenizer" not in b]
   bindings = [f"--config={b}" for b in common + TINY[config.stem]]
-  run(cli.train_main, f"--config_file={config}", f"--output_dir={output}", *bindings)
+  run(train, f"--config_file={config}", f"--output_dir={output}", *bindings)
   capsys.readouterr()
   gin.clear_config()
-  run(cli.decode_main, f"--output_dir={output}", "--prompt=And God", "--prompt=In", "--max_length=5")
+  run(decode, f"--output_dir={output}", "--prompt=And God", "--prompt=In", "--max_length=5")
   lines = capsys.readouterr().out.strip().splitlines()
   assert len(lines) == 2 and lines[0].startswith("And God") and lines[1].startswith("In")
 
@@ -139,26 +136,26 @@ def test_decode_samples_from_the_trained_lm(recipe, tmp_path, capsys):
 def test_bad_configuration_is_a_clear_error(binding, message, tmp_path):
   config = CONFIGS[0]
   with pytest.raises(SystemExit) as info:
-    run(cli.train_main, f"--config_file={config}", f"--output_dir={tmp_path}", f"--config={binding}")
+    run(train, f"--config_file={config}", f"--output_dir={tmp_path}", f"--config={binding}")
   assert "bad gin configuration" in str(info.value.code) and message in str(info.value.code)
 
 
 def test_multihost_flags_without_multihost_are_a_clear_error(tmp_path):
   with pytest.raises(SystemExit) as info:
-    run(cli.train_main, f"--config_file={CONFIGS[0]}", f"--output_dir={tmp_path}", "--process_id=1",
+    run(train, f"--config_file={CONFIGS[0]}", f"--output_dir={tmp_path}", "--process_id=1",
         "--num_processes=2")
   assert str(info.value.code) == ("combinax-train: --num_processes, --process_id only mean something with "
                                   "--multihost")
 
 
 def test_combinax_train_restarts_once_on_huge_pages_where_it_can():
-  env = cli.huge_pages_environment({"PATH": "/bin"}, "madvise")
+  env = train.huge_pages_environment({"PATH": "/bin"}, "madvise")
   assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-  assert cli.huge_pages_environment(env, "madvise") is None                        # the restarted process
-  assert cli.huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "always") == {
+  assert train.huge_pages_environment(env, "madvise") is None                        # the restarted process
+  assert train.huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "always") == {
       "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
-  assert cli.huge_pages_environment({}, "never") is None
-  assert cli.huge_pages_environment({"COMBINAX_HUGE_PAGES": "0"}, "always") is None
+  assert train.huge_pages_environment({}, "never") is None
+  assert train.huge_pages_environment({"COMBINAX_HUGE_PAGES": "0"}, "always") is None
 
 
 def _command(entry: str, *args, env=None):
@@ -167,7 +164,7 @@ def _command(entry: str, *args, env=None):
   import sys
   # Without JAX_PLATFORMS (conftest sets it), as users run it: JAX then looks for a TPU first.
   environ = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-  return subprocess.run([sys.executable, "-c", f"from combinax.train.cli import {entry}; {entry}()", *args],
+  return subprocess.run([sys.executable, "-m", f"combinax.cli.{entry}", *args],
                         capture_output=True, text=True, timeout=300, env={**environ, **(env or {})})
 
 
@@ -190,6 +187,6 @@ def test_the_console_shows_combinax_lines_only_and_the_restart_once(tmp_path):
   assert done.returncode == 0, done.stderr
   assert "Unable to initialize backend" not in done.stderr + done.stdout
   restarts = done.stderr.count("combinax-train: restarting with GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
-  assert restarts == (1 if cli.huge_pages_environment({}, cli._thp_mode()) else 0), done.stderr
+  assert restarts == (1 if train.huge_pages_environment({}, train.thp_mode()) else 0), done.stderr
   lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
   assert all(line.startswith(("combinax-train:", "step ")) for line in lines), lines

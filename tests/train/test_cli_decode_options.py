@@ -6,12 +6,11 @@ import gin
 import jax
 import jax.numpy as jnp
 import pytest
-from absl import flags
 
+from combinax import quant
+from combinax.cli import decode as decode_command
+from combinax.cli.frame import ConfigError
 from combinax.models.rnn import RNNLM
-from combinax.train import decode_cli
-from combinax.train import cli
-from combinax.train.cli import ConfigError
 from tiny_run import command, make_workspace, run, tiny_config
 
 GREEDY = ["--prompt=And God", "--max_length=6", "--temperature=0"]   # 1 + 7 + 6 of the 16 positions
@@ -90,13 +89,10 @@ def test_misuses_are_refused_in_one_line(workspace, args, message, monkeypatch):
   folder, environ = workspace
   monkeypatch.chdir(folder)
   monkeypatch.setenv("COMBINAX_CACHE", environ["COMBINAX_CACHE"])
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["combinax-decode", *args, "--prompt=And"])
   try:
     with pytest.raises(ConfigError) as refused:
-      cli.decode_main([])
+      decode_command.COMMAND.run([*args, "--prompt=And"])
   finally:
-    flags.FLAGS.unparse_flags()
     gin.clear_config()
   assert message in str(refused.value.code) and "\n" not in str(refused.value.code)
 
@@ -104,6 +100,6 @@ def test_misuses_are_refused_in_one_line(workspace, args, message, monkeypatch):
 def test_quantizing_a_model_whose_layers_compute_with_their_own_kernels_is_refused():
   model = RNNLM(12, d_model=8, n_layers=1)
   params, _ = model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 2), jnp.int32))
-  with pytest.raises(ConfigError, match=r"--quantize=int8: this model has a layer that computes with its weights "
-                                        r"itself \(only Dense, Embedding and TiedLogits"):
-    decode_cli.quantized(model, params, "int8")
+  with pytest.raises(ValueError, match=r"int8 weights: this model has a layer that computes with its weights "
+                                       r"itself \(only Dense, Embedding and TiedLogits"):
+    quant.for_decoding(model, params, "int8")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from combinax.train import checkpoints
+from combinax.store import checkpoints
 from tiny_run import command, final_params, make_workspace, records, run, tiny_config, train
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from combinax import layers as cl
 from combinax.models import TransformerLM
-from combinax.train import checkpoints, schedules
+from combinax.store import checkpoints
+from combinax.train import objective, schedules
 from combinax.train.step import TrainStep
 from combinax.train.trainer import Trainer, TrainingError, TrainTask
 from test_trainer import lm_data
@@ -42,9 +43,11 @@ def run(step, data):
 def test_the_teacher_never_changes_and_no_optimizer_state_is_kept_for_it(teacher):
   model, params = teacher
   before = jax.tree_util.tree_map(np.array, params)
-  step = TrainStep(lm(), cl.DistillationLoss(2.0, 0.7), optax.adam(1e-2), teacher=model, teacher_params=params)
+  student = lm()
+  taught = objective.teacher(model, params)(objective.plain(student, cl.DistillationLoss(2.0, 0.7)))
+  step = TrainStep(student, taught, optax.adam(1e-2))
   state, losses = run(step, batches(12))
-  for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(step.teacher_params)):
+  for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(step.constants["teacher"])):
     np.testing.assert_array_equal(a, np.asarray(b))
   assert sum(x.size for x in jax.tree_util.tree_leaves(state.opt_state)) == 2 * sum(
       x.size for x in jax.tree_util.tree_leaves(state.params)) + 1   # Adam's two moments of the student, a count
@@ -54,8 +57,9 @@ def test_the_teacher_never_changes_and_no_optimizer_state_is_kept_for_it(teacher
 def test_alpha_zero_at_temperature_one_trains_exactly_as_without_a_teacher(teacher):
   model, params = teacher
   data = batches(5)
-  distilled, _ = run(TrainStep(lm(), cl.DistillationLoss(1.0, 0.0), optax.adam(1e-2), teacher=model,
-                               teacher_params=params), data)
+  student = lm()
+  taught = objective.teacher(model, params)(objective.plain(student, cl.DistillationLoss(1.0, 0.0)))
+  distilled, _ = run(TrainStep(student, taught, optax.adam(1e-2)), data)
   plain, _ = run(TrainStep(lm(), cl.WeightedCategoryCrossEntropy(), optax.adam(1e-2)), data)
   for a, b in zip(jax.tree_util.tree_leaves(distilled.params), jax.tree_util.tree_leaves(plain.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -21,12 +21,12 @@ import gin
 import jax
 import numpy as np
 import pytest
-from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from combinax.paths import unflatten
-from combinax.train import checkpoints, cli
-from combinax.train.logging import read_metrics
+from combinax.store import checkpoints
+from combinax.cli import train as train_command
+from combinax.store.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "configs" / "transformer_lm_kjv.gin"
@@ -60,7 +60,7 @@ def start_job(output_dir, cache, *bindings, processes=2, allow_config_change=Fal
   environ = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
              "COMBINAX_HUGE_PAGES": "0", "COMBINAX_CACHE": str(cache)}
   return [subprocess.Popen(
-      [sys.executable, "-c", "from combinax.train.cli import train; train()", "--multihost",
+      [sys.executable, "-m", "combinax.cli.train", "--multihost",
        f"--coordinator_address=localhost:{port}", f"--num_processes={processes}", f"--process_id={i}",
        f"--config_file={RECIPE}", f"--output_dir={output_dir}", *[f"--config={b}" for b in TINY + list(bindings)],
        *(["--allow_config_change"] if allow_config_change else [])],
@@ -84,15 +84,12 @@ def finish(job, timeout=300):
 def train_here(output_dir, *bindings, allow_config_change=False):
   """combinax-train in this process (8 devices)."""
   gin.clear_config()
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["combinax-train", f"--config_file={RECIPE}", f"--output_dir={output_dir}",
-               *[f"--config={b}" for b in TINY + list(bindings)]]
-              + (["--allow_config_change"] if allow_config_change else []))
   try:
-    cli.train_main([])
+    train_command.COMMAND.run([f"--config_file={RECIPE}", f"--output_dir={output_dir}",
+                               *[f"--config={b}" for b in TINY + list(bindings)]]
+                              + (["--allow_config_change"] if allow_config_change else []))
   finally:
     gin.clear_config()
-    flags.FLAGS.unparse_flags()
 
 
 def losses(output_dir):

@@ -16,8 +16,9 @@ import pytest
 
 from combinax import data
 from combinax import layers as cl
-from combinax.train import checkpoints, rundir, schedules
-from combinax.train.trainer import Trainer, TrainingError, TrainTask
+from combinax.store import checkpoints, rundir
+from combinax.train import schedules
+from combinax.train.trainer import Trainer, TrainTask
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +41,7 @@ def classifier_trainer(output_dir, steps, activation=cl.Relu):
 
 HOLDER = """
 import sys, time
-from combinax.train import rundir
+from combinax.store import rundir
 with rundir.locked(sys.argv[1]):
   print("held", flush=True)
   time.sleep(600)
@@ -96,8 +97,8 @@ def test_a_resume_with_another_configuration_stops_naming_the_difference_and_cha
   before = files()
   gin.clear_config()
   gin.parse_config("cosine.peak = 0.002\ncosine.final = 0.0")
-  with pytest.raises(TrainingError, match=r"differs from the one step_00000005 was trained with: cosine.final: "
-                                          r"\(unset\) -> 0.0; cosine.peak: 0.001 -> 0.002\. Nothing was changed"):
+  with pytest.raises(rundir.RunDirectoryError, match=r"differs from the one step_00000005 was trained with: "
+                     r"cosine.final: \(unset\) -> 0.0; cosine.peak: 0.001 -> 0.002\. Nothing was changed"):
     classifier_trainer(tmp_path, 10).run()
   assert files() == before
   assert "0.001" in (tmp_path / "config.gin").read_text()
@@ -110,7 +111,7 @@ def test_a_resume_with_another_configuration_stops_naming_the_difference_and_cha
 
 def test_a_model_with_the_same_shapes_but_another_structure_is_another_run(tmp_path):
   classifier_trainer(tmp_path, 5).run()
-  with pytest.raises(TrainingError, match=r"the model: - Relu; \+ Tanh\."):
+  with pytest.raises(rundir.RunDirectoryError, match=r"the model: - Relu; \+ Tanh\."):
     classifier_trainer(tmp_path, 10, activation=cl.Tanh).run()
   classifier_trainer(tmp_path, 10, activation=cl.Tanh).run(allow_config_change=True)
 

@@ -8,9 +8,11 @@ import optax
 import pytest
 
 from combinax import layers as cl
+from combinax import sharding
 from combinax.models import MLP, TransformerLM
-from combinax.train import sharding
+from combinax.train import objective
 from combinax.train.step import TrainStep
+from combinax.train.trainer import TrainTask
 
 KEY = jax.random.key(0)
 
@@ -107,8 +109,8 @@ def test_l2_and_mixed_precision():
   assert float(metrics["total_loss"]) > float(metrics["loss"])
   assert float(jnp.sum(with_l2.params["Dense_0"]["kernel"] ** 2)) < float(jnp.sum(plain.params["Dense_0"]["kernel"] ** 2))
   np.testing.assert_allclose(with_l2.params["Dense_0"]["bias"], plain.params["Dense_0"]["bias"], rtol=0.2, atol=0.05)
-  bf16, metrics = run(TrainStep(MLP((16, 2)), cl.CategoryCrossEntropy(), optax.sgd(0.1),
-                                compute_dtype=jnp.bfloat16), batches)
+  in_bf16 = objective.compute_dtype(jnp.bfloat16)(objective.plain(MLP((16, 2)), cl.CategoryCrossEntropy()))
+  bf16, metrics = run(TrainStep(MLP((16, 2)), in_bf16, optax.sgd(0.1)), batches)
   assert bf16.params["Dense_0"]["kernel"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))
   assert_trees_close(bf16.params, plain.params, rtol=0.05, atol=0.02)
 
@@ -128,9 +130,8 @@ def test_fused_logits_loss_trains_exactly_like_the_plain_path(loss_layer):
   batches = [(tokens, tokens, weights)] * 3
   model = TransformerLM(40, d_model=16, d_ff=32, n_layers=2, n_heads=2, dropout=0.1)
   # SGD: Adam would turn the rounding noise of the key bias's zero gradient into full-size steps.
-  fused = TrainStep(model, loss_layer, optax.sgd(0.1), l2_weight=0.01, fuse_loss=True)
+  fused = TrainStep(model, objective.fused_head(model, loss_layer), optax.sgd(0.1), l2_weight=0.01)
   plain = TrainStep(model, loss_layer, optax.sgd(0.1), l2_weight=0.01)   # the default: the model as written
-  assert fused.fused is not None and fused.fused.key == "logits" and plain.fused is None
   a, metrics_a = run(fused, batches)
   b, metrics_b = run(plain, batches)
   np.testing.assert_allclose(metrics_a["total_loss"], metrics_b["total_loss"], rtol=1e-5)
@@ -149,11 +150,13 @@ def test_fusion_is_asked_for_and_refused_with_the_reason_where_it_would_not_be_e
              (cl.Dense(4), cl.CategoryCrossEntropy(), "not a Serial")]
   for model, loss_layer, reason in refused:
     with pytest.raises(ValueError, match=f"fuse_loss=True: .*{reason}.*Set fuse_loss=False"):
-      TrainStep(model, loss_layer, optax.sgd(0.1), fuse_loss=True)
+      objective.fused_head(model, loss_layer)
+  task = TrainTask(data=lambda: None, loss_layer=cl.CategoryCrossEntropy(), fuse_loss=True)
   with pytest.raises(ValueError, match="compute_dtype=bfloat16"):
-    TrainStep(TransformerLM(16, **lm), cl.CategoryCrossEntropy(), optax.sgd(0.1), fuse_loss=True,
-              compute_dtype=jnp.bfloat16)
+    task.make_objective(TransformerLM(16, **lm), None, compute_dtype=jnp.bfloat16)
   # A (batch, features) classifier has the fusable shape but takes the plain path inside (no length axis).
   batches = [mlp_batch(i) for i in range(2)]
-  make = lambda fuse: TrainStep(MLP((16, 2)), cl.CategoryCrossEntropy(), optax.sgd(0.5), fuse_loss=fuse)
+  mlp = MLP((16, 2))
+  make = lambda fuse: TrainStep(mlp, (objective.fused_head if fuse else objective.plain)(
+      mlp, cl.CategoryCrossEntropy()), optax.sgd(0.5))
   assert_trees_close(run(make(True), batches)[0].params, run(make(False), batches)[0].params)

@@ -11,7 +11,9 @@ import pytest
 from combinax import data
 from combinax import layers as cl
 from combinax.models import MLP, TransformerLM
-from combinax.train import checkpoints, schedules
+from combinax.store import checkpoints
+from combinax.store.rundir import RunDirectoryError
+from combinax.train import schedules
 from combinax.train.trainer import EvalTask, Trainer, TrainingError, TrainTask
 
 
@@ -82,8 +84,8 @@ def test_resuming_with_another_model_stops_and_leaves_the_checkpoints_alone(tmp_
   classifier_trainer(tmp_path, 5).run()
   other = classifier_trainer(tmp_path, 10)
   other.model = cl.Serial(cl.Dense(8), cl.Relu(), cl.Dense(2))   # 8 hidden units instead of 16
-  with pytest.raises(TrainingError, match=r"Dense_0/bias is float32\[16\] in the checkpoint but float32\[8\] in the "
-                                          r"model\. .* holds a run of another model or optimizer"):
+  with pytest.raises(RunDirectoryError, match=r"Dense_0/bias is float32\[16\] in the checkpoint but float32\[8\] in the "
+                                              r"model\. .* holds a run of another model or optimizer"):
     other.run()
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith("step_")] == ["step_00000005"]
 
@@ -98,7 +100,7 @@ def test_loss_falls_and_eval_keeps_the_best_checkpoint(tmp_path):
   # 40 steps of a dropout-trained model: the fall is clear (about 2.7 -> 1.8-2.0 across seeds), its size noisy.
   assert losses[-1] < 0.8 * losses[0] and evals[-1] < evals[0] and len(evals) == 4
   assert "eval/accuracy" in records[-1]
-  best = trainer.manager.best()
+  best = trainer.session.manager.best()
   assert checkpoints.read_manifest(best)["metadata"]["metrics"]["eval/loss"] == pytest.approx(min(evals))
 
 

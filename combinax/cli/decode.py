@@ -1,7 +1,7 @@
 """`combinax-decode`: text from a language model, the one a `combinax-train` run trained (`--output_dir`) or a
 bundled pretrained one (`--pretrained`); optionally with quantized weights (`--quantize`), a draft model proposing
 tokens for speculative decoding (`--draft`), and prompts read from the terminal with the answer streamed as it is
-made (`--interactive`). The flags are defined with the others in `cli.py`."""
+made (`--interactive`). `load_run` and `load_pretrained` give what decoding needs of either (`LM`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any, Callable, NamedTuple
 
 from absl import flags
 
-FLAGS = flags.FLAGS
+from combinax.cli.frame import Command, ConfigError, parse_config
 
-DECODE_HELP = """combinax-decode: text from the language model a combinax-train run trained, or a bundled pretrained one.
+HELP = """combinax-decode: text from the language model a combinax-train run trained, or a bundled pretrained one.
 
   combinax-decode --output_dir=runs/lm --prompt="In the beginning" [--max_length=N --temperature=0.8 --top_k=40]
   combinax-decode --pretrained=smollm2-135m-instruct --quantize=gguf --prompt="What is the capital of France?"
@@ -36,12 +36,44 @@ prompt is put in its chat template (--template='{prompt}' gives the text as it i
   Train on it with lm_pipeline.path = "FILE.jsonl".
 """
 
+def define(values: flags.FlagValues):
+  """combinax-decode's own flags (beside --output_dir and --config: bindings added to the run's configuration)."""
+  flags.DEFINE_multi_string("prompt", [], "prompt text(s); several make a batch", flag_values=values)
+  flags.DEFINE_integer("max_length", None, "tokens to generate (default: up to the model's max_len, the positions "
+                       "it was trained for; 60 for models without one)", flag_values=values)
+  flags.DEFINE_float("temperature", 0.8, ">= 0; 0 is greedy", flag_values=values)
+  flags.DEFINE_integer("top_k", 40, "sample among the k likeliest tokens (0: all)", flag_values=values)
+  flags.DEFINE_float("top_p", None, "sample among the likeliest tokens whose probabilities sum to top_p, in (0, 1] "
+                     "(nucleus sampling)", flag_values=values)
+  flags.DEFINE_bool("allow_longer", False, "decode past the max_len the model was trained with. Positions beyond it "
+                    "were never seen in training: sinusoidal and rotary encodings give them values, but the model "
+                    "has not learned to use them, and text degrades; a learned position table has no rows for them "
+                    "at all, so it is refused even then", flag_values=values)
+  flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=values)
+  flags.DEFINE_string("pretrained", None, "a bundled pretrained LM to decode instead of a run's (python -m "
+                      "combinax.pretrained list)", flag_values=values)
+  flags.DEFINE_string("quantize", None, "int8, q4 or q4_1 weights (quantized at load), or gguf (a GGUF model's own "
+                      "packed blocks, with --pretrained)", flag_values=values)
+  flags.DEFINE_string("draft", None, "the output_dir of a small LM trained with the same tokenizer, which proposes "
+                      "tokens for the model to check (speculative decoding)", flag_values=values)
+  flags.DEFINE_integer("draft_k", 4, "tokens the draft proposes at a time", flag_values=values)
+  flags.DEFINE_string("template", None, "how a prompt's text is put to the model, with {prompt} for the text "
+                      "(default: a pretrained model's chat template, else the text as it is)", flag_values=values)
+  flags.DEFINE_integer("samples", None, "write this many samples to --output as a synthetic corpus (JSON lines), "
+                       "cycling through the --prompt texts", flag_values=values)
+  flags.DEFINE_string("output", None, "with --samples: the .jsonl file to write (resumed if it exists)",
+                      flag_values=values)
+  flags.DEFINE_integer("batch_size", 8, "with --samples: samples made together", flag_values=values)
+  flags.DEFINE_bool("interactive", False, "read one prompt a line from the terminal and print each answer as it is "
+                    "made (an empty line ends)", flag_values=values)
+
+
 QUANTIZE = ("int8", "q4", "q4_1", "gguf")
 PRETRAINED_LENGTH = 256     # --max_length of a pretrained LM when not given
 INTERACTIVE_POSITIONS = 2048   # the most positions (prompt + answer) an interactive session's caches hold
 
 
-class _LM(NamedTuple):
+class LM(NamedTuple):
   """What decoding needs of a language model, wherever it comes from."""
   build: Callable[[int], Any]     # max_len -> the model in predict mode
   eval_model: Any                 # the model as trained (its positions bound --max_length)
@@ -55,40 +87,44 @@ class _LM(NamedTuple):
                                   # room for decoding's prompt buckets, so that prompts share compilations
 
 
-def main(argv):
-  del argv
-  from combinax.train.cli import ConfigError
-  if (FLAGS.output_dir is None) == (FLAGS.pretrained is None):
+def decode(args):
+  """What combinax-decode does with its flags `args` (its module's docstring)."""
+  if (args.output_dir is None) == (args.pretrained is None):
     raise ConfigError("combinax-decode: give --output_dir (a combinax-train run) or --pretrained (a bundled model), "
                       "one of them")
-  if FLAGS.quantize is not None and FLAGS.quantize not in QUANTIZE:
-    raise ConfigError(f"combinax-decode: --quantize must be one of {', '.join(QUANTIZE)}, got {FLAGS.quantize!r}")
-  if FLAGS.quantize == "gguf" and FLAGS.pretrained is None:
+  if args.quantize is not None and args.quantize not in QUANTIZE:
+    raise ConfigError(f"combinax-decode: --quantize must be one of {', '.join(QUANTIZE)}, got {args.quantize!r}")
+  if args.quantize == "gguf" and args.pretrained is None:
     raise ConfigError("combinax-decode: --quantize=gguf keeps a GGUF file's packed blocks, so it needs --pretrained "
                       "(a run's float32 params quantize with --quantize=int8, q4 or q4_1)")
-  lm = (_from_run(Path(FLAGS.output_dir), FLAGS.config) if FLAGS.pretrained is None else
-        _from_pretrained(FLAGS.pretrained))
-  if FLAGS.quantize in ("int8", "q4", "q4_1"):
-    lm = lm._replace(params=quantized(lm.eval_model, lm.params, FLAGS.quantize))
-  template = lm.template if FLAGS.template is None else FLAGS.template
+  lm = (load_run(Path(args.output_dir), args.config) if args.pretrained is None else
+        load_pretrained(args.pretrained, packed=args.quantize == "gguf"))
+  if args.quantize in ("int8", "q4", "q4_1"):
+    from combinax import quant
+    try:
+      lm = lm._replace(params=quant.for_decoding(lm.eval_model, lm.params, args.quantize))
+    except ValueError as e:
+      raise ConfigError(f"combinax-decode: --quantize={e}") from None
+  template = lm.template if args.template is None else args.template
   if "{prompt}" not in template:
     raise ConfigError(f"combinax-decode: --template must contain {{prompt}}, got {template!r}")
   lm = lm._replace(template=template)
-  draft = None if FLAGS.draft is None else _draft(Path(FLAGS.draft), lm)
-  if FLAGS.interactive:
-    _interactive(lm, draft)
-  elif FLAGS.samples is not None:
-    _synthesize(lm, draft, FLAGS.prompt or [""])
+  draft = None if args.draft is None else _draft(Path(args.draft), lm)
+  if args.interactive:
+    _interactive(args, lm, draft)
+  elif args.samples is not None:
+    _synthesize(args, lm, draft, args.prompt or [""])
   else:
-    _decode_prompts(lm, draft, FLAGS.prompt or [""])
+    _decode_prompts(args, lm, draft, args.prompt or [""])
 
 
-def _from_run(output_dir: Path, bindings=()) -> _LM:
+def load_run(output_dir: Path, bindings=()) -> LM:
+  """The LM a combinax-train run trained, from its newest checkpoint and the configuration kept in it (`bindings`
+  added to it)."""
   import jax
   import jax.numpy as jnp
 
-  from combinax.train import checkpoints
-  from combinax.train.cli import ConfigError, parse_config
+  from combinax.store import checkpoints
   latest = checkpoints.latest(output_dir)
   if latest is None:
     raise ConfigError(f"combinax-decode: no checkpoint in {output_dir}; train with combinax-train "
@@ -123,67 +159,32 @@ def _from_run(output_dir: Path, bindings=()) -> _LM:
     model_fn, _ = configured()
     return model_fn(mode="predict", **({"max_len": max_len} if takes_max_len else {}))
 
-  return _LM(build=build,
+  return LM(build=build,
              eval_model=eval_model, params=params, tokenizer=tokenizer,
              # Training texts follow an EOS in the packed stream, so a prompt starts after one too.
              prefix=(eos,) if eos is not None else (), start_id=0, template="{prompt}", default_length=None,
              roomy=False)
 
 
-def _from_pretrained(name: str) -> _LM:
+def load_pretrained(name: str, *, packed: bool = False) -> LM:
+  """A bundled LM (`python -m combinax.pretrained list`), in its chat template; `packed`: a GGUF's blocks kept."""
   from combinax import pretrained
   from combinax.pretrained import registry
-  from combinax.train.cli import ConfigError
   if name not in registry.ENTRIES:
     raise ConfigError(f"combinax-decode: no pretrained model {name!r}; known: {', '.join(registry.list_models())}")
-  _, params, tokenizer = pretrained.load(name, packed=FLAGS.quantize == "gguf")
+  _, params, tokenizer = pretrained.load(name, packed=packed)
   module, config = registry.family(name), pretrained.config(name)
   start_id = module.start_id(config) if hasattr(module, "start_id") else 0
-  return _LM(build=lambda max_len: pretrained.model(name, mode="predict", max_len=max_len),
+  return LM(build=lambda max_len: pretrained.model(name, mode="predict", max_len=max_len),
              eval_model=pretrained.model(name), params=params, tokenizer=tokenizer, prefix=(), start_id=start_id,
              template=registry.info(name).prompt_template, default_length=PRETRAINED_LENGTH, roomy=True)
 
 
-def quantized(model, params, kind: str):
-  """`params` for decoding with `kind` weights: every matrix kernel in `kind` and every embedding table in int8,
-  in groups of 32 along the axis their matmul contracts where it divides it (llama.cpp's blocks), else one group
-  per output. Only Dense, Embedding and TiedLogits compute with quantized weights: a model with other matmuls (an
-  RNN's recurrent kernel) is refused."""
+def _draft(output_dir: Path, lm: LM) -> LM:
   import jax
   import jax.numpy as jnp
 
-  from combinax import quant
-  from combinax.paths import leaves_with_paths
-  from combinax.train.cli import ConfigError
-
-  def convert(path: str, leaf):
-    table = path.endswith("embedding") and leaf.ndim == 2
-    if not (table or (path.endswith("kernel") and leaf.ndim in (2, 3))):
-      return leaf
-    axis = -1 if table else -2
-    length = leaf.shape[axis]
-    group = 32 if length % 32 == 0 else length
-    if not table and kind != "int8" and group % 2:
-      return leaf   # 4 bits pack two to a byte: an odd axis stays float
-    return quant.quantize_array(leaf, "int8" if table else kind, group=group, axis=axis)
-
-  flat = leaves_with_paths(params)
-  out = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), [convert(p, leaf) for p, leaf in flat])
-  try:
-    jax.eval_shape(lambda p: model.apply(p, {}, jnp.zeros((1, 2), jnp.int32)), out)
-  except Exception as e:   # noqa: BLE001  (whatever a layer does with an array it did not expect)
-    raise ConfigError(f"combinax-decode: --quantize={kind}: this model has a layer that computes with its weights "
-                      "itself (only Dense, Embedding and TiedLogits take quantized ones, e.g. not an RNN's "
-                      f"recurrent kernel): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-  return out
-
-
-def _draft(output_dir: Path, lm: _LM) -> _LM:
-  import jax
-  import jax.numpy as jnp
-
-  from combinax.train.cli import ConfigError
-  draft = _from_run(output_dir)
+  draft = load_run(output_dir)
   ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)
   vocab = [jax.eval_shape(lambda p, x, m=m: m.apply(p, {}, x)[0], p, ids).shape[-1]
            for m, p in ((lm.eval_model, lm.params), (draft.eval_model, draft.params))]
@@ -193,11 +194,11 @@ def _draft(output_dir: Path, lm: _LM) -> _LM:
   return draft
 
 
-def _encode(lm: _LM, text: str) -> list[int]:
+def _encode(lm: LM, text: str) -> list[int]:
   return list(lm.prefix) + [int(i) for i in lm.tokenizer.encode(lm.template.replace("{prompt}", text))]
 
 
-def _text(lm: _LM, ids) -> str:
+def _text(lm: LM, ids) -> str:
   """Generated ids as text, up to the EOS (and without the padding after it)."""
   import numpy as np
   eos = getattr(lm.tokenizer, "eos_id", None)
@@ -208,17 +209,17 @@ def _text(lm: _LM, ids) -> str:
 
 
 def _trained_positions(model) -> int | None:
-  from combinax.decoding import _layers
-  return min((layer.max_len for layer in _layers(model) if isinstance(getattr(layer, "max_len", None), int)),
+  from combinax.layers.base import walk
+  return min((layer.max_len for layer in walk(model) if isinstance(getattr(layer, "max_len", None), int)),
              default=None)
 
 
-def max_length_for(model, prompt_width: int, requested: int | None) -> int:
+def max_length_for(args, model, prompt_width: int, requested: int | None) -> int:
   """--max_length, checked against the positions the model was trained for (its layers' `max_len`): by default as
   many tokens as fit after the prompt; beyond them only with --allow_longer, and never with a learned table."""
-  from combinax.decoding import _layers, check_sampling
+  from combinax.decoding import check_sampling
+  from combinax.layers.base import walk
   from combinax.layers.positional import LearnedPositionalEncoding
-  from combinax.train.cli import ConfigError
   trained = _trained_positions(model)
   if requested is None:
     requested = 60 if trained is None else trained - prompt_width
@@ -226,48 +227,47 @@ def max_length_for(model, prompt_width: int, requested: int | None) -> int:
       raise ConfigError(f"combinax-decode: the prompt takes {prompt_width} of the {trained} positions the model was "
                         "trained for, which leaves none to generate; shorten it")
   try:
-    check_sampling(requested, FLAGS.temperature, FLAGS.top_k or None, FLAGS.top_p)
+    check_sampling(requested, args.temperature, args.top_k or None, args.top_p)
   except ValueError as e:
     raise ConfigError(f"combinax-decode: {e}") from None
   if trained is None or prompt_width + requested <= trained:
     return requested
   why = (f"combinax-decode: the prompt ({prompt_width} tokens) + --max_length={requested} needs "
          f"{prompt_width + requested} positions, but the model was trained with max_len={trained}")
-  if any(isinstance(layer, LearnedPositionalEncoding) for layer in _layers(model)):
+  if any(isinstance(layer, LearnedPositionalEncoding) for layer in walk(model)):
     raise ConfigError(f"{why}, and its learned position table has no rows past {trained}: give --max_length <= "
                       f"{trained - prompt_width}")
-  if not FLAGS.allow_longer:
+  if not args.allow_longer:
     raise ConfigError(f"{why}. Positions past {trained} were never seen in training (its positional encoding gives "
                       "them values, but the model has not learned to use them, and text degrades): give "
                       f"--max_length <= {trained - prompt_width}, or --allow_longer to decode past it anyway")
   return requested
 
 
-def _sampling(lm: _LM):
+def _sampling(args, lm: LM):
   import jax
   eos = getattr(lm.tokenizer, "eos_id", None)
-  return dict(temperature=FLAGS.temperature, top_k=FLAGS.top_k or None, top_p=FLAGS.top_p, eos_id=eos,
-              rng=jax.random.key(FLAGS.seed), start_id=lm.start_id)
+  return dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, eos_id=eos,
+              rng=jax.random.key(args.seed), start_id=lm.start_id)
 
 
-def _sample_ids(lm: _LM, draft: _LM | None, encoded: list[list[int]], rng):
+def _sample_ids(args, lm: LM, draft: LM | None, encoded: list[list[int]], rng):
   """Generated ids (batch, max_length) after the encoded prompts (the flags' settings)."""
   import numpy as np
 
   from combinax import decoding
-  from combinax.train.cli import ConfigError
   width = max(len(e) for e in encoded)
   prompt = np.zeros((len(encoded), width), np.int32)
   for i, ids in enumerate(encoded):
     prompt[i, :len(ids)] = ids
-  requested = FLAGS.max_length if FLAGS.max_length is not None else lm.default_length
-  max_length = max_length_for(lm.eval_model, width, requested)
-  k = FLAGS.draft_k if draft is not None else 0
+  requested = args.max_length if args.max_length is not None else lm.default_length
+  max_length = max_length_for(args, lm.eval_model, width, requested)
+  k = args.draft_k if draft is not None else 0
   # A KV cache holds max_len positions: what this call needs (with a draft: k more, and the start token), or for a
   # model without a learned position table room for the prompt's bucket too.
   fed = max(width, 16, 1 << max(width - 1, 0).bit_length()) if lm.roomy else width
   max_len = fed + max_length + (k + 1 if draft is not None or lm.roomy else 0)
-  settings = {**_sampling(lm), "rng": rng}
+  settings = {**_sampling(args, lm), "rng": rng}
   try:
     if draft is None:
       return np.asarray(decoding.autoregressive_sample(lm.build(max_len), lm.params, prompt, max_length=max_length,
@@ -284,10 +284,10 @@ def _sample_ids(lm: _LM, draft: _LM | None, encoded: list[list[int]], rng):
     raise ConfigError(f"combinax-decode: {e}") from None
 
 
-def _decode_prompts(lm: _LM, draft: _LM | None, prompts: list[str]):
+def _decode_prompts(args, lm: LM, draft: LM | None, prompts: list[str]):
   import jax
   encoded = [_encode(lm, p) for p in prompts]
-  out = _sample_ids(lm, draft, encoded, jax.random.key(FLAGS.seed))
+  out = _sample_ids(args, lm, draft, encoded, jax.random.key(args.seed))
   for given, ids in zip(encoded, out):
     if lm.template == "{prompt}":   # the prompt's text and its continuation, decoded together
       eos = getattr(lm.tokenizer, "eos_id", None)
@@ -296,38 +296,37 @@ def _decode_prompts(lm: _LM, draft: _LM | None, prompts: list[str]):
       print(_text(lm, ids))
 
 
-def _synthesize(lm: _LM, draft: _LM | None, prompts: list[str]):
+def _synthesize(args, lm: LM, draft: LM | None, prompts: list[str]):
   """--samples samples written to --output as JSON lines (combinax.distill.synthetic)."""
   import jax
 
   from combinax.distill.synthetic import SyntheticError, write_samples
-  from combinax.train.cli import ConfigError
-  if FLAGS.output is None:
+  if args.output is None:
     raise ConfigError("combinax-decode: --samples writes a corpus: give it a file with --output=FILE.jsonl")
 
   def generate(batch: list[str], index: int) -> list[str]:
-    out = _sample_ids(lm, draft, [_encode(lm, p) for p in batch], jax.random.fold_in(jax.random.key(FLAGS.seed),
+    out = _sample_ids(args, lm, draft, [_encode(lm, p) for p in batch], jax.random.fold_in(jax.random.key(args.seed),
                                                                                      index))
     return [_text(lm, ids) for ids in out]
 
-  provenance = {"model": FLAGS.pretrained or str(Path(FLAGS.output_dir).resolve()), "quantize": FLAGS.quantize,
-                "template": lm.template, "temperature": FLAGS.temperature, "top_k": FLAGS.top_k, "top_p": FLAGS.top_p,
-                "max_length": FLAGS.max_length, "seed": FLAGS.seed, "draft": FLAGS.draft}
+  provenance = {"model": args.pretrained or str(Path(args.output_dir).resolve()), "quantize": args.quantize,
+                "template": lm.template, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                "max_length": args.max_length, "seed": args.seed, "draft": args.draft}
   try:
-    made = write_samples(FLAGS.output, generate, prompts, samples=FLAGS.samples, batch_size=FLAGS.batch_size,
+    made = write_samples(args.output, generate, prompts, samples=args.samples, batch_size=args.batch_size,
                          provenance=provenance)
   except SyntheticError as e:
     raise ConfigError(f"combinax-decode: {e}") from None
-  print(f"combinax-decode: {made} samples written to {FLAGS.output} ({FLAGS.samples} in all)", file=sys.stderr)
+  print(f"combinax-decode: {made} samples written to {args.output} ({args.samples} in all)", file=sys.stderr)
 
 
-def _until_eos(lm: _LM, ids) -> list[int]:
+def _until_eos(lm: LM, ids) -> list[int]:
   eos = getattr(lm.tokenizer, "eos_id", None)
   ids = [int(i) for i in ids]
   return ids[:ids.index(eos)] if eos in ids else ids
 
 
-def _interactive(lm: _LM, draft: _LM | None):
+def _interactive(args, lm: LM, draft: LM | None):
   """One prompt a line from stdin, each answer printed as it is made; an empty line or the end of input ends it."""
   import numpy as np
 
@@ -335,8 +334,8 @@ def _interactive(lm: _LM, draft: _LM | None):
   positions = min(_trained_positions(lm.eval_model) or INTERACTIVE_POSITIONS, INTERACTIVE_POSITIONS)
   decoder = lm.build(positions)
   draft_decoder = None if draft is None else draft.build(positions)
-  requested = FLAGS.max_length if FLAGS.max_length is not None else lm.default_length
-  settings = _sampling(lm)
+  requested = args.max_length if args.max_length is not None else lm.default_length
+  settings = _sampling(args, lm)
   printer = _Printer(lm)   # one for the session: the sampler compiles once for it
   while True:
     if sys.stdin.isatty():
@@ -345,7 +344,7 @@ def _interactive(lm: _LM, draft: _LM | None):
     if not line.strip():
       return
     ids = _encode(lm, line.rstrip("\n"))
-    room = positions - len(ids) - 1 - (FLAGS.draft_k if draft is not None else 0)
+    room = positions - len(ids) - 1 - (args.draft_k if draft is not None else 0)
     max_length = min(requested or room, room)
     if max_length < 1:
       print(f"combinax-decode: this prompt takes {len(ids)} of the {positions} positions; shorten it",
@@ -360,7 +359,7 @@ def _interactive(lm: _LM, draft: _LM | None):
                                                   on_token=printer, **settings))
       else:   # the rounds' tokens come at the end
         out, _ = decoding.speculative_sample(decoder, lm.params, draft_decoder, draft.params, prompt,
-                                             max_length=max_length, k=FLAGS.draft_k, **settings)
+                                             max_length=max_length, k=args.draft_k, **settings)
         for token in np.asarray(out)[0]:
           printer(np.asarray([token]))
     except ValueError as e:
@@ -372,7 +371,7 @@ class _Printer:
   """Prints a stream of tokens as text, a piece at a time: the text of the answer so far less what is already
   printed (a token may end inside a multi-byte character: then it waits for the next), until the EOS."""
 
-  def __init__(self, lm: _LM):
+  def __init__(self, lm: LM):
     self.lm = lm
     self.answer = {"ids": [], "shown": "", "ended": False}
 
@@ -394,3 +393,15 @@ class _Printer:
     sys.stdout.write(text[len(answer["shown"]):])
     sys.stdout.flush()
     answer["shown"] = text
+
+
+COMMAND = Command("combinax-decode", HELP, decode, shared=("config", "output_dir"), define=define)
+
+
+def main(argv: list[str] | None = None):
+  """Entry point of `combinax-decode`."""
+  COMMAND.main(argv)
+
+
+if __name__ == "__main__":
+  main()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -46,39 +48,41 @@ def prepare(directory: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def locked(directory: str | os.PathLike):
-  """Holds `directory`'s run lock for the `with` block; a `RunDirectoryError` names the holder if another process
-  has it. On several processes, process 0 takes the lock and all of them stop if it could not."""
+def locked(directory: str | os.PathLike, lock_file: str = LOCK_FILE):
+  """Holds `directory`'s run lock (`lock_file` in it: one per artefact where a folder holds several, e.g. a
+  synthetic corpus's `.<name>.lock`) for the `with` block; a `RunDirectoryError` names the holder if another
+  process has it. On several processes, process 0 takes the lock and all of them stop if it could not."""
   directory = prepare(directory).resolve()
-  if directory in _held:
-    _held[directory][1] += 1
+  key = directory / lock_file
+  if key in _held:
+    _held[key][1] += 1
     try:
       yield directory
     finally:
-      _held[directory][1] -= 1
+      _held[key][1] -= 1
     return
   error, handle = None, None
   if jax.process_index() == 0:
     try:
-      handle = _acquire(directory)
+      handle = _acquire(directory, lock_file)
     except RunDirectoryError as e:
       error = e
-  from combinax.train import checkpoints   # (imports Orbax lazily; this module stays light)
+  from combinax.store import checkpoints   # (imports Orbax lazily; this module stays light)
   if not checkpoints.all_processes_agree(error is None):
     if handle is not None:
       handle.close()
     raise error or RunDirectoryError(f"output directory {directory}: process 0 found it held by another run")
-  _held[directory] = [handle, 1]
+  _held[key] = [handle, 1]
   try:
     yield directory
   finally:
-    del _held[directory]
+    del _held[key]
     if handle is not None:
       handle.close()   # closing the descriptor releases the lock
 
 
-def _acquire(directory: Path):
-  path = directory / LOCK_FILE
+def _acquire(directory: Path, lock_file: str):
+  path = directory / lock_file
   try:
     handle = open(path, "a+")
   except OSError as e:
@@ -107,19 +111,48 @@ def _describe(text: str) -> str:
     return "a process that has just started"
 
 
-def clear_leftovers(directory: str | os.PathLike):
-  """Removes the temporary files of `write_atomically` calls that a kill interrupted (call it holding the lock)."""
-  for leftover in Path(directory).glob(".*.tmp-*"):
-    if leftover.is_file():
-      leftover.unlink(missing_ok=True)
-
-
-def write_atomically(path: str | os.PathLike, text: str):
-  """Writes `text` to `path` through a temporary file renamed over it: a reader sees the old file or the new one."""
+def temporary_path(path: str | os.PathLike) -> Path:
+  """Where `path` is written before it is renamed into place: `.<name>.tmp-<pid>` beside it. Every file or folder
+  combinax replaces whole goes through a name of this one form, which `clear_leftovers` recognises."""
   path = Path(path)
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: str | os.PathLike):
+  """Yields the temporary path (`temporary_path`) to write a file or a folder at; when the block ends without an
+  error, it replaces `path` whole (a reader sees the old one or the new one); when it fails, it is removed."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = temporary_path(path)
+  _remove(tmp)   # a leftover of an earlier process with this pid
+  try:
+    yield tmp
+    if tmp.is_dir() and path.is_dir():   # a folder cannot be renamed over a folder: the old one goes first
+      _remove(path)
+    os.replace(tmp, path)
+  finally:
+    _remove(tmp)
+
+
+def write_atomically(path: str | os.PathLike, content: str | bytes):
+  """Writes `content` (text as UTF-8, or bytes) to `path` through `replaced_atomically`."""
+  with replaced_atomically(path) as tmp:
+    (tmp.write_bytes if isinstance(content, bytes) else functools.partial(tmp.write_text, encoding="utf-8"))(content)
+
+
+def _remove(path: Path):
+  if path.is_dir() and not path.is_symlink():
+    shutil.rmtree(path, ignore_errors=True)
+  else:
+    path.unlink(missing_ok=True)
+
+
+def clear_leftovers(directory: str | os.PathLike, names: str = "*"):
+  """Removes what `replaced_atomically` calls interrupted by a kill left in `directory` for the files or folders
+  matching `names` (call it holding the lock that guards them)."""
+  for leftover in Path(directory).glob(f".{names}.tmp-*"):
+    _remove(leftover)
 
 
 # --- What a run was trained with ------------------------------------------------------------------------------

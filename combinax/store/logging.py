@@ -11,7 +11,7 @@ import time
 import zlib
 from pathlib import Path
 
-from combinax.train.rundir import write_atomically
+from combinax.store.rundir import write_atomically
 
 
 class RunLogger:

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from combinax.paths import leaves_with_paths, unflatten
-from combinax.train import checkpoint_v1, integrity
+from combinax.store import checkpoint_v1, integrity
 
 _NAME = re.compile(r"^step_(\d{8,})$")
 FORMAT = "combinax-checkpoint-v2"

@@ -16,10 +16,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from combinax.parallel.pipeline import DATA, STAGE
 from combinax.paths import leaves_with_paths, matches
 
-MODEL = "model"
+# The mesh axes every part of combinax names: the batch is split on `data`, tensor-parallel kernels on `model`, a
+# pipelined model's stages on `stage` (`combinax.parallel.Pipeline` reads them from here), a federated round's
+# clients on `clients` (`combinax.federated`).
+DATA, MODEL, STAGE, CLIENTS = "data", "model", "stage", "clients"
 Spec = P | Callable[[tuple, Mesh], P]
 
 

@@ -1,0 +1,196 @@
+"""What every command shares: its flags (absl's syntax, one `FlagValues` per command, so a command lists and accepts
+only its own), the shared flags' one meaning, gin configuration, joining a multi-host job, and how a command ends:
+one line and exit code 2 for a bad flag or configuration (before anything is written), one line and exit code 1 for
+an error combinax raised to say why a run cannot go on (`--traceback` shows the traceback), 0 otherwise.
+
+    COMMAND = Command("combinax-train", HELP, run_training, shared=("config_file", "config", "output_dir", ...),
+                      define=define_own_flags)
+    def main(): COMMAND.main()          # the console script
+    COMMAND.run(["--output_dir=runs/lm", ...])   # in-process (tests): errors propagate, ConfigError included
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable, Iterable
+
+import gin
+from absl import flags
+
+HELP_FLAGS = {"--help", "-h", "-help", "--helpshort"}
+
+
+class ConfigError(SystemExit):
+  """A bad flag or configuration: the command exits with its message and code 2, before anything is written."""
+
+
+def _define_shared(name: str, values: flags.FlagValues):
+  """The flags several commands take, each defined here once so that it means the same in all of them."""
+  define = {
+      "config_file": lambda: flags.DEFINE_multi_string("config_file", [], "gin config file(s), applied in order",
+                                                       flag_values=values),
+      "config": lambda: flags.DEFINE_multi_string("config", [], "gin bindings, e.g. 'Trainer.steps = 100', applied "
+                                                  "after the files", flag_values=values),
+      "output_dir": lambda: flags.DEFINE_string("output_dir", None, "the run directory: checkpoints, configs and logs "
+                                                "(rerunning resumes from it)", flag_values=values),
+      "allow_config_change": lambda: flags.DEFINE_bool(
+          "allow_config_change", False, "resume although the configuration differs from the one the newest "
+          "checkpoint was trained with (e.g. more steps, another learning rate)", flag_values=values),
+      "multihost": lambda: _define_multihost(values),
+  }
+  define[name]()
+
+
+def _define_multihost(values: flags.FlagValues):
+  flags.DEFINE_bool("multihost", False, "one process of a multi-host job: calls jax.distributed.initialize() first",
+                    flag_values=values)
+  flags.DEFINE_string("coordinator_address", None, "with --multihost: host:port of process 0, which coordinates the "
+                      "job (default: what JAX detects on a cluster: Slurm, Open MPI, Kubernetes, Cloud TPU)",
+                      flag_values=values)
+  flags.DEFINE_integer("num_processes", None, "with --multihost: how many processes the job has (default: detected)",
+                       flag_values=values)
+  flags.DEFINE_integer("process_id", None, "with --multihost: this process's index, 0 to num_processes - 1 "
+                       "(default: detected)", flag_values=values)
+
+
+SHARED = ("config_file", "config", "output_dir", "allow_config_change", "multihost")
+
+
+class Command:
+  """A command line: `program`, its `help` text, `main(args)` (args: the parsed flags; `main(args, rest)` for a
+  command taking `positional` arguments, e.g. a subcommand), the `shared` flags it takes (of `SHARED`) and
+  `define(flag_values)` defining its own; `--traceback` and `--verbosity` every command takes."""
+
+  def __init__(self, program: str, help: str, main: Callable, *, shared: Iterable[str] = (),
+               define: Callable[[flags.FlagValues], None] | None = None, positional: str | None = None):
+    unknown = set(shared) - set(SHARED)
+    if unknown:
+      raise ValueError(f"Command {program}: no shared flag {sorted(unknown)}; the shared ones are {SHARED}")
+    self.program, self.help, self.main_fn = program, help, main
+    self.shared, self.define, self.positional = tuple(shared), define, positional
+
+  def flag_values(self) -> flags.FlagValues:
+    """A fresh set of this command's flags (parsing one twice would add to its repeated flags' values)."""
+    values = flags.FlagValues()
+    for name in self.shared:
+      _define_shared(name, values)
+    flags.DEFINE_bool("traceback", False, "show the Python traceback of an error, not only its message",
+                      flag_values=values)
+    flags.DEFINE_integer("verbosity", -1, "the libraries' own log lines (Orbax's, at absl's levels): -1 warnings "
+                         "only, 0 also what each save does", flag_values=values)
+    if self.define is not None:
+      self.define(values)
+    return values
+
+  def parse(self, argv: list[str]) -> tuple[flags.FlagValues, list[str]]:
+    """(the flags of `argv`, the arguments that are not flags): a ConfigError names a bad flag, and arguments that
+    are not flags where the command takes none (`positional` says what they are where it does)."""
+    values = self.flag_values()
+    try:
+      rest = values([self.program, *argv])[1:]
+    except flags.Error as e:
+      raise ConfigError(f"{self.program}: {e} (--help lists this command's flags)") from None
+    if rest and self.positional is None:
+      raise ConfigError(f"{self.program}: unexpected argument(s) {' '.join(rest)} (--help lists this command's "
+                        "flags)")
+    return values, rest
+
+  def _call(self, args: flags.FlagValues, rest: list[str]):
+    return self.main_fn(args, rest) if self.positional is not None else self.main_fn(args)
+
+  def run(self, argv: list[str]):
+    """Parses `argv` and runs the command in this process; every error propagates (for tests and callers)."""
+    return self._call(*self.parse(argv))
+
+  def help_text(self) -> str:
+    return self.help + "\nflags:\n" + self.flag_values().get_help(include_special_flags=False)
+
+  def main(self, argv: list[str] | None = None):
+    """The console script: help, or the command, ending as the module docstring says."""
+    argv = sys.argv[1:] if argv is None else argv
+    if HELP_FLAGS & set(argv):
+      print(self.help_text())
+      return
+    # "Unable to initialize backend 'tpu'" and its like are INFO lines of JAX's backend discovery, not ours.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    args = None
+    try:
+      args, rest = self.parse(argv)
+      flags.FLAGS.mark_as_parsed()   # absl's own flags (its logging's) keep their defaults
+      from absl import logging as absl_logging
+      absl_logging.set_verbosity(args.verbosity)   # Orbax reports each stage of every save at absl's INFO level
+      self._call(args, rest)
+    except ConfigError as e:
+      print(e.code if isinstance(e.code, str) else e, file=sys.stderr, flush=True)
+      sys.exit(2)
+    except Exception as e:   # noqa: BLE001  (a known error says all in its message)
+      if (args is not None and args.traceback) or not known_error(e):
+        raise
+      print(f"{self.program}: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+      sys.exit(1)
+
+
+def known_error(error: Exception) -> bool:
+  """True for the errors combinax raises to explain why a run cannot go on: their message is the whole story."""
+  from combinax.data.base import DataError
+  from combinax.data.corpora import UnknownCorpusError
+  from combinax.growth.operator import GrowthError
+  from combinax.layers.base import LayerError
+  from combinax.pretrained.families import PretrainedError
+  from combinax.store.checkpoints import CheckpointError
+  from combinax.store.rundir import RunDirectoryError
+  from combinax.train.trainer import TrainingError
+  return isinstance(error, (DataError, UnknownCorpusError, GrowthError, LayerError, PretrainedError,
+                            CheckpointError, RunDirectoryError, TrainingError, OSError))
+
+
+def parse_config(files, bindings, skip_unknown: bool = False):
+  """Parses gin files and bindings; a bad binding, an unknown configurable or a value of the wrong type (checked
+  against the parameter's annotation) exits with one line per problem, no traceback."""
+  import combinax.distill  # noqa: F401  (registers every configurable: models, layers' factories, data, optax, ...)
+  import combinax.growth  # noqa: F401
+  import combinax.models  # noqa: F401
+  import combinax.train  # noqa: F401
+  from combinax.configurable import binding_type_errors
+  try:
+    gin.parse_config_files_and_bindings(list(files), list(bindings), skip_unknown=skip_unknown)
+  except (ValueError, KeyError, TypeError, IOError) as e:
+    # gin adds where the binding is on lines of their own (and a caret under it): one line says it all
+    first, *where = [line.strip() for line in str(e).strip("'\"").splitlines() if line.strip().strip("^")]
+    raise ConfigError(f"combinax: bad gin configuration: {first}" + (f" ({': '.join(where)})" if where else "")) \
+        from None
+  errors = binding_type_errors(gin.config_str())
+  if errors:
+    raise ConfigError("combinax: bad gin configuration: " + "; ".join(errors))
+
+
+def configuration_error(program: str, error: Exception) -> ConfigError | None:
+  """A ConfigError for an error gin raised while building the configured job (a required value unbound), else None."""
+  text = str(error)
+  if any(word in text.lower() for word in ("gin", "configurable", "required")):
+    return ConfigError(f"{program}: bad gin configuration: {text} (bind each in a config file or with "
+                       "--config='NAME.parameter = value')")
+  return None
+
+
+def start_multihost(program: str, args) -> int:
+  """With --multihost, joins the job (`jax.distributed.initialize`); returns this process's index (0 without)."""
+  explicit = {"coordinator_address": args.coordinator_address, "num_processes": args.num_processes,
+              "process_id": args.process_id}
+  given = [f"--{name}" for name, value in explicit.items() if value is not None]
+  if not args.multihost:
+    if given:
+      raise ConfigError(f"{program}: {', '.join(given)} only mean something with --multihost")
+    return 0
+  import jax
+  # Processes on CPUs exchange gradients over TCP with gloo (GPUs and TPUs use their own links; this setting only
+  # concerns the CPU backend). It must be set before the backend starts.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
+  except (ValueError, RuntimeError) as e:
+    raise ConfigError(f"{program} --multihost: cannot join the job ({type(e).__name__}: {e}); give "
+                      "--coordinator_address=HOST:PORT of process 0, --num_processes and --process_id, or run "
+                      "where JAX detects the cluster") from None
+  return jax.process_index()
