@@ -1,6 +1,7 @@
 """Runs written by combinax 0.1 (npz checkpoints, tests/train/data/combinax_0_1_run) still load: they resume exactly,
 start fine-tuning, and serve as pretrained caches; damage in them is still detected."""
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_a_0_1_checkpoint_starts_fine_tuning_and_reads_as_a_cache(tmp_path):
   assert metadata["metrics"] == {} and set(params) == {"Dense_0", "Dense_1"}
   trainer = classifier_trainer(tmp_path / "tuned", 1)
   trainer.init_checkpoint = str(OLD_RUN)
-  trainer.task.schedule = lambda step: 0.0
+  trainer.task = dataclasses.replace(trainer.task, schedule=lambda step: 0.0)
   tuned = trainer.run()
   for a, b in zip(leaves(tuned.params), leaves(params)):
     np.testing.assert_array_equal(a, b)
