@@ -7,8 +7,8 @@ optimizer state, step, rng), every logged loss and metric, and the greedy text o
 
 Each recipe runs at its own sizes for `--steps` updates (the growth recipes: that many per phase; the federated one:
 that many rounds), evaluating and saving at the last, from a fresh run directory per checkout, through each
-checkout's own `combinax-train` / `combinax-federated` / `combinax-decode` (found by trying the command modules of
-either layout). The recipes that start from SmolLM2 use the tests' 2-block cuts of it (the teacher's 30 blocks
+checkout's own `combinax-train` / `combinax-federated` / `combinax-decode` (the command modules of its layout).
+`pipeline_lm_kjv` runs on 8 simulated CPU devices (its 4 stages need 4), the others on one. The recipes that start from SmolLM2 use the tests' 2-block cuts of it (the teacher's 30 blocks
 would take ~40 minutes per checkout); `qat_lm_kjv` starts from the `transformer_lm_kjv` run it made first.
 Prints one line per recipe and exits 1 if any differs.
 """
@@ -26,14 +26,13 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parents[1]
-ENTRY = {   # (the command modules of this layout, of the layout before combinax/cli/)
-    "train": "try:\n from combinax.cli.train import COMMAND; COMMAND.main()\nexcept ImportError:\n"
-             " from combinax.train.cli import train; train()",
-    "decode": "try:\n from combinax.cli.decode import main\nexcept ImportError:\n from combinax.train.cli import "
-              "decode as main\nmain()",
-    "federated": "try:\n from combinax.cli.federated import main\nexcept ImportError:\n from combinax.federated.cli "
-                 "import main\nmain()",
-}
+# The command modules of the layout with combinax/cli/, and of the one before it. Chosen by what the checkout holds:
+# trying one and falling back would find this checkout's modules through its editable install.
+ENTRY = {"train": ("from combinax.cli.train import COMMAND; COMMAND.main()",
+                   "from combinax.train.cli import train; train()"),
+         "decode": ("from combinax.cli.decode import main; main()", "from combinax.train.cli import decode; decode()"),
+         "federated": ("from combinax.cli.federated import main; main()",
+                       "from combinax.federated.cli import main; main()")}
 SMOLLM2_STUDENT = ["train/lm_pipeline.length = 16", "train/lm_pipeline.batch_size = 8", "eval/lm_pipeline.length = 16",
                    "eval/lm_pipeline.batch_size = 8", "distill.student_checkpoint.layers = [0, 29]",
                    "student/pretrained.model.n_layers = 2"]
@@ -72,7 +71,8 @@ def recipes(steps: int) -> dict[str, tuple[str, list[str], str]]:
 
 
 def command(checkout: Path, entry: str, args: list[str], env: dict) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-c", ENTRY[entry], *args], cwd=checkout, capture_output=True, text=True,
+  code = ENTRY[entry][0 if (checkout / "combinax" / "cli").is_dir() else 1]
+  return subprocess.run([sys.executable, "-c", code, *args], cwd=checkout, capture_output=True, text=True,
                         env={**env, "PYTHONPATH": str(checkout)}, timeout=3600)
 
 
@@ -90,6 +90,8 @@ def logged(folder: Path) -> list[dict]:
 def run_recipe(checkout: Path, name: str, spec, work: Path, env: dict) -> dict:
   entry, bindings, final = spec
   output = work / name
+  if name == "pipeline_lm_kjv":   # its 4 stages need 4 devices: 8 simulated CPU devices, as in the tests
+    env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   if name == "qat_lm_kjv":
     bindings = bindings + [f"Trainer.init_checkpoint = '{work / 'transformer_lm_kjv'}'"]
   done = command(checkout, entry, [f"--config_file=configs/{name}.gin", f"--output_dir={output}",

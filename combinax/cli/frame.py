@@ -25,36 +25,31 @@ class ConfigError(SystemExit):
   """A bad flag or configuration: the command exits with its message and code 2, before anything is written."""
 
 
-def _define_shared(name: str, values: flags.FlagValues):
-  """The flags several commands take, each defined here once so that it means the same in all of them."""
-  define = {
-      "config_file": lambda: flags.DEFINE_multi_string("config_file", [], "gin config file(s), applied in order",
-                                                       flag_values=values),
-      "config": lambda: flags.DEFINE_multi_string("config", [], "gin bindings, e.g. 'Trainer.steps = 100', applied "
-                                                  "after the files", flag_values=values),
-      "output_dir": lambda: flags.DEFINE_string("output_dir", None, "the run directory: checkpoints, configs and logs "
-                                                "(rerunning resumes from it)", flag_values=values),
-      "allow_config_change": lambda: flags.DEFINE_bool(
-          "allow_config_change", False, "resume although the configuration differs from the one the newest "
-          "checkpoint was trained with (e.g. more steps, another learning rate)", flag_values=values),
-      "multihost": lambda: _define_multihost(values),
-  }
-  define[name]()
-
-
-def _define_multihost(values: flags.FlagValues):
-  flags.DEFINE_bool("multihost", False, "one process of a multi-host job: calls jax.distributed.initialize() first",
-                    flag_values=values)
-  flags.DEFINE_string("coordinator_address", None, "with --multihost: host:port of process 0, which coordinates the "
-                      "job (default: what JAX detects on a cluster: Slurm, Open MPI, Kubernetes, Cloud TPU)",
-                      flag_values=values)
-  flags.DEFINE_integer("num_processes", None, "with --multihost: how many processes the job has (default: detected)",
-                       flag_values=values)
-  flags.DEFINE_integer("process_id", None, "with --multihost: this process's index, 0 to num_processes - 1 "
-                       "(default: detected)", flag_values=values)
-
-
-SHARED = ("config_file", "config", "output_dir", "allow_config_change", "multihost")
+# The flags several commands take, defined here once so that each means the same in all of them: name ->
+# (absl's definer, default, help). `multihost` brings the three flags that say where the job's processes are.
+SHARED = {
+    "config_file": (flags.DEFINE_multi_string, [], "gin config file(s), applied in order"),
+    "config": (flags.DEFINE_multi_string, [], "gin bindings, e.g. 'Trainer.steps = 100', applied after the files"),
+    "output_dir": (flags.DEFINE_string, None, "the run directory: checkpoints, configs and logs (rerunning resumes "
+                   "from it)"),
+    "allow_config_change": (flags.DEFINE_bool, False, "resume although the configuration differs from the one the "
+                            "newest checkpoint was trained with (e.g. more steps, another learning rate)"),
+    "multihost": (flags.DEFINE_bool, False, "one process of a multi-host job: calls jax.distributed.initialize() "
+                  "first"),
+}
+MULTIHOST = {
+    "coordinator_address": (flags.DEFINE_string, None, "with --multihost: host:port of process 0, which coordinates "
+                            "the job (default: what JAX detects on a cluster: Slurm, Open MPI, Kubernetes, Cloud TPU)"),
+    "num_processes": (flags.DEFINE_integer, None, "with --multihost: how many processes the job has (default: "
+                      "detected)"),
+    "process_id": (flags.DEFINE_integer, None, "with --multihost: this process's index, 0 to num_processes - 1 "
+                   "(default: detected)"),
+}
+EVERY = {
+    "traceback": (flags.DEFINE_bool, False, "show the Python traceback of an error, not only its message"),
+    "verbosity": (flags.DEFINE_integer, -1, "the libraries' own log lines (Orbax's, at absl's levels): -1 warnings "
+                  "only, 0 also what each save does"),
+}
 
 
 class Command:
@@ -66,19 +61,16 @@ class Command:
                define: Callable[[flags.FlagValues], None] | None = None, positional: str | None = None):
     unknown = set(shared) - set(SHARED)
     if unknown:
-      raise ValueError(f"Command {program}: no shared flag {sorted(unknown)}; the shared ones are {SHARED}")
+      raise ValueError(f"Command {program}: no shared flag {sorted(unknown)}; the shared ones are {list(SHARED)}")
     self.program, self.help, self.main_fn = program, help, main
     self.shared, self.define, self.positional = tuple(shared), define, positional
 
   def flag_values(self) -> flags.FlagValues:
     """A fresh set of this command's flags (parsing one twice would add to its repeated flags' values)."""
     values = flags.FlagValues()
-    for name in self.shared:
-      _define_shared(name, values)
-    flags.DEFINE_bool("traceback", False, "show the Python traceback of an error, not only its message",
-                      flag_values=values)
-    flags.DEFINE_integer("verbosity", -1, "the libraries' own log lines (Orbax's, at absl's levels): -1 warnings "
-                         "only, 0 also what each save does", flag_values=values)
+    chosen = {name: SHARED[name] for name in self.shared} | (MULTIHOST if "multihost" in self.shared else {}) | EVERY
+    for name, (define, default, meaning) in chosen.items():
+      define(name, default, meaning, flag_values=values)
     if self.define is not None:
       self.define(values)
     return values
