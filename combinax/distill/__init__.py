@@ -2,8 +2,9 @@
 
 - `cl.DistillationLoss` (in combinax.layers) and `TrainTask(teacher=, teacher_checkpoint=)`: a teacher in the step.
 - `take_layers` / `student_checkpoint`: a student that starts from every other layer of its teacher.
-- `teacher_topk` (`python -m combinax.distill topk`) and `TopKDistillation`: the teacher's top-k logits stored
-  once beside the tokens and read back, so a distillation run costs about a student's training.
+- `teacher_topk` (`python -m combinax.distill topk`) and `TopKBatches`: the teacher's top-k log-probabilities stored
+  once beside the tokens and read back as batches for `cl.DistillationLoss(top_k=True)`, so a distillation run costs
+  about a student's training.
 - `combinax.distill.synthetic`: a corpus of samples from a model, with its provenance, read like any corpus.
 """
 

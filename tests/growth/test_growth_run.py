@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from combinax import growth
+from combinax.cli import decode as decode_command
+from combinax.cli import train as train_command
+from combinax.cli.frame import parse_config
 from combinax.models import TransformerLM
 from combinax.paths import paths, unflatten
 from combinax.store import checkpoints
-from combinax.cli import decode as decode_command
-from combinax.cli import train as train_command
 from combinax.store.logging import read_metrics
+from combinax.train.trainer import train_job
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "configs" / "grow_lm_kjv.gin"
@@ -118,3 +120,30 @@ def test_an_interrupted_operator_phase_resumes_from_its_checkpoint(tmp_path, cap
   out = capsys.readouterr().out
   assert "phase 1/3" not in out and "resumed from step 2" in out
   assert checkpoints.latest(tmp_path / "growth").name == "step_00000003" and checkpoints.latest(tmp_path / "grown")
+
+
+def configured_growth(tmp_path, *extra):
+  gin.clear_config()
+  parse_config([str(RECIPE)], TINY + list(extra))
+  return train_job()(output_dir=str(tmp_path))
+
+
+def test_the_operator_phase_keeps_the_large_runs_settings_but_what_defines_it(tmp_path):
+  run = configured_growth(tmp_path, "large/Trainer.compute_dtype = 'bfloat16'", "large/TrainTask.accumulate_steps = 2",
+                          "large/Trainer.sharding_rules = 'fsdp'", "large/TrainTask.frozen = ['*embedding*']")
+  phase = run._growth_trainer(tmp_path / "small" / "step_00000004")
+  assert phase.model is run.grown and phase.compute_dtype == jnp.bfloat16
+  assert [pattern for pattern, _ in phase.rules] == [pattern for pattern, _ in run.large.rules] == ["*"]   # FSDP's
+  assert phase.task.accumulate_steps == 2 and phase.task.data is run.large.task.data
+  assert phase.task.trainable == growth.TRAINABLE and phase.task.frozen == () and phase.task.clip_norm is None
+  assert (phase.steps, phase.init_checkpoint) == (3, str(tmp_path / "small" / "step_00000004"))
+
+
+@pytest.mark.parametrize("setting, name", [
+    ("large/TrainTask.fuse_loss = True", "large/TrainTask.fuse_loss = True"),
+    ("large/TrainTask.quantization_aware = [('blocks/*kernel', 'int8')]", "large/TrainTask.quantization_aware"),
+    ("large/Trainer.pipeline_stages = 2", "large/Trainer.pipeline_stages")])
+def test_a_large_run_setting_the_operator_phase_cannot_honour_is_refused_by_name(tmp_path, setting, name):
+  with pytest.raises(growth.GrowthError, match=rf"the operator phase cannot honour {name} .*GrowthRun.steps = 0"):
+    configured_growth(tmp_path, setting)
+  assert not (tmp_path / "small").exists()
