@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from combinax.cli.frame import Command, ConfigError, configuration_error, parse_config, start_multihost
+from combinax.cli.frame import (HELP_FLAGS, Command, ConfigError, configuration_error, parse_config,
+                                start_multihost)
 
 HELP = """combinax-train: trains the model a gin config describes; rerunning resumes from the newest checkpoint.
 
@@ -79,7 +80,7 @@ def thp_mode() -> str | None:
 def main():
   """Entry point of `combinax-train`."""
   environment = huge_pages_environment(os.environ, thp_mode())
-  if environment is not None and not {"--help", "-h", "-help", "--helpshort"} & set(sys.argv[1:]):
+  if environment is not None and not HELP_FLAGS & set(sys.argv[1:]):
     print(f"{PROGRAM}: restarting with GLIBC_TUNABLES={environment['GLIBC_TUNABLES']} (transparent huge pages "
           "for XLA's per-step scratch buffers; COMBINAX_HUGE_PAGES=0 turns this off; --help says more)",
           file=sys.stderr, flush=True)

@@ -24,13 +24,14 @@ import jax
 
 LOCK_FILE = ".lock"
 
-# directory -> [open lock file, depth]: a process that holds a directory's lock may take it again (the Trainers of a
+# lock file -> [its open handle, depth]: a process that holds a directory's lock may take it again (the Trainers of a
 # GrowthRun inside its own locked directory, a Trainer run twice), because flock would refuse a second descriptor.
 _held: dict[Path, list] = {}
 
 
 class RunDirectoryError(RuntimeError):
-  """The output directory cannot be used: another run holds it, or it cannot be created or written."""
+  """The output directory cannot be used: another run holds it, it cannot be created or written, or what it holds
+  cannot be resumed by this run (every checkpoint damaged, another model, another configuration)."""
 
 
 def prepare(directory: str | os.PathLike) -> Path:

@@ -163,14 +163,16 @@ class RunSession:
     """Starts an asynchronous save of `tree` as checkpoint `step` (see `CheckpointManager.save`) with the run's
     `record` in its metadata, and writes the operative configuration (every value the run used) beside it: kept for
     the record, while resumes compare the given one, so that a default changed by an upgrade does not refuse them."""
-    self.manager.save(step, tree, {**metadata, "run": {**record, "operative_config": gin.operative_config_str()}},
+    operative = gin.operative_config_str()
+    self.manager.save(step, tree, {**metadata, "run": {**record, "operative_config": operative}},
                       host_metadata=host_metadata)
-    self.write_operative_config()
+    self.write_operative_config(operative)
 
-  def write_operative_config(self):
+  def write_operative_config(self, operative: str | None = None):
     """operative_config.gin: every value the run has used so far (process 0)."""
     if self.primary:
-      rundir.write_atomically(self.directory / "operative_config.gin", gin.operative_config_str())
+      rundir.write_atomically(self.directory / "operative_config.gin",
+                              gin.operative_config_str() if operative is None else operative)
 
   def latest(self) -> Path | None:
     return self.manager.latest()

@@ -203,7 +203,7 @@ class Trainer:
     self.model = model(mode="train", **pipeline) if not isinstance(model, Layer) else model
     self.task, self.eval_task, self.output_dir = task, eval_task, Path(output_dir)
     self.steps, self.seed, self.log_every = int(steps), int(seed), int(log_every)
-    self.checkpoint_every, self.init_checkpoint = int(checkpoint_every), init_checkpoint
+    self.init_checkpoint = init_checkpoint
     self.best_metric, self.patience, self.progress = best_metric, early_stopping_patience, progress
     # (Leftovers of killed saves are cleared in `run`, holding the directory's lock: not here, where another run
     # may be writing.)

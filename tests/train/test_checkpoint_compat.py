@@ -23,13 +23,11 @@ def test_a_0_1_run_resumes_exactly_and_continues_in_the_new_format(tmp_path):
   shutil.copytree(OLD_RUN, tmp_path / "old")
   assert checkpoints.read_manifest(checkpoints.latest(tmp_path / "old"))["format"] == "combinax-checkpoint-v1"
   straight = classifier_trainer(tmp_path / "straight", 12).run()
-  resumed = classifier_trainer(tmp_path / "old", 12)
-  resumed.checkpoint_every = 3
-  resumed = resumed.run()   # from 0.1's step 6: params, optimizer, rng and the data position
+  resumed = classifier_trainer(tmp_path / "old", 12, checkpoint_every=3).run()   # from 0.1's step 6: params, optimizer, rng and the data position
   for a, b in zip(leaves((straight.params, straight.opt_state)), leaves((resumed.params, resumed.opt_state))):
     np.testing.assert_array_equal(a, b)
   latest = checkpoints.latest(tmp_path / "old")
-  assert latest.name == "step_00000012"
+  assert latest.name == "step_00000012" and (tmp_path / "old" / "step_00000009").is_dir()   # every 3 steps
   assert checkpoints.read_manifest(latest)["format"] == checkpoints.FORMAT
 
 

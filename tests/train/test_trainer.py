@@ -34,7 +34,7 @@ def lm_trainer(output_dir, steps, **kwargs):
                  progress=False, **kwargs)
 
 
-def classifier_trainer(output_dir, steps):
+def classifier_trainer(output_dir, steps, checkpoint_every=5):
   """Dropout (the rng), adamw with a schedule (the optimizer state) and a shuffled, repeating source (the data
   position): everything an exact resume must restore."""
   rng = np.random.default_rng(0)
@@ -44,7 +44,7 @@ def classifier_trainer(output_dir, steps):
   model = cl.Serial(cl.Dense(16), cl.Relu(), cl.Dropout(0.3), cl.Dense(2))
   task = TrainTask(data=pipeline, loss_layer=cl.CategoryCrossEntropy(), optimizer=optax.adamw, weight_decay=0.01,
                    schedule=schedules.rsqrt_decay(1e-2, warmup_steps=4))
-  return Trainer(model, task, output_dir=str(output_dir), steps=steps, checkpoint_every=5, log_every=5,
+  return Trainer(model, task, output_dir=str(output_dir), steps=steps, checkpoint_every=checkpoint_every, log_every=5,
                  progress=False)
 
 
