@@ -74,6 +74,11 @@ class Stream:
     if state is not None:
       raise DataError(f"{self.stage.name} keeps no state, but was given {state!r}")
 
+  def reads_per_host(self) -> bool:
+    """Whether this stream holds only this host's examples (a source with its own `shard=`, a plain iterator each
+    host supplies), rather than the global order every host reads alike (`combinax.data.hosts`)."""
+    return self.upstream.reads_per_host() if self.upstream is not None else True
+
   def stats(self) -> dict:
     """This stage's own counters (e.g. examples dropped); {} when it counts nothing."""
     return {}

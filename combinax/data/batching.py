@@ -11,26 +11,28 @@ import bisect
 import numpy as np
 
 from combinax.data.base import DataError, Stage, Stream, as_keys, check_tuple
-from combinax.data.hosts import current_host, host_batch_size
+from combinax.data.hosts import current_host, host_batch_size, own_rows
 from combinax.data.transforms import length_of
 
 
-def stack_examples(examples: list, pad_value=0, length: int | None = None) -> tuple:
+def stack_examples(examples: list, pad_value=0, length: int | None = None, *, like: list | None = None) -> tuple:
   """Stacks examples (tuples) position by position into numpy arrays.
 
   Sequences are padded along their first axis to the longest one, or to `length` when given (positions whose
-  arrays are longer than `length` keep their own maximum).
+  arrays are longer than `length` keep their own maximum). With `like`, to the longest of `like` instead: a host's
+  rows of a global batch are padded as the whole batch is, so every host's rows have one shape.
 
   >>> from combinax import data
   >>> data.stack_examples([(np.array([1, 2]), 0), (np.array([3]), 1)])
   (array([[1, 2],
          [3, 0]]), array([0, 1]))
   """
+  like = examples if like is None else like
   if not examples:
     raise DataError("cannot make a batch of no examples")
-  size = len(check_tuple(examples[0], "Batch"))
-  if any(not isinstance(e, tuple) or len(e) != size for e in examples):
-    bad = next(e for e in examples if not isinstance(e, tuple) or len(e) != size)
+  size = len(check_tuple(like[0], "Batch"))
+  if any(not isinstance(e, tuple) or len(e) != size for e in like):
+    bad = next(e for e in like if not isinstance(e, tuple) or len(e) != size)
     raise DataError(f"Batch: examples differ in structure: {size} positions, then {bad!r:.80}")
   columns = []
   for k in range(size):
@@ -39,9 +41,10 @@ def stack_examples(examples: list, pad_value=0, length: int | None = None) -> tu
       columns.append(np.asarray(values))
       continue
     arrays = [np.asarray(v) for v in values]
-    if any(a.ndim != arrays[0].ndim for a in arrays):
-      raise DataError(f"Batch: position {k} mixes ranks {sorted({a.ndim for a in arrays})}")
-    shape = tuple(np.max([a.shape for a in arrays], axis=0))
+    everyone = arrays if like is examples else [np.asarray(e[k]) for e in like]
+    if any(a.ndim != everyone[0].ndim for a in everyone):
+      raise DataError(f"Batch: position {k} mixes ranks {sorted({a.ndim for a in everyone})}")
+    shape = tuple(np.max([a.shape for a in everyone], axis=0))
     if length is not None:
       shape = (max(shape[0], length),) + shape[1:]
     dtype = np.result_type(*arrays)
@@ -59,7 +62,12 @@ class _BatchStream(Stream):
 
   def __init__(self, stage, upstream):
     super().__init__(stage, upstream)
-    self.size = host_batch_size(stage.batch_size, stage.name)
+    size = host_batch_size(stage.batch_size, stage.name)   # (checks that the hosts divide the global batch)
+    self.host = current_host()   # (the host it is built for: `as_host` may have ended when it runs)
+    # A global order (every host reads the same stream): the whole global batch, of which this host keeps its rows.
+    # A per-host stream: this host's rows are its own next examples.
+    self.global_order = not upstream.reads_per_host()
+    self.size = stage.batch_size if self.global_order else size
     self.dropped = 0
 
   def next(self):
@@ -74,7 +82,14 @@ class _BatchStream(Stream):
     if len(examples) < self.size and self.stage.drop_remainder:
       self.dropped += len(examples)
       raise StopIteration
-    return stack_examples(examples, self.stage.pad_value)
+    if not self.global_order:
+      return stack_examples(examples, self.stage.pad_value)
+    rows, left_over = own_rows(examples, self.host)
+    self.dropped += left_over
+    if not rows:
+      raise StopIteration
+    whole = examples[:len(examples) - left_over]
+    return stack_examples(rows, self.stage.pad_value, like=None if len(rows) == len(whole) else whole)
 
   def state(self):
     return {"dropped": self.dropped}
@@ -83,15 +98,16 @@ class _BatchStream(Stream):
     self.dropped = int(state["dropped"])
 
   def stats(self):
-    return {"dropped": self.dropped} if self.stage.drop_remainder else {}
+    return {"dropped": self.dropped} if self.stage.drop_remainder or self.dropped else {}
 
 
 class Batch(Stage):
   """Groups `batch_size` examples into a batch, padding sequences to the longest in the batch.
 
-  `batch_size` is global: on a job of n hosts each host makes `batch_size / n` rows (`combinax.data.hosts`).
+  `batch_size` is global: on a job of n hosts each host makes `batch_size / n` rows of it (`combinax.data.hosts`).
 
-  The last, smaller batch is kept unless `drop_remainder` (its examples are then counted as dropped).
+  The last, smaller batch is kept unless `drop_remainder` (its examples are then counted as dropped); on n hosts,
+  its last `len % n` examples are dropped and counted (every host makes as many rows).
 
   >>> from combinax import data
   >>> pipeline = data.Serial(data.FromList([(np.array([1, 2, 3]),), (np.array([4]),)]), data.Batch(2))
@@ -115,19 +131,29 @@ class _BucketStream(Stream):
 
   def __init__(self, stage, upstream):
     super().__init__(stage, upstream)
-    if current_host()[1] > 1:
-      raise DataError("BucketByLength: its batch shapes depend on the data, so they would differ between hosts, and "
-                      "a multi-host step needs one shape on all; on several hosts pad to fixed lengths "
-                      "(TruncateToLength + PadToLength + Batch)")
+    self.host = current_host()   # (the host it is built for: `as_host` may have ended when it runs)
+    hosts = self.host[1]
+    if hosts > 1 and upstream.reads_per_host():
+      raise DataError("BucketByLength: its batch shapes depend on the data, so on hosts that read their own shards "
+                      "(a source's shard=, a plain iterator) they would differ, and a multi-host step needs one shape "
+                      "on all; read a global order (no shard=) or pad to fixed lengths (PadToLength + Batch)")
+    if any(size % hosts for size in stage.batch_sizes):
+      raise DataError(f"BucketByLength: batch_sizes {stage.batch_sizes} are global batch sizes, each a multiple of "
+                      f"the {hosts} hosts (processes)")
     self._buckets = [[] for _ in stage.boundaries]
     self._exhausted = False
     self.dropped_long = 0
     self.dropped_remainder = 0
 
-  def _emit(self, b: int) -> tuple:
+  def _emit(self, b: int) -> tuple | None:
+    """Bucket b's batch (this host's rows of it), or None when it leaves this host no row."""
     examples, self._buckets[b] = self._buckets[b], []
     length = self.stage.boundaries[b] if self.stage.pad_to_boundary else None
-    return stack_examples(examples, self.stage.pad_value, length)
+    rows, left_over = own_rows(examples, self.host)
+    self.dropped_remainder += left_over
+    whole = examples[:len(examples) - left_over]
+    return stack_examples(rows, self.stage.pad_value, length, like=None if len(rows) == len(whole) else whole) \
+        if rows else None
 
   def next(self):
     stage = self.stage
@@ -155,7 +181,9 @@ class _BucketStream(Stream):
           self.dropped_remainder += len(bucket)
           self._buckets[b] = []
           continue
-        return self._emit(b)
+        batch = self._emit(b)
+        if batch is not None:
+          return batch
     raise StopIteration
 
   def state(self):
@@ -182,7 +210,8 @@ class BucketByLength(Stage):
   shapes for `jax.jit`) or to its longest example. The length of an example is the largest first-axis length among
   `length_keys`. An example longer than the last boundary raises a DataError, unless `drop_long=True`: then it is
   dropped and counted (`stream.get_stats()`). When the stream ends, partial buckets come out as smaller batches
-  (or are dropped and counted with `drop_remainder=True`).
+  (or are dropped and counted with `drop_remainder=True`). On n hosts reading a global order, `batch_sizes` are
+  global (each a multiple of n) and each host keeps its rows of every batch, as with `Batch`.
 
   >>> from combinax import data
   >>> examples = [(np.ones(n, np.int32),) for n in (1, 5, 2, 6)]

@@ -1,16 +1,24 @@
-"""Data on several hosts: each process reads its own shard, and batch sizes are global.
+"""Data on several hosts: every host reads the same global order, keeps its own rows of each global batch.
 
 On a multi-host run (several JAX processes, `jax.distributed`), every process builds the same pipeline, and:
-- every `Source` reads examples `i, i + n, i + 2n, ...` of each epoch's order, i being the process index and n the
-  process count (unless it was given its own `shard=(index, count)`), so no two hosts read the same example;
-- `Batch(batch_size)` means the *global* batch: each host makes `batch_size / n` rows, and the Trainer assembles the
-  hosts' rows into one global batch (host 0's rows first). A recipe therefore trains the same model, with the same
-  global batch, on one host or on many.
-Each host's position in its shard is saved in the checkpoint, per host.
+- a `Source` (anything read by index: `TFDS`, `TextLines`, `JSONL`, `Corpus`, `FromList`, ...) reads all of each
+  epoch's order on every host, and every stage after it (shuffle buffer, tokenizer, packer, masking) runs the same
+  on every host, so every host holds the same stream;
+- `Batch(batch_size)` (and `BucketByLength`) makes the *global* batch from that stream and keeps this host's rows
+  of it: host i of n the i-th of n equal parts. The Trainer assembles the hosts' rows into the global batch.
+So the global batches are the one-host run's, row for row, on any number of hosts (2 processes x 4 devices train
+as 1 process x 8), and the pipeline's position is the same on every host: the Trainer saves it once, and a run
+stopped on 2 hosts resumes on 1 (or 4) at the exact data position. What it costs: each host reads and prepares
+every example (tokenising is cheap next to a training step; an expensive per-example stage is paid n times).
+
+A pipeline whose examples differ between hosts is *per host*: a source given its own `shard=(index, count)` (e.g.
+per-host files), or a plain Python iterator (each host supplies its own). There `Batch` makes `batch_size / n`
+rows from the host's own stream, as each host's position is its own: it is saved per host and resumes only on the
+same host of the same number. Such a job trains on other global batches than one host would.
 
 `as_host(index, count)` builds a pipeline as host `index` of `count` would, in any process (tests; reproducing what
 one host of a job read), and `SimulatedHosts(pipeline, hosts)` makes, on one process, the very global batches a job
-of `hosts` processes reads: run a multi-host recipe's data on one machine, or compare a multi-host run with one.
+of `hosts` processes reads (for a per-host pipeline, the only way to see them on one machine).
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ def as_host(index: int, count: int):
   >>> pipeline = data.Serial(data.FromList([(i,) for i in range(8)]), data.Batch(4))
   >>> with data.as_host(1, 2):
   ...   next(pipeline())[0].tolist()
-  [1, 3]
+  [2, 3]
   """
   if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
     raise DataError(f"as_host: need 0 <= index < count, got index={index!r}, count={count!r}")
@@ -60,6 +68,22 @@ def host_batch_size(global_size: int, stage: str) -> int:
     raise DataError(f"{stage}: the global batch size {global_size} is not a multiple of the {count} hosts "
                     f"(processes); each host makes batch_size / {count} rows")
   return global_size // count
+
+
+def own_rows(examples: list, host: tuple[int, int]) -> tuple[list, int]:
+  """(the rows of the global batch `examples` that `host` = (i, n) makes, how many examples no host gets): host i
+  of n takes the i-th of n equal parts. Only a stream's last, smaller batch can leave some over: its last `len % n`
+  examples, which the caller counts as dropped (one host cannot make a row more than the others)."""
+  index, count = host
+  rows = len(examples) // count
+  return examples[index * rows:(index + 1) * rows], len(examples) - rows * count
+
+
+def sharded_position(position: list) -> bool:
+  """Whether a saved pipeline position (`stream.get_state()`) is of a source read per shard: a per-host position,
+  which fits only the same host of the same number of hosts."""
+  return any(isinstance(own, dict) and isinstance(own.get("state"), dict) and own["state"].get("shard") is not None
+             for own in position)
 
 
 class _SimulatedStream(Stream):
@@ -82,6 +106,9 @@ class _SimulatedStream(Stream):
                         "multi-host job needs the same batch shape on every host")
     return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
+  def reads_per_host(self):
+    return False   # (what it makes is the job's global batches)
+
   def state(self):
     return [stream.get_state() for stream in self.streams]
 
@@ -102,8 +129,12 @@ class SimulatedHosts(Stage):
 
   >>> from combinax import data
   >>> pipeline = data.Serial(data.FromList([(i,) for i in range(8)]), data.Batch(4))
-  >>> next(data.SimulatedHosts(pipeline, hosts=2)())[0].tolist()
-  [0, 2, 1, 3]
+  >>> next(data.SimulatedHosts(pipeline, hosts=2)())[0].tolist()   # a global order: one host's batch
+  [0, 1, 2, 3]
+  >>> per_host = data.Serial(data.FromList([(i,) for i in range(8)], shard=(0, 1)), data.Batch(4))
+  >>> with data.as_host(1, 2):   # (shard=(0, 1) stands for the host's own files: here host 1 reads them all)
+  ...   next(per_host())[0].tolist()
+  [0, 1]
   """
 
   is_source = True

@@ -4,8 +4,9 @@ Every source reads examples by index, so its position is just `(epoch, index)`: 
 example comes out as a tuple of the fields named in `keys` (Trax style). Options common to all sources:
 `shuffle` (a fresh seeded permutation of the examples each epoch), `seed`, `repeat` (loop over epochs for ever),
 and `shard=(index, count)`: read examples `index, index + count, ...` of each epoch's order. By default a source
-reads the shard of the host it runs on (`combinax.data.hosts`): all of it on one process, its own part on each
-process of a multi-host job.
+reads all of each epoch's order on every host of a multi-host job, and `Batch` keeps each host's rows of the global
+batches (`combinax.data.hosts`): the batches are the same on any number of hosts. A source given a `shard` is read
+per host (e.g. `shard=(jax.process_index(), jax.process_count())` over per-host files).
 Local files (`TextLines`, `CSV`, `TSV`, `JSONL`) are in `combinax.data.files`.
 """
 
@@ -17,7 +18,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from combinax.data.base import DataError, Stage, Stream
-from combinax.data.hosts import current_host
 
 _BLOCK = 64   # examples fetched at once from a random-access store (a cache, not part of the state)
 
@@ -91,11 +91,7 @@ class SourceStream(Stream):
   def __init__(self, source: Source):
     super().__init__(source, None)
     self._data = source.data()
-    if source.shard is not None:
-      self._shard = source.shard
-    else:
-      host = current_host()
-      self._shard = host if host[1] > 1 else None
+    self._shard = source.shard
     self.epoch, self.index = 0, 0
     self._order = self._epoch_order(0)
     self._block, self._block_start = [], 0
@@ -108,9 +104,8 @@ class SourceStream(Stream):
       index, count = self._shard
       order = order[index::count]
       if len(order) == 0:
-        whose = "" if source.shard is not None else f" (host {index} of {count}: each host reads its own shard)"
-        raise DataError(f"{source.describe()}: shard {index} of {count} holds none of its {n} examples{whose}; "
-                        f"use fewer hosts or more data")
+        raise DataError(f"{source.describe()}: shard {index} of {count} holds none of its {n} examples; use fewer "
+                        f"shards or more data")
     return order
 
   def next(self):
@@ -130,6 +125,9 @@ class SourceStream(Stream):
     self.index += 1
     return self.stage.select(self._block[offset], i)
 
+  def reads_per_host(self):
+    return self._shard is not None
+
   def state(self):
     return {"epoch": self.epoch, "index": self.index, "size": len(self._data),
             "shard": list(self._shard) if self._shard is not None else None}
@@ -138,7 +136,7 @@ class SourceStream(Stream):
     saved = tuple(state["shard"]) if state.get("shard") is not None else None
     if "shard" in state and saved != self._shard:   # (positions saved by combinax 0.1 have no shard)
       raise DataError(f"{self.stage.name}: the saved position is for shard {saved} (index, count), but this stream "
-                      f"reads shard {self._shard}; a host's position only fits the same host of the same number")
+                      f"reads shard {self._shard}; a shard's position only fits the same shard")
     if state["size"] != len(self._data):
       raise DataError(f"{self.stage.name}: the saved position is for {state['size']} examples, but the data now "
                       f"has {len(self._data)}; the data changed since the state was saved")

@@ -23,6 +23,7 @@ import optax
 from combinax import data as cx_data
 from combinax import layers as cl
 from combinax import quant, sharding
+from combinax.data.hosts import sharded_position
 from combinax.layers.base import Layer
 from combinax.paths import leaves_with_paths, matches
 from combinax.store import checkpoints
@@ -255,13 +256,24 @@ class Trainer:
     resumed = self.session.resume(fresh, record, allow_change=allow_change)
     if resumed is not None:
       notes = resumed.notes
-      if resumed.host is not None and "data" in resumed.host:
-        stream.set_state(cx_data.loads_state(resumed.host["data"]))
-      else:   # saved by another number of hosts: each host's shard of the data is another one now
+      # A global order's position is the same on every host, saved once: it resumes on any number of hosts. A
+      # per-host position (`combinax.data.hosts`) is in each host's own record, absent when another number saved it.
+      position = resumed.metadata.get("data")
+      if position is None and resumed.host is not None:
+        position = resumed.host.get("data")
+      if position is not None and not stream.reads_per_host() and sharded_position(
+          cx_data.loads_state(position)):
+        position = None
+        notes.append(f"{resumed.checkpoint.name} holds the data positions of hosts that each read their own shard "
+                     "(as every source was read before 2026-12): params, optimizer state, step and rng are "
+                     "restored, but the data pipeline, which now reads one global order, starts again")
+      elif position is None:
         saved_by = checkpoints.read_manifest(resumed.checkpoint).get("processes", 1)
         notes.append(f"{resumed.checkpoint.name} was saved by {saved_by} process(es) and this run has "
                      f"{jax.process_count()}: params, optimizer state, step and rng are restored, but the data "
-                     "pipeline starts again from its beginning (a data position belongs to one host's shard)")
+                     "pipeline, which each host reads per shard, starts again from its beginning")
+      if position is not None:
+        stream.set_state(cx_data.loads_state(position))
       return resumed.tree, resumed.metadata.get("best_history", []), notes
     if self.init_checkpoint:  # fine-tuning: the params and model state of another run, nothing else
       source = checkpoints.checkpoint_or_latest(self.init_checkpoint)
@@ -285,11 +297,14 @@ class Trainer:
                           f"there. The last good checkpoint is {latest or 'none (no checkpoint was saved)'}.")
 
   def _save(self, train_state: TrainState, stream, metrics: dict, best_history: list, record: dict):
-    """Starts an asynchronous save (the files are written while training goes on); each host keeps its own data
-    position, and the checkpoint keeps the run's configuration (`_record`)."""
+    """Starts an asynchronous save (the files are written while training goes on) with the data position (once
+    for a global order, each host its own for a per-host pipeline) and the run's configuration (`_record`)."""
     self._check_finite(train_state)
-    self.session.save(int(train_state.step), train_state, {"metrics": metrics, "best_history": best_history},
-                      record, host_metadata={"data": cx_data.dumps_state(stream.get_state())})
+    position = {"data": cx_data.dumps_state(stream.get_state())}
+    per_host = stream.reads_per_host()
+    self.session.save(int(train_state.step), train_state,
+                      {"metrics": metrics, "best_history": best_history, **({} if per_host else position)},
+                      record, host_metadata=position if per_host else {})
 
   def _eval_metrics(self, params, model_state, batch) -> dict:
     """Each metric of the eval task on one batch (jitted once, in `__init__`)."""

@@ -1,10 +1,11 @@
 """Multi-host training for real: `combinax-train --multihost` in 2 processes x 4 CPU devices on localhost (gloo
-collectives), against 1 process x 8 devices reading the same global batches (`data.SimulatedHosts`).
+collectives), against the same recipe in 1 process x 8 devices: every host reads the global order and keeps its rows
+of each global batch (`combinax.data.hosts`), so both read the same batches.
 
 (a) the loss curve and final params match the 1-process run; (b) both processes killed (SIGKILL) after a
 checkpoint and restarted finish with the params of an uninterrupted run; (c) the 2-process checkpoint restores in 1
-process, on 8 devices or on 2, and a 1-process run resumes from it; (d) with FSDP rules each process wrote only its
-own shards."""
+process, on 8 devices or on 2, and a 1-process run resumes from it at the same data position, finishing as the
+1-process run did; (d) with FSDP rules each process wrote only its own shards."""
 
 import base64
 import json
@@ -37,10 +38,6 @@ TINY = ["TransformerLM.d_model = 32", "TransformerLM.d_ff = 64", "TransformerLM.
         "eval/lm_pipeline.batch_size = 8", f"Trainer.steps = {STEPS}", "Trainer.log_every = 1",
         "Trainer.checkpoint_every = 4", "Trainer.keep_checkpoints = 20", "EvalTask.eval_every = 10",
         "EvalTask.n_batches = 2", "cosine.warmup_steps = 5", f"cosine.total_steps = {STEPS}"]
-# The 1-process reference reads what the 2 hosts read: each host's shard, its rows of each global batch.
-SIMULATED = ["TrainTask.data = @train/SimulatedHosts()", "train/SimulatedHosts.pipeline = @train/lm_pipeline()",
-             "train/SimulatedHosts.hosts = 2", "EvalTask.data = @eval/SimulatedHosts()",
-             "eval/SimulatedHosts.pipeline = @eval/lm_pipeline()", "eval/SimulatedHosts.hosts = 2"]
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +93,21 @@ def losses(output_dir):
   return [(r["step"], r["train/loss"]) for r in read_metrics(output_dir) if "train/loss" in r]
 
 
+def saved_position(output_dir, step):
+  """The data position saved with `step`'s checkpoint (a global order's: once, in the shared metadata)."""
+  checkpoint = next(c for c in checkpoints.list_checkpoints(output_dir)
+                    if checkpoints.read_manifest(c)["step"] == step)
+  return checkpoints.read_manifest(checkpoint)["metadata"]["data"]
+
+
+def assert_params_match(params, reference):
+  for path, value in reference.items():
+    # The key bias gets no true gradient (softmax ignores a shift shared by all keys), only rounding noise, which
+    # Adam scales up to full-size steps: equal within the learning rate's reach, not to float precision.
+    tolerance = {"atol": 1e-2} if path.endswith("attention/k/bias") else {"rtol": 1e-4, "atol": 1e-6}
+    np.testing.assert_allclose(params[path], value, err_msg=path, **tolerance)
+
+
 def final_params(output_dir):
   return checkpoints.read_arrays(checkpoints.latest(output_dir), "params")
 
@@ -108,7 +120,7 @@ def runs(tmp_path_factory, cache):
   cwd = os.getcwd()
   os.chdir(ROOT)
   try:
-    train_here(root / "one", *SIMULATED)   # also trains and caches the tokenizer before the processes start
+    train_here(root / "one")   # also trains and caches the tokenizer before the processes start
   finally:
     os.chdir(cwd)
   outputs = finish(start_job(root / "two", cache))
@@ -122,12 +134,9 @@ def test_two_processes_train_as_one_process_on_the_same_global_batches(runs):
   # Same data and math; the gradients' sum runs over gloo between processes and inside XLA within one, in another
   # order, so float rounding differs slightly.
   np.testing.assert_allclose([l for _, l in two], [l for _, l in one], rtol=1e-5)
-  two_params = final_params(root / "two")
-  for path, value in final_params(root / "one").items():
-    # The key bias gets no true gradient (softmax ignores a shift shared by all keys), only rounding noise, which
-    # Adam scales up to full-size steps: equal within the learning rate's reach, not to float precision.
-    tolerance = {"atol": 1e-2} if path.endswith("attention/k/bias") else {"rtol": 1e-4, "atol": 1e-6}
-    np.testing.assert_allclose(two_params[path], value, err_msg=path, **tolerance)
+  assert_params_match(final_params(root / "two"), final_params(root / "one"))
+  # The data position is the global order's, the same on both hosts: saved once, equal to the 1-process run's.
+  assert saved_position(root / "two", 20) == saved_position(root / "one", 20)
   evals = [r for r in read_metrics(root / "two") if "eval/loss" in r]
   assert [r["step"] for r in evals] == [10, 20, 30, 40]
   # Process 0 alone logs; both processes ran every step.
@@ -158,7 +167,7 @@ def test_both_processes_killed_after_a_checkpoint_resume_to_the_uninterrupted_pa
     np.testing.assert_array_equal(resumed[path], value, err_msg=path)
 
 
-def test_a_two_process_checkpoint_restores_in_one_process_on_any_mesh(runs, tmp_path, capsys):
+def test_a_two_process_checkpoint_restores_in_one_process_on_any_mesh(runs):
   root, _ = runs
   latest = checkpoints.latest(root / "two")
   saved = checkpoints.read_arrays(latest, "params")
@@ -175,16 +184,28 @@ def test_a_two_process_checkpoint_restores_in_one_process_on_any_mesh(runs, tmp_
         restored = restored[part]
       assert restored.sharding == sharding
       np.testing.assert_array_equal(restored, value)
-  # A 1-process run goes on from the 2-process run (its data restarts: a host's position is its shard's).
+
+
+def test_a_two_process_run_resumed_in_one_process_goes_on_at_the_same_data_position(runs, tmp_path, capsys):
+  root, _ = runs
   shutil.copytree(root / "two", tmp_path / "continued")
+  for checkpoint in checkpoints.list_checkpoints(tmp_path / "continued"):   # as if the job had stopped at step 20
+    if checkpoints.read_manifest(checkpoint)["step"] > 20:
+      shutil.rmtree(checkpoint)
   cwd = os.getcwd()
   os.chdir(ROOT)
   try:
-    train_here(tmp_path / "continued", f"Trainer.steps = {STEPS + 2}", allow_config_change=True)
+    train_here(tmp_path / "continued")   # the same recipe: no configuration change
   finally:
     os.chdir(cwd)
-  assert checkpoints.read_manifest(checkpoints.latest(tmp_path / "continued"))["step"] == STEPS + 2
-  assert "was saved by 2 process(es) and this run has 1" in capsys.readouterr().out
+  output = capsys.readouterr().out
+  assert "resumed from step 20 " in output and "starts again" not in output
+  # Steps 21-40 in 1 process are the 1-process run's steps 21-40: the same batches, from the same position.
+  continued = dict(losses(tmp_path / "continued"))
+  np.testing.assert_allclose([continued[s] for s in range(21, STEPS + 1)],
+                             [l for s, l in losses(root / "one") if s > 20], rtol=1e-5)
+  assert saved_position(tmp_path / "continued", STEPS) == saved_position(root / "one", STEPS)
+  assert_params_match(final_params(tmp_path / "continued"), final_params(root / "one"))
 
 
 def test_with_fsdp_each_process_writes_only_its_own_shards(cache, tmp_path):
