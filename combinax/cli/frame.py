@@ -33,7 +33,8 @@ SHARED = {
     "output_dir": (flags.DEFINE_string, None, "the run directory: checkpoints, configs and logs (rerunning resumes "
                    "from it)"),
     "allow_config_change": (flags.DEFINE_bool, False, "resume although the configuration differs from the one the "
-                            "newest checkpoint was trained with (e.g. more steps, another learning rate)"),
+                            "newest checkpoint was trained with (e.g. another learning rate; raising only the "
+                            "run's length, Trainer.steps or FederatedRun.rounds, needs no flag)"),
     "multihost": (flags.DEFINE_bool, False, "one process of a multi-host job: calls jax.distributed.initialize() "
                   "first"),
 }

@@ -17,7 +17,7 @@ HELP = """combinax-train: trains the model a gin config describes; rerunning res
 Writes checkpoints, config.gin, operative_config.gin, metrics.jsonl and TensorBoard files to --output_dir, which
 the run holds locked: a second run on it is refused, naming the first. Each checkpoint keeps the configuration it
 was trained with; rerunning with another configuration stops, naming what differs (--allow_config_change resumes
-anyway, e.g. with more steps or another learning rate).
+anyway, e.g. with another learning rate); raising only Trainer.steps extends the run.
 
 Errors print one line (exit code 2 for a bad flag or configuration, 1 for a run that cannot go on); --traceback
 shows the Python traceback too.

@@ -112,7 +112,8 @@ class FederatedRun:
     self.rounds, self.eval_every, self.checkpoint_every = rounds, eval_every, checkpoint_every
     self.seed, self.metrics, self.eval_batch_size, self.progress = seed, metrics, eval_batch_size, progress
     self.session = RunSession(self.output_dir, keep=keep_checkpoints, checkpoint_every=checkpoint_every,
-                              fingerprints={"clients": "the clients' data (the split or the examples)"})
+                              fingerprints={"clients": "the clients' data (the split or the examples)"},
+                              extendable=("FederatedRun.rounds",))
 
   def build(self) -> tuple[FedAvg, ClientData, ServerState]:
     """The algorithm, the client data and the fresh server state of round 0."""

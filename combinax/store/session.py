@@ -11,7 +11,8 @@
 A job gives its `record`, what the run is: `{"config": gin.config_str(), "model": str(model), ...}` plus
 fingerprints of what else must not change under it (a model's parameter structure, a federated run's client data),
 named in `fingerprints`. Every checkpoint keeps the record it was trained with (`metadata["run"]`), so a resume
-under another configuration is refused, naming each difference, unless the caller allows it.
+under another configuration is refused, naming each difference, unless the caller allows it, or the only difference
+is a raised length (`extendable`, e.g. `Trainer.steps`): "train longer" resumes with a note.
 
 The same cases behave the same for every job: a directory another run holds, a checkpoint of another model, a
 changed configuration, and a directory whose every checkpoint is damaged (each is set aside as `*.damaged`, and the
@@ -52,16 +53,20 @@ class RunSession:
     checkpoint_every: the save cadence `due` follows.
     fingerprints: {record key: what it names}: entries of the record that must equal the checkpoint's to resume,
       beside the gin configuration (default: the model's fingerprint).
+    extendable: gin bindings that give the run's length (e.g. "Trainer.steps", in any scope): a rerun that only
+      raises them extends the run, without being allowed a change; lowering them, or any other difference, is one.
   """
 
   def __init__(self, directory: str | Path, *, keep: int = 3, best_metric: str | None = None,
-               best_mode: str = "min", checkpoint_every: int = 1, fingerprints: dict[str, str] | None = None):
+               best_mode: str = "min", checkpoint_every: int = 1, fingerprints: dict[str, str] | None = None,
+               extendable: tuple[str, ...] = ()):
     self.directory = Path(directory)
     self.manager = checkpoints.CheckpointManager(self.directory, keep, best_metric=best_metric, mode=best_mode,
                                                  clean_up=False)
     self.checkpoint_every = int(checkpoint_every)
     self.fingerprints = dict(MODEL_FINGERPRINT if fingerprints is None else fingerprints)
     self.primary = jax.process_index() == 0
+    self.extendable = tuple(extendable)
 
   @contextlib.contextmanager
   def held(self):
@@ -91,12 +96,28 @@ class RunSession:
         changes.append(name)
     return changes
 
+  def _raised_lengths(self, saved: dict, record: dict) -> list[str]:
+    """The `extendable` bindings that this run raises (integers, saved -> now), as `name: saved -> now`."""
+    before, after = rundir.bindings(saved.get("config", "")), rundir.bindings(record["config"])
+    raised = []
+    for key in sorted(set(before) & set(after)):
+      if key.rpartition("/")[2] in self.extendable and before[key] != after[key]:
+        try:
+          if int(after[key]) > int(before[key]):
+            raised.append(f"{key}: {before[key]} -> {after[key]}")
+        except ValueError:   # a macro or an expression: not a plain length, so compared as any binding
+          pass
+    return raised
+
   def _compare(self, checkpoint: Path, saved: dict | None, record: dict, allow_change: bool) -> list[str]:
     if not saved:   # saved before checkpoints recorded their run (combinax 0.1, 0.2)
       return [f"{checkpoint.name} records no configuration: resuming without comparing it with this one"]
     changes = self.differences(saved, record)
     if not changes:
       return []
+    raised = self._raised_lengths(saved, record)
+    if len(raised) == len(changes):   # the run only goes on for longer: the most common rerun there is
+      return [f"extending the run from {checkpoint.name}: " + "; ".join(raised)]
     if allow_change:
       return [f"resuming {checkpoint.name} with a changed configuration (allowed): " + "; ".join(changes)]
     raise RunDirectoryError(

@@ -209,7 +209,7 @@ class Trainer:
     # (Leftovers of killed saves are cleared in `run`, holding the directory's lock: not here, where another run
     # may be writing.)
     self.session = RunSession(self.output_dir, keep=keep_checkpoints, best_metric=best_metric, best_mode=best_mode,
-                              checkpoint_every=checkpoint_every)
+                              checkpoint_every=checkpoint_every, extendable=("Trainer.steps",))
     self.pipelined = bool(pipeline)
     rules = {"replicated": [], "fsdp": sharding.fsdp_rules(), "tensor": sharding.tensor_parallel_rules()}
     self.rules = ((sharding.pipeline_rules() if pipeline else []) +
@@ -336,7 +336,8 @@ class Trainer:
 
     The run holds `output_dir`'s lock throughout (another run there is refused, naming this one). A resumed run
     whose gin configuration or model differs from its checkpoint's stops, naming the difference, unless
-    `allow_config_change` (e.g. more steps, another learning rate)."""
+    `allow_config_change` (e.g. another learning rate); raising only `Trainer.steps` (bound in gin) extends the run
+    with a note."""
     with self.session.held():   # (the save in flight is committed before the run returns, or raises)
       return self._run(allow_config_change)
 

@@ -3,6 +3,7 @@ are Trainers) meet a directory another run holds, a changed configuration and a 
 is damaged in the same way: a `RunDirectoryError` saying what happened and what to do, and nothing else changed."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +43,8 @@ JOBS = {
                   "FederatedRun.client_learning_rate = 0.2", ""),
     "growth": (train_command, "grow_lm_kjv.gin", GROWTH_TINY, "large/cosine.peak = 0.01", "large"),
 }
+# job: its length raised (what "train longer" changes)
+LONGER = {"trainer": "Trainer.steps = 3", "federated": "FederatedRun.rounds = 3", "growth": "large/Trainer.steps = 3"}
 
 HOLDER = """
 import sys, time
@@ -127,3 +130,22 @@ def test_a_directory_whose_every_checkpoint_is_damaged_stops_naming_every_reason
     assert f"{name}: " in str(stopped.value) and "damaged" in str(stopped.value)
     assert (last_phase / f"{name}.damaged").is_dir() and not (last_phase / name).exists()
   assert checkpoints.latest(last_phase) is None
+
+
+def test_a_rerun_that_only_raises_the_length_extends_the_run_and_one_that_changes_more_is_refused(trained, tmp_path,
+                                                                                               capsys):
+  job, output = trained
+  longer, changed, last_phase = LONGER[job], JOBS[job][3], JOBS[job][4]
+  shutil.copytree(output, tmp_path / "run")
+  before = snapshot(tmp_path / "run")
+  name = changed.partition(" = ")[0]
+  with pytest.raises(RunDirectoryError, match=rf"differs from the one step_\d+ was trained with: .*{name}: "):
+    run(job, tmp_path / "run", longer, changed)
+  assert snapshot(tmp_path / "run") == before
+  run(job, tmp_path / "run", longer)
+  assert checkpoints.read_manifest(checkpoints.latest(tmp_path / "run" / last_phase))["step"] == 3
+  assert f"extending the run from step_00000002: {longer.replace(' =', ':').replace(' 3', ' 2 -> 3')}" in \
+      capsys.readouterr().out
+  shorter = longer.replace("3", "1")   # lowering it is a change like any other
+  with pytest.raises(RunDirectoryError, match=rf"{shorter.partition(' = ')[0]}: 3 -> 1"):
+    run(job, tmp_path / "run", shorter)
