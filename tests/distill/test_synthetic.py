@@ -2,12 +2,16 @@
 differ, and made by `combinax-decode --samples` from a trained LM, then read back by `lm_pipeline(path=...)`."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from combinax.data.recipes import lm_pipeline
 from combinax.data.tokenizers import CharTokenizer
 from combinax.distill.synthetic import SyntheticError, provenance_path, write_samples
+from combinax.store.rundir import RunDirectoryError
 from tiny_run import make_workspace, run, tiny_config
 
 
@@ -31,6 +35,46 @@ def test_a_stopped_and_rerun_writing_gives_the_same_file(tmp_path):
   assert json.loads(provenance_path(cut).read_text())["prompts"] == ["a", "b", "c"]
   with pytest.raises(SyntheticError, match=r"was made with other settings \(model differ"):
     write_samples(cut, fake_generate, ["a", "b", "c"], samples=10, batch_size=4, provenance={"model": "other"})
+
+
+SLOW_WRITER = """
+import sys, time
+from combinax.distill.synthetic import write_samples
+def generate(prompts, batch):
+  print("writing", flush=True)
+  time.sleep(0.5)
+  return [f" sample {batch}-{i} after {p!r}" for i, p in enumerate(prompts)]
+write_samples(sys.argv[1], generate, ["a", "b", "c"], samples=10, batch_size=4, provenance={"model": "m"})
+"""
+
+
+def test_a_second_writer_of_the_same_corpus_is_refused_while_the_first_writes(tmp_path):
+  corpus = tmp_path / "corpus.jsonl"
+  first = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(corpus)], stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  try:
+    assert first.stdout.readline() == "writing\n"
+    with pytest.raises(RunDirectoryError, match=rf"is in use by another run \(pid {first.pid} "):
+      write_samples(corpus, fake_generate, ["a", "b", "c"], samples=10, batch_size=4, provenance={"model": "m"})
+    assert first.wait(timeout=60) == 0
+  finally:
+    first.kill()
+    first.stdout.close()
+  whole = tmp_path / "whole.jsonl"
+  write_samples(whole, fake_generate, ["a", "b", "c"], samples=10, batch_size=4, provenance={"model": "m"})
+  assert corpus.read_text() == whole.read_text()   # each sample once, in order
+
+
+def test_a_rerun_over_a_file_holding_samples_twice_keeps_the_verified_prefix_and_makes_the_rest(tmp_path):
+  whole = tmp_path / "whole.jsonl"
+  write_samples(whole, fake_generate, ["a", "b"], samples=32, batch_size=16, provenance={"model": "m"})
+  lines = whole.read_text().splitlines(keepends=True)
+  # What two unlocked writers appending at once left: each batch twice, interleaved.
+  doubled = tmp_path / "doubled.jsonl"
+  doubled.write_text("".join(lines[:16] * 2 + lines[16:] * 2))
+  provenance_path(doubled).write_text(provenance_path(whole).read_text())
+  assert write_samples(doubled, fake_generate, ["a", "b"], samples=32, batch_size=16, provenance={"model": "m"}) == 16
+  assert doubled.read_text() == whole.read_text()
 
 
 def test_combinax_decode_writes_a_corpus_that_lm_pipeline_reads(tmp_path):
