@@ -1,9 +1,11 @@
-"""Every test sees 8 CPU devices and strict rank promotion, as the layer contract promises."""
+"""Every test sees 8 CPU devices (an isolated one the devices it asks for) and strict rank promotion, as the layer
+contract promises."""
 
 import os
 
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
+# (COMBINAX_TEST_DEVICES: set only for the process of an isolated test, below)
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count="
+                                    + os.environ.get("COMBINAX_TEST_DEVICES", "8")]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
@@ -12,8 +14,13 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 import gc  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 
 import pytest  # noqa: E402
+from _pytest.reports import TestReport  # noqa: E402
 
 
 # Clearing after every module cost ~1.5 min of recompiling over the suite; a module adds at most ~14,000 mappings
@@ -39,3 +46,73 @@ def release_compiled_programs():
   if _memory_mappings() > _MAPPINGS_BEFORE_CLEARING:
     jax.clear_caches()
     gc.collect()
+
+
+# --- Memory -----------------------------------------------------------------------------------------------------
+# CI's machine has 24 GB for the suite's two workers, and a worker keeps most of what a test made it grow to (XLA's
+# compiled programs, the allocator's pages), so one heavy test raises its worker for the rest of the run. Set
+# COMBINAX_TEST_MEMORY=<folder> to record each test's peak and what its worker holds after it
+# (<folder>/<worker>.tsv: test, peak MB, resident MB); the README gives each worker's peak as measured so.
+_MEMORY_LOG = os.environ.get("COMBINAX_TEST_MEMORY")
+
+
+def _status_mb(field: str) -> int:
+  with open("/proc/self/status") as status:
+    return next(int(line.split()[1]) // 1024 for line in status if line.startswith(field + ":"))
+
+
+def pytest_runtest_logstart(nodeid, location):
+  if _MEMORY_LOG:
+    with open("/proc/self/clear_refs", "w") as clear:   # "5": the peak (VmHWM) starts again from what is resident
+      clear.write("5")
+
+
+def pytest_runtest_logfinish(nodeid, location):
+  if _MEMORY_LOG:
+    os.makedirs(_MEMORY_LOG, exist_ok=True)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main") + ("-isolated" if _ISOLATED_CHILD in os.environ else "")
+    with open(os.path.join(_MEMORY_LOG, f"{worker}.tsv"), "a") as log:
+      log.write(f"{nodeid}\t{_status_mb('VmHWM')}\t{_status_mb('VmRSS')}\n")
+
+
+# --- Tests in a process of their own ------------------------------------------------------------------------------
+# `@pytest.mark.isolated(devices=1)`: the test runs in a fresh `python -m pytest <test>` on `devices` CPU devices,
+# so what it makes goes back to the system when it ends instead of staying with its worker. For the end-to-end tests
+# that load a real pretrained model: growing MiniLM on 8 simulated devices (8 replicas of everything) peaked at
+# 10.4 GB, on 1 device at 1.6 GB (measured), and its worker kept most of it for the rest of the run.
+_ISOLATED_CHILD = "COMBINAX_TEST_DEVICES"
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "isolated(devices=1): run the test in a fresh process on that many CPU devices")
+
+
+def _report(item, when: str, outcome: str, longrepr=None, duration: float = 0.0) -> TestReport:
+  return TestReport(item.nodeid, item.location, {name: 1 for name in item.keywords}, outcome, longrepr, when,
+                    duration=duration)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+  marker = item.get_closest_marker("isolated")
+  if marker is None or _ISOLATED_CHILD in os.environ:
+    return None
+  devices = marker.kwargs.get("devices", 1)
+  item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+  start = time.time()
+  child = subprocess.run([sys.executable, "-m", "pytest", item.nodeid, "-q", "-rs", "-p", "no:faulthandler"],
+                         cwd=item.config.rootpath, env={**os.environ, _ISOLATED_CHILD: str(devices)},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  skipped = re.search(r"^SKIPPED \[\d+\] (.+?):(\d+): (.*)$", child.stdout, re.MULTILINE)
+  if child.returncode == 0 and skipped:
+    call = _report(item, "call", "skipped", (skipped[1], int(skipped[2]), skipped[3]))
+  elif child.returncode == 0:
+    call = _report(item, "call", "passed")
+  else:
+    call = _report(item, "call", "failed", f"in its own process on {devices} device(s), exit code "
+                                           f"{child.returncode}:\n{child.stdout[-12000:]}")
+  call.duration = time.time() - start
+  for report in (_report(item, "setup", "passed"), call, _report(item, "teardown", "passed")):
+    item.ihook.pytest_runtest_logreport(report=report)
+  item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+  return True
