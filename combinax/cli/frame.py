@@ -12,13 +12,16 @@ an error combinax raised to say why a run cannot go on (`--traceback` shows the 
 from __future__ import annotations
 
 import logging
+import socket
 import sys
+import time
 from typing import Callable, Iterable
 
 import gin
 from absl import flags
 
 HELP_FLAGS = {"--help", "-h", "-help", "--helpshort"}
+COORDINATOR_TIMEOUT = 300   # seconds: jax.distributed.initialize's own default
 
 
 class ConfigError(SystemExit):
@@ -45,6 +48,8 @@ MULTIHOST = {
                       "detected)"),
     "process_id": (flags.DEFINE_integer, None, "with --multihost: this process's index, 0 to num_processes - 1 "
                    "(default: detected)"),
+    "coordinator_timeout": (flags.DEFINE_integer, None, "with --multihost: seconds to wait for the coordinator and "
+                            f"every process to join the job before giving up (default: {COORDINATOR_TIMEOUT}, JAX's)"),
 }
 EVERY = {
     "traceback": (flags.DEFINE_bool, False, "show the Python traceback of an error, not only its message"),
@@ -168,22 +173,62 @@ def configuration_error(program: str, error: Exception) -> ConfigError | None:
 
 
 def start_multihost(program: str, args) -> int:
-  """With --multihost, joins the job (`jax.distributed.initialize`); returns this process's index (0 without)."""
+  """With --multihost, joins the job (`jax.distributed.initialize`); returns this process's index (0 without).
+
+  A process other than 0 first checks that the coordinator (process 0, which listens) accepts a TCP connection,
+  trying until --coordinator_timeout: JAX, when it cannot reach it, waits out its timeout and then aborts the process
+  from C++ (a stack dump and no word of which address it tried), which no Python code can catch."""
   explicit = {"coordinator_address": args.coordinator_address, "num_processes": args.num_processes,
               "process_id": args.process_id}
-  given = [f"--{name}" for name, value in explicit.items() if value is not None]
+  given = [f"--{name}" for name, value in {**explicit, "coordinator_timeout": args.coordinator_timeout}.items()
+           if value is not None]
   if not args.multihost:
     if given:
-      raise ConfigError(f"{program}: {', '.join(given)} only mean something with --multihost")
+      raise ConfigError(f"{program}: {', '.join(given)} only {'means' if len(given) == 1 else 'mean'} something "
+                        "with --multihost")
     return 0
+  timeout = COORDINATOR_TIMEOUT if args.coordinator_timeout is None else args.coordinator_timeout
+  if timeout < 1:
+    raise ConfigError(f"{program}: --coordinator_timeout: expected a number of seconds >= 1, got {timeout}")
+  if args.coordinator_address is not None and args.process_id not in (None, 0):
+    host, port = coordinator_host_port(program, args.coordinator_address)
+    if not reachable(host, port, timeout):
+      raise ConfigError(f"{program} --multihost: process {args.process_id} found no coordinator at "
+                        f"{args.coordinator_address} within {timeout} s: check that process 0 runs with the same "
+                        f"--coordinator_address, that {host} is its machine and that port {port} is open to this "
+                        "one (no firewall between them), or raise --coordinator_timeout if it starts later")
   import jax
   # Processes on CPUs exchange gradients over TCP with gloo (GPUs and TPUs use their own links; this setting only
   # concerns the CPU backend). It must be set before the backend starts.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
-    jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
+    jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None},
+                               initialization_timeout=timeout)
   except (ValueError, RuntimeError) as e:
     raise ConfigError(f"{program} --multihost: cannot join the job ({type(e).__name__}: {e}); give "
                       "--coordinator_address=HOST:PORT of process 0, --num_processes and --process_id, or run "
                       "where JAX detects the cluster") from None
   return jax.process_index()
+
+
+def coordinator_host_port(program: str, address: str) -> tuple[str, int]:
+  """(host, port) of --coordinator_address HOST:PORT (an IPv6 host in brackets, [::1]:1234)."""
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise ConfigError(f"{program}: --coordinator_address: expected HOST:PORT of process 0, got {address!r}")
+  return host.strip("[]"), int(port)
+
+
+def reachable(host: str, port: int, timeout: float) -> bool:
+  """Whether something accepts a TCP connection at host:port within `timeout` seconds, trying every half second
+  (process 0 may start a little after the others)."""
+  deadline = time.monotonic() + timeout
+  while True:
+    left = deadline - time.monotonic()
+    try:
+      with socket.create_connection((host, port), timeout=max(min(left, 5.0), 0.1)):
+        return True
+    except OSError:   # refused, unreachable, a name that does not resolve (yet), or no answer
+      if time.monotonic() + 0.5 >= deadline:
+        return False
+      time.sleep(0.5)

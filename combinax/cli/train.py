@@ -24,7 +24,8 @@ shows the Python traceback too.
 
 Several hosts: run the same command on each, adding --multihost --coordinator_address=HOST0:PORT --num_processes=N
 --process_id=I (or only --multihost where JAX detects the cluster). Each process reads its own shard of the data
-(batch sizes stay global) and writes its own shards of each checkpoint; process 0 writes the logs.
+(batch sizes stay global) and writes its own shards of each checkpoint; process 0 writes the logs. A process waits
+up to --coordinator_timeout seconds (300) for the job to gather; one that cannot reach the coordinator says so.
 
 Huge pages: on Linux, combinax-train restarts itself once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (and prints a
 line saying so), unless GLIBC_TUNABLES already names it or the environment has COMBINAX_HUGE_PAGES=0. XLA:CPU

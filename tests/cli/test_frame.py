@@ -1,9 +1,12 @@
 """The commands' shared frame: each command lists and accepts only its own flags, a shared flag means the same in
 every command that takes it, and a flag a command does not honour is refused by name, in one line, exit code 2."""
 
+import os
 import re
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -22,7 +25,8 @@ def listed_flags(command) -> set[str]:
 def test_each_command_lists_only_its_own_flags():
   common = {"traceback", "verbosity"}
   assert listed_flags(train.COMMAND) == common | {"config_file", "config", "output_dir", "allow_config_change",
-                                                  "multihost", "coordinator_address", "num_processes", "process_id"}
+                                                  "multihost", "coordinator_address", "num_processes", "process_id",
+                                                  "coordinator_timeout"}
   assert listed_flags(federated.COMMAND) == common | {"config_file", "config", "output_dir", "allow_config_change"}
   decoding = listed_flags(decode.COMMAND)
   assert {"prompt", "temperature", "quantize", "draft", "interactive", "output_dir", "config"} <= decoding
@@ -61,3 +65,22 @@ def test_a_refused_flag_is_one_line_and_exit_code_2_in_a_real_process(tmp_path):
   assert done.stderr.strip().splitlines() == [
       "combinax-federated: Unknown command line flag 'multihost' (--help lists this command's flags)"]
   assert not any(tmp_path.iterdir())   # refused before anything was written
+
+
+def test_an_unreachable_coordinator_is_reported_in_one_line_within_seconds(tmp_path):
+  with socket.socket() as s:   # a port that was free a moment ago: nothing listens there
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  started = time.monotonic()
+  done = subprocess.run([sys.executable, "-m", "combinax.cli.train", "--multihost", "--num_processes=2",
+                         "--process_id=1", f"--coordinator_address=localhost:{port}", "--coordinator_timeout=3",
+                         f"--output_dir={tmp_path / 'run'}"],
+                        env={**os.environ, "COMBINAX_HUGE_PAGES": "0", "JAX_PLATFORMS": "cpu"},
+                        capture_output=True, text=True, timeout=120)
+  assert time.monotonic() - started < 30   # (JAX alone waits its 300 s, then aborts from C++)
+  assert done.returncode == 2, done.stderr
+  assert "Fatal Python error" not in done.stderr and "Traceback" not in done.stderr
+  [line] = done.stderr.strip().splitlines()
+  assert line.startswith("combinax-train --multihost: process 1 found no coordinator at "
+                         f"localhost:{port} within 3 s: check that process 0 runs"), line
+  assert not (tmp_path / "run").exists()

@@ -137,7 +137,8 @@ ERRORS = {
                          "UnknownCorpusError: unknown split 'nope' of corpus 'kjv'"),
     "a loss that is not finite": (["--config=cosine.peak = 1e30"], 1,
                                   "TrainingError: step 2: the loss or the gradients are not finite"),
-    "flags of several hosts without --multihost": (["--num_processes=2"], 2, "only mean something with --multihost"),
+    "flags of several hosts without --multihost": (["--num_processes=2"], 2,
+                                                   "--num_processes only means something with --multihost"),
 }
 
 
