@@ -77,3 +77,24 @@ def binding_type_errors(config: str) -> list[str]:
       expected = " or ".join(kind.__name__ if kind is not type(None) else "None" for kind in allowed)
       errors.append(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
   return errors
+
+
+def code_in_config(config: str) -> list[tuple[int, str]]:
+  """(line number, statement) of each `import` and `include` in gin's text `config` that would run or read
+  anything: gin imports each module an `import` names (and `from __gin__ import dynamic_registration` lets the
+  bindings call any function of them) and parses each file an `include` names. An import of a combinax module
+  already imported is left out: the configurables a run needs are combinax's, registered with it, and gin's import
+  of a loaded module runs nothing. Found without importing or reading anything; a syntax error ends the search,
+  where gin's own parse would stop too."""
+  from gin import config_parser
+  found = []
+  try:
+    for statement in config_parser.ConfigParser(config, gin.config.ParserDelegate(skip_unknown=True)):
+      if isinstance(statement, config_parser.ImportStatement) and not (
+          statement.module.split(".")[0] == "combinax" and statement.module in sys.modules):
+        found.append((statement.location.line_num, statement.format()))
+      elif isinstance(statement, config_parser.IncludeStatement):
+        found.append((statement.location.line_num, f"include {statement.filename!r}"))
+  except SyntaxError:
+    pass
+  return found

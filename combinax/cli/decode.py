@@ -131,10 +131,12 @@ def load_run(output_dir: Path, bindings=()) -> LM:
                       f"--output_dir={output_dir}")
   # The configuration the checkpoint was trained with (kept in it), not config.gin, which a later run may rewrite.
   config = checkpoints.read_manifest(latest)["metadata"].get("run", {}).get("config")
+  source = f"the configuration kept in {latest}"
   if config is None:   # a checkpoint older than that
     if not (output_dir / "config.gin").exists():
       raise ConfigError(f"combinax-decode: {latest} records no configuration and {output_dir}/config.gin is missing")
-    config = (output_dir / "config.gin").read_text()
+    config, source = (output_dir / "config.gin").read_text(), str(output_dir / "config.gin")
+  refuse_code(config, source)
   import gin
 
   def configured():
@@ -164,6 +166,19 @@ def load_run(output_dir: Path, bindings=()) -> LM:
              # Training texts follow an EOS in the packed stream, so a prompt starts after one too.
              prefix=(eos,) if eos is not None else (), start_id=0, template="{prompt}", default_length=None,
              roomy=False)
+
+
+def refuse_code(config: str, source: str):
+  """A ConfigError naming the first `import` or `include` in a configuration read from a run directory (`source`
+  says where): decoding a run must not run code or read files that its directory names (anyone who could write
+  there could make it run anything), and a run's model needs no module but combinax's."""
+  from combinax.configurable import code_in_config
+  found = code_in_config(config)
+  if found:
+    line, statement = found[0]
+    raise ConfigError(f"combinax-decode: {source}, line {line}: `{statement}` refused: a run directory's "
+                      "configuration is data, not code, so it is read with no import or include (the modules a "
+                      "run needs are combinax's, already registered)")
 
 
 def load_pretrained(name: str, *, packed: bool = False) -> LM:
