@@ -16,10 +16,17 @@ each with the recipe's cosine schedule over its own length and the same data ord
 the grown params before any large step) on 16 held-out batches. Seeds change initialisation, operator noise and
 dropout.
 
-FLOPs are XLA's count (`cost_analysis`) of one compiled training step of the large model (forward and backward) on
-one batch; operator steps are counted at the large model's cost, as in the paper, and the small model's training is
-reported separately. Savings: 1 - (FLOPs until the run's held-out loss first reaches scratch's final loss, mean over
-seeds) / (scratch's FLOPs: its whole run). Writes `<runs>/growth.json` and the plot `benchmarks/growth.png`.
+FLOPs are XLA's count (`cost_analysis`) of one compiled training step (forward and backward, on one batch) of each
+model with its stack of blocks unrolled (`benchmarks/flops.py`: XLA counts a scanned stack as one block, which made
+the large step 18.9 GFLOP instead of 61.3). An operator step is charged its own count (the operator's expansion and
+its gradient on top of the large model's step: 1.15x), the small model's training is reported apart and with it.
+Savings: 1 - (FLOPs until the run's held-out loss first reaches scratch's final loss, mean over seeds) / (scratch's
+FLOPs: its whole run). Writes `<runs>/growth.json` and the plot `benchmarks/growth.png`.
+
+    python benchmarks/growth.py --from-steps ligo=825,802,844 stack=803,856,822 net2net=908,938,915
+
+prints the table's FLOP figures from steps to target already measured (large-model steps per seed, LiGO's operator
+steps not included), without training: the FLOP accounting alone.
 """
 
 from __future__ import annotations
@@ -102,25 +109,45 @@ def steps_to_reach(steps, losses, target: float) -> float:
   return float(s0 + (l0 - target) / (l0 - l1) * (s1 - s0))
 
 
-def step_flops(d_model: int, d_ff: int, n_layers: int, n_heads: int, batch=16, length=64, vocab=8192) -> float:
-  """XLA's FLOP count of one training step's forward and backward pass of the recipe's LM."""
-  import jax
-  import jax.numpy as jnp
+def step_costs(operator_steps: int) -> dict:
+  """FLOPs of one step of each kind (benchmarks/flops.py: XLA's count, every block counted)."""
+  import flops
+  small, large = flops.lm(**flops.SMALL, dropout=0.1), flops.lm(**flops.LARGE, dropout=0.1)
+  costs = {"small": flops.step_flops(small), "large": flops.step_flops(large)}
+  costs["operator"] = flops.operator_step_flops(small, large) if operator_steps else 0.0
+  return costs
 
-  from combinax import layers as cl
-  from combinax.models import TransformerLM
-  model = TransformerLM(vocab, d_model=d_model, d_ff=d_ff, n_layers=n_layers, n_heads=n_heads, positions="rotary",
-                        max_len=length, tie_embeddings=True)
-  x = jnp.zeros((batch, length), jnp.int32)
-  params, _ = model.init(jax.random.key(0), x)
-  loss = cl.WeightedCategoryCrossEntropy()
 
-  def value(params, x):
-    logits, _ = model.apply(params, {}, x, rng=jax.random.key(1), train=True)
-    return loss.apply({}, {}, (logits, x, jnp.ones(x.shape, jnp.float32)))[0]
-  compiled = jax.jit(jax.grad(value)).lower(params, x).compile()
-  analysis = compiled.cost_analysis()
-  return float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
+def flops_table(reach: dict, costs: dict, operator_steps: int, scratch_steps: int, small_steps: int) -> dict:
+  """Per method: FLOPs to scratch's final loss for each seed (large steps at the large step's cost, LiGO's operator
+  steps at their own), their mean, and the saving against scratch's whole run, without and with the small model."""
+  scratch = scratch_steps * costs["large"]
+  small = small_steps * costs["small"]
+  table = {}
+  for method, steps in reach.items():
+    if method == "scratch":
+      continue
+    extra = operator_steps * costs["operator"] if method == "ligo" else 0.0
+    per_seed = [s * costs["large"] + extra for s in steps]
+    mean = float(np.mean(per_seed))
+    table[method] = {"flops": per_seed, "mean": mean, "saving": 1 - mean / scratch,
+                     "saving_per_seed": [1 - f / scratch for f in per_seed],
+                     "with_small": mean + small, "saving_with_small": 1 - (mean + small) / scratch}
+  return table
+
+
+def print_flops(table: dict, costs: dict, operator_steps: int, scratch_steps: int, small_steps: int):
+  scratch = scratch_steps * costs["large"]
+  print(f"one step: large {costs['large'] / 1e9:.2f} GFLOP, small {costs['small'] / 1e9:.2f}, operator "
+        f"{costs['operator'] / 1e9:.2f} ({costs['operator'] / costs['large']:.3f}x the large step); scratch's "
+        f"{scratch_steps} steps {scratch / 1e12:.1f} TFLOP; the small model's {small_steps} steps "
+        f"{small_steps * costs['small'] / 1e12:.1f} TFLOP")
+  print("| method | FLOPs to target (mean) | saving (per seed) | with the small model's training |")
+  print("|---|---|---|---|")
+  for method, row in table.items():
+    print(f"| {method} | {row['mean'] / 1e12:.1f} TFLOP | {row['saving'] * 100:.1f}% "
+          f"({', '.join(f'{s * 100:.1f}' for s in row['saving_per_seed'])}) | {row['with_small'] / 1e12:.1f} TFLOP, "
+          f"{row['saving_with_small'] * 100:.1f}% |")
 
 
 def speed(rounds: int = 5, steps: int = 20):
@@ -172,12 +199,12 @@ def plot(results: dict, target: float, path: Path):
   for method, runs in results["curves"].items():
     steps = np.array(runs[0]["steps"])
     losses = np.array([r["losses"] for r in runs])
-    offset = results["operator_steps"] if method == "ligo" else 0
-    flops = (steps + offset) * results["large_step_flops"] / 1e12
+    offset = results["operator_steps"] * results["operator_step_flops"] if method == "ligo" else 0.0
+    flops = (steps * results["large_step_flops"] + offset) / 1e12
     ax.plot(flops, losses.mean(0), label=f"{method} ({len(runs)} seeds)")
     ax.fill_between(flops, losses.min(0), losses.max(0), alpha=0.2)
   ax.axhline(target, color="grey", linestyle=":", label="scratch's final loss")
-  ax.set_xlabel("training FLOPs of the large model (TFLOP; LiGO's operator steps included)")
+  ax.set_xlabel("training FLOPs of the large model (TFLOP, every layer counted; LiGO's operator steps included)")
   ax.set_ylabel("held-out loss (KJV test split)")
   ax.set_ylim(target - 0.3, target + 1.5)
   ax.set_title("Growing a 4-layer d128 LM into 8 layers d256")
@@ -200,9 +227,16 @@ def main():
   parser.add_argument("--operator-steps", type=int, default=100)
   parser.add_argument("--methods", nargs="+", default=list(METHODS))
   parser.add_argument("--speed", action="store_true", help="time the operator step against the large step, only")
+  parser.add_argument("--from-steps", nargs="+", metavar="METHOD=S0,S1,...",
+                      help="print the FLOP figures from these steps to target (large-model steps per seed), only")
   args = parser.parse_args()
   if args.speed:
     return speed()
+  if args.from_steps:
+    reach = {m: [float(s) for s in steps.split(",")] for m, steps in (a.split("=") for a in args.from_steps)}
+    costs = step_costs(args.operator_steps)
+    table = flops_table(reach, costs, args.operator_steps, args.scratch_steps, args.small_steps)
+    return print_flops(table, costs, args.operator_steps, args.scratch_steps, args.small_steps)
   runs = (ROOT / args.runs).resolve()
   shared_small = runs / "small"
   for seed in args.seeds:
@@ -215,8 +249,7 @@ def main():
       if METHODS[method] is not None and not shared_small.exists():
         (out / "small").rename(shared_small)
         (out / "small").symlink_to(shared_small)
-  large_flops = step_flops(256, 1024, 8, 8)
-  small_flops = step_flops(128, 512, 4, 4)
+  costs = step_costs(args.operator_steps)
   small_steps, small_losses = eval_curve(shared_small)
   def curve(method, seed):
     run = runs / run_name(method, seed, args)
@@ -229,23 +262,20 @@ def main():
   operator_steps = args.operator_steps
   reach = {m: [steps_to_reach(np.array(c["steps"]), np.array(c["losses"]), target) for c in cs]
            for m, cs in curves.items()}
-  scratch_steps = float(args.scratch_steps)   # scratch gets to its final loss at its last step, by definition
-  print(f"small LM: {int(small_steps[-1])} steps, held-out loss {small_losses[-1]:.3f}, "
-        f"{small_flops * small_steps[-1] / 1e12:.1f} TFLOP (not counted below)")
-  print(f"large LM step: {large_flops / 1e9:.1f} GFLOP (XLA); target = scratch's final held-out loss {target:.4f}")
-  print("| method | final held-out loss (mean ± sd) | steps to target (per seed) | FLOPs to target | saving |")
-  print("|---|---|---|---|---|")
+  print(f"small LM: {int(small_steps[-1])} steps, held-out loss {small_losses[-1]:.3f}")
+  print(f"target = scratch's final held-out loss {target:.4f}")
+  print("| method | final held-out loss (mean ± sd) | large-model steps to target (per seed) |")
+  print("|---|---|---|")
   for method in args.methods:
     finals = [c["losses"][-1] for c in curves[method]]
-    extra = operator_steps if method == "ligo" else 0
-    to_target = [r + extra for r in reach[method]]
-    mean = float(np.mean(to_target))
-    saving = 1 - mean / scratch_steps
     print(f"| {method} | {np.mean(finals):.4f} ± {np.std(finals):.4f} | "
-          f"{', '.join(f'{r:.0f}' for r in to_target)} | {mean * large_flops / 1e12:.1f} TFLOP | "
-          f"{saving * 100:.1f}% |")
-  results = {"curves": curves, "target": target, "large_step_flops": large_flops, "small_step_flops": small_flops,
-             "operator_steps": operator_steps, "reach": reach}
+          f"{', '.join(f'{r:.0f}' for r in reach[method])}"
+          f"{f' (+ {operator_steps} operator steps)' if method == 'ligo' else ''} |")
+  table = flops_table(reach, costs, operator_steps, args.scratch_steps, int(small_steps[-1]))
+  print_flops(table, costs, operator_steps, args.scratch_steps, int(small_steps[-1]))
+  results = {"curves": curves, "target": target, "large_step_flops": costs["large"],
+             "small_step_flops": costs["small"], "operator_step_flops": costs["operator"],
+             "operator_steps": operator_steps, "reach": reach, "flops": table}
   (runs / "growth.json").write_text(json.dumps(results, indent=1))
   plot(results, target, ROOT / "benchmarks" / "growth.png")
   print(f"wrote {runs / 'growth.json'} and benchmarks/growth.png")
