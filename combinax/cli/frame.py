@@ -11,7 +11,9 @@ an error combinax raised to say why a run cannot go on (`--traceback` shows the 
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import socket
 import sys
 import time
@@ -118,6 +120,8 @@ class Command:
       flags.FLAGS.mark_as_parsed()   # absl's own flags (its logging's) keep their defaults
       from absl import logging as absl_logging
       absl_logging.set_verbosity(args.verbosity)   # Orbax reports each stage of every save at absl's INFO level
+      if not args.traceback:
+        quiet_background_failures()
       self._call(args, rest)
     except ConfigError as e:
       print(e.code if isinstance(e.code, str) else e, file=sys.stderr, flush=True)
@@ -127,6 +131,33 @@ class Command:
         raise
       print(f"{self.program}: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
       sys.exit(1)
+
+
+class _OrbaxTracebacks(logging.Filter):
+  """Drops what Orbax logs with a traceback when a save fails in its background threads: the failure also reaches
+  the run (`CheckpointManager.wait` raises it as a CheckpointError naming the checkpoint), which says it in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _ignore_closed_event_loops(unraisable, *, default):
+  """After one of a save's writes failed, Orbax closes the save's event loop while TensorStore still finishes the
+  others; each then reports "Event loop is closed" as an unraisable error (a traceback apiece, dozens on a full
+  disk), about a save already reported as failed. Other unraisable errors go on to Python's hook."""
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+    default(unraisable)
+
+
+def quiet_background_failures():
+  """Keeps a failed save's report to combinax's one line (without --traceback): Orbax's logged tracebacks and the
+  closed event loops of its unfinished writes are left out."""
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _OrbaxTracebacks) for f in absl_logger.filters):
+    absl_logger.addFilter(_OrbaxTracebacks())
+  if getattr(sys.unraisablehook, "func", None) is not _ignore_closed_event_loops:
+    sys.unraisablehook = functools.partial(_ignore_closed_event_loops, default=sys.unraisablehook)
 
 
 def known_error(error: Exception) -> bool:

@@ -23,11 +23,13 @@ functions: old runs resume, fine-tune (`init_checkpoint`) and serve as pretraine
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +213,22 @@ def read_manifest(checkpoint: str | os.PathLike) -> dict:
   if not integrity.is_intact(manifest):
     raise CheckpointError(f"{path}: the manifest was changed or damaged after it was written (its sha256 does not "
                           "match its contents)")
+  _check_leaf_paths(manifest, path)
   return manifest
+
+
+def _check_leaf_paths(manifest: dict, path: Path):
+  """Every leaf's path is one a tree gives (names joined by "/"): a manifest with another ("../x", "", "a//b")
+  was not written by combinax, and Orbax, asked for it, hands back no array but a placeholder (a bare TypeError
+  further on, naming neither the checkpoint nor the path)."""
+  leaves = manifest.get("leaves")
+  if not isinstance(leaves, list):
+    raise CheckpointError(f"{path}: the manifest lists no leaves (expected a list, got {type(leaves).__name__})")
+  for entry in leaves:
+    leaf = entry.get("path") if isinstance(entry, dict) else None
+    if not isinstance(leaf, str) or any(part in ("", ".", "..") for part in leaf.split("/")):
+      raise CheckpointError(f"{path}: the leaf path {leaf!r} is not a path in a tree (expected names joined by "
+                            "'/', none of them empty, '.' or '..'); this manifest was not written by combinax")
 
 
 def read_host_metadata(checkpoint: str | os.PathLike) -> dict | None:
@@ -387,6 +404,7 @@ class CheckpointManager:
     self.asynchronous = asynchronous
     self._checkpointer = None
     self._pending: Path | None = None
+    self._last_saved: Path | None = None   # the newest save started, what a failure in `close` concerns
     if clean_up:
       self.clear_leftovers()
 
@@ -424,22 +442,41 @@ class CheckpointManager:
         _remove(final)
       _barrier(f"resave-{final.name}")
     self.directory.mkdir(parents=True, exist_ok=True)
-    # (Orbax takes absolute paths only; `--output_dir=runs/lm` is relative)
-    self._checkpointer.save(final.absolute(), args=_save_args(step, tree, metadata, host_metadata))
-    self._pending = final
+    args = _save_args(step, tree, metadata, host_metadata)
+    try:
+      # (Orbax takes absolute paths only; `--output_dir=runs/lm` is relative)
+      self._checkpointer.save(final.absolute(), args=args)
+    except Exception as e:   # noqa: BLE001  (Orbax and TensorStore raise many kinds: a full disk, a lost mount, ...)
+      raise self._failed(final, e) from e
+    self._pending = self._last_saved = final
     if not self.asynchronous:
       self.wait()
     return final
 
   def wait(self):
-    """Blocks until the save in flight (if any) is committed, then deletes checkpoints no longer kept."""
+    """Blocks until the save in flight (if any) is committed, then deletes checkpoints no longer kept. A save that
+    failed raises a `CheckpointError` naming it and the cause; the checkpoints before it are as they were."""
     if self._pending is None:
       return
-    self._pending = None
+    pending, self._pending = self._pending, None
     if self.asynchronous:
-      self._checkpointer.wait_until_finished()
+      try:
+        self._checkpointer.wait_until_finished()
+      except Exception as e:   # noqa: BLE001  (what failed in Orbax's background threads, e.g. a full disk)
+        # Orbax keeps the save's metadata apart and raises its failure (the same cause) at the next wait: it is
+        # taken here, so that one failed save is one error.
+        with contextlib.suppress(Exception):
+          self._checkpointer.wait_until_finished()
+        raise self._failed(pending, e) from e
     if jax.process_index() == 0:
       self._retain()
+
+  def _failed(self, checkpoint: Path, error: Exception) -> CheckpointError:
+    newest = latest(self.directory)
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return CheckpointError(f"{checkpoint}: the save failed ({type(error).__name__}: {first_line[:300]}); the "
+                           "checkpoints before it are as they were (the newest: "
+                           f"{newest.name if newest is not None else 'none'})")
 
   def _retain(self):
     found = list_checkpoints(self.directory)
@@ -476,10 +513,15 @@ class CheckpointManager:
     return latest(self.directory)
 
   def close(self):
-    """Waits for the save in flight and releases Orbax's threads."""
+    """Waits for the save in flight and releases Orbax's threads; a save that failed raises as in `wait`, once."""
     try:
       self.wait()
     finally:
-      if self._checkpointer is not None:
-        self._checkpointer.close()
-        self._checkpointer = None
+      checkpointer, self._checkpointer = self._checkpointer, None
+      if checkpointer is not None:
+        reported = sys.exc_info()[1] is not None
+        try:
+          checkpointer.close()   # (waits for the save's metadata, which Orbax writes apart and fails apart)
+        except Exception as e:   # noqa: BLE001
+          if not reported:
+            raise self._failed(self._last_saved, e) from e

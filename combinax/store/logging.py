@@ -150,5 +150,5 @@ def plot_loss_curve(output_dir: str | Path, key: str = "train/loss", width: int 
     for i in range(n + 1):
       put(round(xa + (xb - xa) * i / n), round(ya + (yb - ya) * i / n), (31, 119, 180))
   path = Path(output_dir) / "loss_curve.png"
-  path.write_bytes(_png(pixels, width, height))
+  write_atomically(path, _png(pixels, width, height))   # (a full disk leaves the old one, or none: never 0 bytes)
   return path

@@ -137,9 +137,15 @@ def replaced_atomically(path: str | os.PathLike):
 
 
 def write_atomically(path: str | os.PathLike, content: str | bytes):
-  """Writes `content` (text as UTF-8, or bytes) to `path` through `replaced_atomically`."""
-  with replaced_atomically(path) as tmp:
-    (tmp.write_bytes if isinstance(content, bytes) else functools.partial(tmp.write_text, encoding="utf-8"))(content)
+  """Writes `content` (text as UTF-8, or bytes) to `path` through `replaced_atomically`; an OSError names `path`
+  (a failed write says only why, e.g. "No space left on device", not which file)."""
+  try:
+    with replaced_atomically(path) as tmp:
+      (tmp.write_bytes if isinstance(content, bytes) else functools.partial(tmp.write_text, encoding="utf-8"))(content)
+  except OSError as e:
+    if e.filename is not None or e.errno is None:
+      raise
+    raise type(e)(e.errno, e.strerror, str(path)) from None
 
 
 def _remove(path: Path):

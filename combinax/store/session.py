@@ -78,8 +78,13 @@ class RunSession:
         rundir.clear_leftovers(self.directory)
       try:
         yield self
-      finally:
-        self.manager.close()
+      except BaseException:
+        # The error that stopped the run is the one to tell: a save in flight failing too (a full disk fails
+        # both) does not take its place.
+        with contextlib.suppress(checkpoints.CheckpointError):
+          self.manager.close()
+        raise
+      self.manager.close()
 
   # --- Resuming -------------------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -378,7 +379,13 @@ class Trainer:
     finally:
       logger.close()
       if self.session.primary:
-        plot_loss_curve(self.output_dir)
+        stopped_by = sys.exc_info()[1]
+        try:
+          plot_loss_curve(self.output_dir)
+        except OSError:
+          # (e.g. a full disk, which stopped the run too): the error that stopped it is the one to tell
+          if stopped_by is None:
+            raise
     return train_state
 
   def _should_stop_early(self, history: list) -> bool:
