@@ -195,12 +195,17 @@ def parse_config(files, bindings, skip_unknown: bool = False):
 
 
 def configuration_error(program: str, error: Exception) -> ConfigError | None:
-  """A ConfigError for an error gin raised while building the configured job (a required value unbound), else None."""
-  text = str(error)
-  if any(word in text.lower() for word in ("gin", "configurable", "required")):
-    return ConfigError(f"{program}: bad gin configuration: {text} (bind each in a config file or with "
-                       "--config='NAME.parameter = value')")
-  return None
+  """A ConfigError for an error gin raised while building the configured job (a required value unbound), or that a
+  configurable raised there refusing its values, in one line; else None."""
+  # gin adds a line to every error raised inside a configurable, "In call to configurable 'X' (<function X at
+  # 0x...>)": a repr that says nothing to the user, after a message that names its setting already.
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  own = [line for line in lines if not line.startswith("In call to configurable ")]
+  if len(own) == len(lines) and not any(word in str(error).lower() for word in ("gin", "configurable", "required")):
+    return None
+  unbound = "Required bindings" in str(error)
+  return ConfigError(f"{program}: bad gin configuration: {' '.join(own)}" + (
+      " (bind each in a config file or with --config='NAME.parameter = value')" if unbound else ""))
 
 
 def start_multihost(program: str, args) -> int:

@@ -102,7 +102,7 @@ class Pipeline(Repeat):
     super().__init__(block, n_layers, scan=True, remat=remat, name=name)
     self.stages, self.microbatches = int(stages), int(microbatches)
     if self.stages < 1 or self.n_layers % self.stages:
-      raise LayerError(self, "the stages must split the layers evenly", expected=f"a divisor of {n_layers}",
+      raise LayerError(self, "the stages must split the layers evenly", expected=f"a divisor of n_layers={n_layers}",
                        actual=f"stages={stages}")
     if self.microbatches < 1:
       raise LayerError(self, "microbatches must be positive", expected=">= 1", actual=microbatches)

@@ -25,7 +25,8 @@ from combinax import data as cx_data
 from combinax import layers as cl
 from combinax import quant, sharding
 from combinax.data.hosts import sharded_position
-from combinax.layers.base import Layer
+from combinax.layers.base import Layer, LayerError
+from combinax.parallel import Pipeline
 from combinax.paths import leaves_with_paths, matches
 from combinax.store import checkpoints
 from combinax.store.logging import plot_loss_curve
@@ -195,6 +196,9 @@ class Trainer:
                progress: bool | None = None, pipeline_stages: int = 1, microbatches: int = 1):
     if output_dir is None:
       raise ValueError("Trainer: output_dir is required (pass --output_dir to combinax-train)")
+    for name, value in (("pipeline_stages", pipeline_stages), ("microbatches", microbatches)):
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"Trainer.{name}: expected a positive int, got {value!r}")
     pipeline = {} if pipeline_stages == 1 else {"pipeline_stages": pipeline_stages, "microbatches": microbatches}
     if pipeline and isinstance(model, Layer):
       raise ValueError("Trainer: pipeline_stages needs the model as a function of mode (e.g. @TransformerLM in gin), "
@@ -202,7 +206,13 @@ class Trainer:
                        "a 'stage' axis")
     # One model for training and evaluation: `apply(train=...)` decides dropout and batch statistics ("train" and
     # "eval" build the same model).
-    self.model = model(mode="train", **pipeline) if not isinstance(model, Layer) else model
+    try:
+      self.model = model(mode="train", **pipeline) if not isinstance(model, Layer) else model
+    except LayerError as e:   # the Pipeline's own check, said as the setting the user gave (Trainer's, not its)
+      if not (pipeline and isinstance(e.layer, Pipeline) and e.layer.n_layers % pipeline_stages):
+        raise
+      raise ValueError(f"Trainer.pipeline_stages: expected a divisor of the model's {e.layer.n_layers} layers, got "
+                       f"{pipeline_stages}") from None
     self.task, self.eval_task, self.output_dir = task, eval_task, Path(output_dir)
     self.steps, self.seed, self.log_every = int(steps), int(seed), int(log_every)
     self.init_checkpoint = init_checkpoint
@@ -211,7 +221,7 @@ class Trainer:
     # may be writing.)
     self.session = RunSession(self.output_dir, keep=keep_checkpoints, best_metric=best_metric, best_mode=best_mode,
                               checkpoint_every=checkpoint_every, extendable=("Trainer.steps",))
-    self.pipelined = bool(pipeline)
+    self.pipelined, self.microbatches = bool(pipeline), microbatches
     rules = {"replicated": [], "fsdp": sharding.fsdp_rules(), "tensor": sharding.tensor_parallel_rules()}
     self.rules = ((sharding.pipeline_rules() if pipeline else []) +
                   (rules[sharding_rules] if isinstance(sharding_rules, str) else list(sharding_rules)))
@@ -339,8 +349,19 @@ class Trainer:
     whose gin configuration or model differs from its checkpoint's stops, naming the difference, unless
     `allow_config_change` (e.g. another learning rate); raising only `Trainer.steps` (bound in gin) extends the run
     with a note."""
+    if self.pipelined:
+      self._check_microbatches()
     with self.session.held():   # (the save in flight is committed before the run returns, or raises)
       return self._run(allow_config_change)
+
+  def _check_microbatches(self):
+    """Refuses a batch that `microbatches` does not divide before the run directory is made: the Pipeline finds it
+    only inside the first step, after the directory and its lock exist. (Batches are global: each host's rows of
+    the first batch, times the hosts.)"""
+    batch = jax.tree_util.tree_leaves(self.first_batch_signature())[0].shape[0] * jax.process_count()
+    if batch % self.microbatches:
+      raise TrainingError(f"Trainer.microbatches: expected a divisor of the task's batch size {batch}, got "
+                          f"{self.microbatches}")
 
   def _run(self, allow_config_change: bool) -> TrainState:
     stream = self.task.data()

@@ -1,6 +1,9 @@
 """GPipe in the Trainer: `pipeline_stages`/`microbatches` train like the plain model, keep each stage's blocks on its
 devices, and leave checkpoints that the plain model (and its decoder) loads."""
 
+from pathlib import Path
+
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +18,9 @@ from combinax.parallel import Pipeline
 from combinax import sharding
 from combinax.store import checkpoints
 from combinax.train import schedules
-from combinax.train.trainer import EvalTask, Trainer, TrainTask
+from combinax.cli import train as train_command
+from combinax.cli.frame import ConfigError
+from combinax.train.trainer import EvalTask, Trainer, TrainingError, TrainTask
 
 LM = dict(d_model=16, d_ff=32, n_layers=4, n_heads=2, dropout=0.0, max_len=8)
 
@@ -72,6 +77,45 @@ def test_pipelining_is_named_where_it_can_work_and_refused_with_the_reason_elsew
   with pytest.raises(cx.LayerError, match="the stages must split the layers evenly"):
     TransformerLM(16, **{**LM, "n_layers": 3}, pipeline_stages=2)
   assert isinstance(TransformerLM(16, **LM, pipeline_stages=2).sublayers[1].sublayers[-2], Pipeline)
+
+
+def test_a_pipeline_setting_is_refused_in_one_line_naming_the_setting_the_expected_and_the_actual(tmp_path):
+  # (gin adds a line naming the configurable Trainer to any error raised inside it; the commands leave it out)
+  with pytest.raises(ValueError) as refused:
+    trainer(tmp_path / "run", pipeline_stages=3, microbatches=2)
+  assert str(refused.value).splitlines()[0] == ("Trainer.pipeline_stages: expected a divisor of the model's 4 layers, "
+                                                "got 3")
+  with pytest.raises(ValueError) as refused:
+    trainer(tmp_path / "run", pipeline_stages=2, microbatches=0)
+  assert str(refused.value).splitlines()[0] == "Trainer.microbatches: expected a positive int, got 0"
+  assert not (tmp_path / "run").exists()
+
+
+def test_micro_batches_that_do_not_divide_the_batch_are_refused_before_the_run_directory_is_made(tmp_path):
+  piped = trainer(tmp_path / "run", pipeline_stages=2, microbatches=3)   # (batches of 8)
+  with pytest.raises(TrainingError) as refused:
+    piped.run()
+  assert str(refused.value) == "Trainer.microbatches: expected a divisor of the task's batch size 8, got 3"
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("Trainer.pipeline_stages = 4", "Trainer.pipeline_stages: expected a divisor of the model's 2 layers, got 4"),
+    ("Trainer.model_parallel = 3", "make_mesh: pipeline_stages=2 x model_parallel=3 must divide the 8 devices"),
+])
+def test_through_combinax_train_a_pipeline_setting_is_one_line_without_gins_reprs(tmp_path, binding, message):
+  recipe = Path(__file__).resolve().parents[2] / "configs" / "transformer_lm_kjv.gin"
+  gin.clear_config()
+  try:
+    with pytest.raises(ConfigError) as refused:
+      train_command.COMMAND.run([f"--config_file={recipe}", f"--output_dir={tmp_path / 'run'}",
+                                 "--config=Trainer.pipeline_stages = 2", f"--config={binding}"])
+  finally:
+    gin.clear_config()
+  line = str(refused.value.code)
+  assert line.startswith(f"combinax-train: bad gin configuration: {message}"), line
+  assert "\n" not in line and "<function" not in line and "<class" not in line and "bind each" not in line
+  assert not (tmp_path / "run").exists()
 
 
 def test_a_pipelined_run_resumes_bit_for_bit(tmp_path):
