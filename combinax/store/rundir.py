@@ -52,7 +52,10 @@ def prepare(directory: str | os.PathLike) -> Path:
 def locked(directory: str | os.PathLike, lock_file: str = LOCK_FILE):
   """Holds `directory`'s run lock (`lock_file` in it: one per artefact where a folder holds several, e.g. a
   synthetic corpus's `.<name>.lock`) for the `with` block; a `RunDirectoryError` names the holder if another
-  process has it. On several processes, process 0 takes the lock and all of them stop if it could not."""
+  process has it. On several processes, process 0 takes the lock and all of them stop if it could not. A directory
+  that this call made, and that holds nothing but the lock when the block fails (a run refused as it starts: an
+  unknown corpus, a bad split), is removed: a refused run leaves nothing behind."""
+  made = not Path(directory).exists()
   directory = prepare(directory).resolve()
   key = directory / lock_file
   if key in _held:
@@ -76,10 +79,23 @@ def locked(directory: str | os.PathLike, lock_file: str = LOCK_FILE):
   _held[key] = [handle, 1]
   try:
     yield directory
+  except BaseException:
+    if made and handle is not None:
+      _remove_if_only(directory, lock_file)
+    raise
   finally:
     del _held[key]
     if handle is not None:
       handle.close()   # closing the descriptor releases the lock
+
+
+def _remove_if_only(directory: Path, lock_file: str):
+  """Removes `directory` if it holds nothing but `lock_file`. The lock file goes first, still held: a run that
+  opened it before is refused as ever, and one that comes after makes its own (and keeps the directory)."""
+  if [p.name for p in directory.iterdir()] == [lock_file]:
+    (directory / lock_file).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):   # something arrived in between: it stays
+      directory.rmdir()
 
 
 def _acquire(directory: Path, lock_file: str):

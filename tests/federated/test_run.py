@@ -71,3 +71,17 @@ def test_a_bad_recipe_value_fails_in_one_line_naming_it(tmp_path):
   assert len(lines) == 1 and "combinax-federated: split_clients: scheme must be one of ('iid', 'dirichlet', " \
       "'pathological'), got 'random'" in lines[0]
   assert not list((tmp_path / "run").glob("step_*"))
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("split_clients.n_clients = 0", "combinax-federated: split_clients: n_clients must be an integer >= 1, got 0"),
+    ("train/image_examples.corpus = 'nope'", "combinax-federated: DataError: unknown corpus 'nope'; available: "),
+])
+def test_a_run_refused_as_it_starts_leaves_no_directory_behind(tmp_path, binding, message):
+  result = subprocess.run(
+      [sys.executable, "-m", "combinax.cli.federated", f"--config_file={RECIPE}", f"--config={binding}",
+       f"--output_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert result.returncode in (1, 2), result.stderr
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith(message), line
+  assert not (tmp_path / "run").exists()   # (it held only its .lock)
