@@ -23,6 +23,7 @@ from jax import lax
 from combinax.decoding import (check_model, check_sampling, init_state, next_token_logits, rewind_blocker,
                                sampled_logits)
 from combinax.layers.base import Layer
+from combinax.shapes import ShapeDtype
 
 
 class SpeculationStats(NamedTuple):
@@ -63,6 +64,9 @@ def speculative_sample(target: Layer, target_params, draft: Layer, draft_params,
       raise ValueError(f"{name}: speculative decoding rewinds the decoding state past rejected tokens, which "
                        f"{blocker.name} ({type(blocker).__name__}: a recurrent carry) cannot do; use a model whose "
                        "state is its attention caches (a Transformer)")
+  # (Else greedy decoding runs on, comparing ids of two vocabularies, and sampling fails inside the compiled loop
+  # with a broadcasting error that names neither model.)
+  check_draft(target, draft)
   batch = prompt.shape[0]
   settings = _Speculation(int(k), int(max_length), float(temperature), top_k, top_p, start_id, pad_id)
   tokens, rounds, accepted = _speculate(target, draft, settings, target_params, draft_params,
@@ -73,6 +77,22 @@ def speculative_sample(target: Layer, target_params, draft: Layer, draft_params,
     tokens = jnp.where(after, pad_id, tokens)
   rounds, accepted = int(rounds), int(accepted)
   return tokens, SpeculationStats(rounds, accepted, accepted / max(rounds * k, 1))
+
+
+def check_draft(target: Layer, draft: Layer, *, target_name: str = "the target", draft_name: str = "the draft"):
+  """A ValueError naming both vocabulary sizes unless `draft` predicts as many tokens as `target` (the draft's
+  proposals are ids of the target's vocabulary: it must use the target's tokenizer). Either mode of each model."""
+  target_size, draft_size = vocabulary_size(target), vocabulary_size(draft)
+  if target_size != draft_size:
+    raise ValueError(f"{draft_name} predicts {draft_size} tokens and {target_name} {target_size}: a draft must use "
+                     f"{target_name}'s tokenizer")
+
+
+@functools.lru_cache(maxsize=32)
+def vocabulary_size(model: Layer) -> int:
+  """How many tokens a language model predicts (the last axis of its logits), from its shapes alone: nothing runs.
+  Kept per model (layers are hashable), so that a session decoding prompt after prompt traces it once."""
+  return model.output_signature(ShapeDtype((1, 1), jnp.int32)).shape[-1]
 
 
 class _Speculation(NamedTuple):

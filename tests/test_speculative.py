@@ -114,3 +114,15 @@ def test_bad_settings_are_named(models):
   rnn_params, _ = RNNLM(12, d_model=8, n_layers=1).init(jax.random.key(0), PROMPT)
   with pytest.raises(ValueError, match=r"draft: speculative decoding rewinds .* \(Scan: a recurrent carry\) cannot"):
     speculative_sample(target, target_params, rnn, rnn_params, PROMPT, max_length=4, temperature=0.0)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_draft_of_another_vocabulary_is_refused_before_decoding_naming_both_sizes(models, temperature):
+  # (greedy ran on silently, comparing ids of two vocabularies; sampling failed inside the compiled loop with a
+  # broadcasting error naming neither model)
+  target, target_params, _, _ = models
+  draft, draft_params = lm("predict", vocab=20, d_model=16, n_layers=1, seed=1)
+  with pytest.raises(ValueError) as refused:
+    speculative_sample(target, target_params, draft, draft_params, PROMPT, max_length=4, temperature=temperature,
+                       rng=jax.random.key(0))
+  assert str(refused.value) == "the draft predicts 20 tokens and the target 16: a draft must use the target's tokenizer"

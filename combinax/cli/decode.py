@@ -196,16 +196,12 @@ def load_pretrained(name: str, *, packed: bool = False) -> LM:
 
 
 def _draft(output_dir: Path, lm: LM) -> LM:
-  import jax
-  import jax.numpy as jnp
-
+  from combinax.speculative import check_draft
   draft = load_run(output_dir)
-  ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)
-  vocab = [jax.eval_shape(lambda p, x, m=m: m.apply(p, {}, x)[0], p, ids).shape[-1]
-           for m, p in ((lm.eval_model, lm.params), (draft.eval_model, draft.params))]
-  if vocab[0] != vocab[1]:
-    raise ConfigError(f"combinax-decode: --draft={output_dir} predicts {vocab[1]} tokens and the model {vocab[0]}: "
-                      "a draft must use the model's tokenizer")
+  try:
+    check_draft(lm.eval_model, draft.eval_model, target_name="the model", draft_name=f"--draft={output_dir}")
+  except ValueError as e:
+    raise ConfigError(f"combinax-decode: {e}") from None
   return draft
 
 
