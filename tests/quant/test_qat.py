@@ -45,7 +45,7 @@ def _batches(n, seed):
 def test_fine_tuning_for_4_bit_weights_leaves_the_4_bit_model_better_than_plain_fine_tuning():
   model = TransformerLM(32, d_model=64, d_ff=128, n_layers=2, n_heads=4, max_len=16, dropout=0.0)
   loss = cl.WeightedCategoryCrossEntropy()
-  train, held_out = _batches(160, 0), _batches(4, 1)
+  train, held_out = _batches(160, 0), _batches(16, 1)
 
   def fit(step, state, batches):
     for batch in batches:   # one step at a time: a long queue of 8-device steps stalled XLA:CPU's all-reduce
@@ -65,12 +65,15 @@ def test_fine_tuning_for_4_bit_weights_leaves_the_4_bit_model_better_than_plain_
     return tuple(float(np.mean([batch_loss(p, b) for b in held_out])) for p in (params, small))
 
   # The same 60 further steps, from the same state: one sees the 4-bit weights in its forward pass.
-  aware = TrainStep(model, objective.quantization_aware(RULES)(objective.plain(model, loss)), optax.adam(1e-3))
-  again = TrainStep(model, loss, optax.adam(1e-3))
-  start = lambda: jax.tree_util.tree_map(jnp.copy, trained._replace(opt_state=optax.adam(1e-3).init(trained.params)))
+  aware = TrainStep(model, objective.quantization_aware(RULES)(objective.plain(model, loss)), optax.adam(3e-4))
+  again = TrainStep(model, loss, optax.adam(3e-4))
+  start = lambda: jax.tree_util.tree_map(jnp.copy, trained._replace(opt_state=optax.adam(3e-4).init(trained.params)))
   float_aware, quantized_aware = losses(fit(aware, start(), train[100:]).params)   # (steps donate: copies)
   float_plain, quantized_plain = losses(fit(again, start(), train[100:]).params)
-  # The 4-bit model is better after quantization-aware fine-tuning, and loses far less to the rounding (measured:
-  # plain 0.3557 float, 0.3701 in 4 bits; aware 0.3621 float, 0.3642 in 4 bits: a seventh of the loss).
+  # The 4-bit model is better after quantization-aware fine-tuning, and loses far less to the rounding. Measured
+  # with this test's data and init (seed 0) and with 3 other seeds standing in for another machine's rounding:
+  # the 4-bit model's loss 0.0145 / 0.0150 / 0.0051 / 0.0164 lower than after plain fine-tuning, and the aware
+  # model's 4-bit form no worse than its float form. (With Adam at 1e-3 and 4 held-out batches, as first written,
+  # the first margin was -0.0065 to 0.0149 over the same seeds: a machine's rounding decided it, and CI failed.)
   assert quantized_aware < quantized_plain
   assert quantized_aware - float_aware < 0.5 * (quantized_plain - float_plain)

@@ -118,7 +118,9 @@ def test_a_changed_configuration_is_refused_naming_the_difference_and_changes_no
 
 
 def test_a_directory_whose_every_checkpoint_is_damaged_stops_naming_every_reason(trained, tmp_path):
-  job, output = trained
+  job, trained_output = trained
+  output = tmp_path / "run"   # a copy: the module's run stays whole for the tests after this one
+  shutil.copytree(trained_output, output)
   last_phase = output / JOBS[job][4]
   saved = [c.name for c in checkpoints.list_checkpoints(last_phase)]
   assert len(saved) >= 2

@@ -62,9 +62,12 @@ def test_a_refused_rerun_changes_nothing_and_combinax_decode_still_works(straigh
 
 def test_a_deliberate_change_is_allowed_with_a_flag(straight, workspace, tmp_path):
   shutil.copytree(straight, tmp_path / "more")
-  longer = train(tmp_path / "more", "--config=Trainer.steps = 20", "--allow_config_change", workspace=workspace)
+  # (Raising Trainer.steps alone needs no flag: a new learning rate with it does.)
+  longer = train(tmp_path / "more", "--config=Trainer.steps = 20", "--config=cosine.peak = 0.001",
+                 "--allow_config_change", workspace=workspace)
   assert longer.returncode == 0, longer.stderr
-  assert "with a changed configuration (allowed): Trainer.steps: 15 -> 20" in longer.stdout
+  assert "with a changed configuration (allowed): Trainer.steps: 15 -> 20; cosine.peak: 0.003 -> 0.001" in \
+      longer.stdout
   assert checkpoints.latest(tmp_path / "more").name == "step_00000020"
   assert "Trainer.steps = 20" in (tmp_path / "more" / "config.gin").read_text()
 
@@ -92,10 +95,11 @@ def remove_the_manifest(checkpoint: Path):
 
 
 def edit_the_data_position(checkpoint: Path):
-  host = next((checkpoint / "hosts").glob("process_*.json"))
-  record = json.loads(host.read_text())
+  # (A global order's position is saved once, in the manifest; a per-host pipeline's in each host's record.)
+  manifest = checkpoint / "manifest" / "manifest.json"
+  record = json.loads(manifest.read_text())
   record["metadata"]["data"] = record["metadata"]["data"].replace("1", "2", 1)   # another position, same form
-  host.write_text(json.dumps(record))
+  manifest.write_text(json.dumps(record))
 
 
 def edit_the_metrics_in_the_manifest(checkpoint: Path):
