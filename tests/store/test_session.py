@@ -79,10 +79,17 @@ def flip_a_byte_of_each_array_file(folder: Path):
       file.write_bytes(bytes(data))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+  """COMBINAX_CACHE for this module's runs only (set for good, it sent a later module's pretrained imports here)."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("COMBINAX_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+
+
 @pytest.fixture(scope="module", params=list(JOBS))
 def trained(request, tmp_path_factory):
   """(the job, its run directory after one whole run)."""
-  os.environ["COMBINAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
   output = tmp_path_factory.mktemp(request.param)
   run(request.param, output)
   return request.param, output

@@ -42,7 +42,12 @@ TINY = ["TransformerLM.d_model = 32", "TransformerLM.d_ff = 64", "TransformerLM.
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-  return tmp_path_factory.mktemp("cache")
+  """The module's cache (the tokenizer trains once), COMBINAX_CACHE for this module's tests only: set for good,
+  it sent a later module's pretrained imports to this folder."""
+  folder = tmp_path_factory.mktemp("cache")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("COMBINAX_CACHE", str(folder))
+    yield folder
 
 
 def free_port() -> int:
@@ -116,7 +121,6 @@ def final_params(output_dir):
 def runs(tmp_path_factory, cache):
   """The 1-process reference and an uninterrupted 2-process run, shared by the tests below."""
   root = tmp_path_factory.mktemp("runs")
-  os.environ["COMBINAX_CACHE"] = str(cache)
   cwd = os.getcwd()
   os.chdir(ROOT)
   try:
