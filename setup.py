@@ -31,6 +31,9 @@ setup(
         # Readers of pretrained weights (safetensors, GGUF, Keras HDF5); the weights themselves come with
         # `python -m combinax.pretrained download NAME`.
         "pretrained": ["safetensors>=0.4", "gguf>=0.10", "h5py>=3.8"],
+        # Approximate nearest-neighbour indexes for knowledge bases (combinax.retrieval: FaissSearch, USearchSearch);
+        # exact search needs nothing more.
+        "retrieval": ["faiss-cpu>=1.8", "usearch>=2.12"],
         # The Flower adapter (combinax.federated.flower): a federated recipe run as separate processes.
         "federated": ["flwr>=1.13"],
         # The peers of benchmarks/compare.py (run by hand, never by CI). Trax 1.4.1 pins old JAX and TensorFlow, so

@@ -19,7 +19,7 @@ FLOORS = [
     ("models and decoding", ["combinax.models", "combinax.decoding", "combinax.speculative"]),
     ("pretrained models", ["combinax.pretrained"]),
     ("training", ["combinax.train"]),
-    ("techniques", ["combinax.growth", "combinax.distill", "combinax.federated"]),
+    ("techniques", ["combinax.growth", "combinax.distill", "combinax.federated", "combinax.retrieval"]),
     ("commands", ["combinax.cli"]),
 ]
 COMMANDS = len(FLOORS) - 1
@@ -112,7 +112,7 @@ def test_nothing_imports_the_command_floor_but_commands_and_entry_points():
 
 
 def test_training_imports_no_technique():
-  techniques = ("combinax.growth", "combinax.distill", "combinax.federated")
+  techniques = ("combinax.growth", "combinax.distill", "combinax.federated", "combinax.retrieval")
   assert not [str(i) for i in ALL_IMPORTS if i.source.startswith("combinax.train") and i.target.startswith(techniques)]
 
 

@@ -31,6 +31,9 @@ prompt is put in its chat template (--template='{prompt}' gives the text as it i
 --draft=DIR: a small LM trained with the same tokenizer (a combinax-train run) proposes --draft_k tokens at a
   time and the model checks them in one call: the text is the model's own (greedy: token for token), and faster
   when the draft is often right.
+--knowledge_base=DIR: each prompt's --retrieve_k nearest chunks of a knowledge base (python -m combinax.retrieval
+  build) are put in front of it through --context_template, and the chunks used are listed on stderr: retrieval-
+  augmented generation, the facts read at generation time.
 --samples=N --output=FILE.jsonl: a synthetic corpus of N samples (prompt i is --prompt number i modulo their count),
   --batch_size at a time, with FILE.jsonl.provenance.json saying what made it; rerunning goes on where it stopped.
   Train on it with lm_pipeline.path = "FILE.jsonl".
@@ -64,6 +67,12 @@ def define(values: flags.FlagValues):
   flags.DEFINE_string("output", None, "with --samples: the .jsonl file to write (resumed if it exists)",
                       flag_values=values)
   flags.DEFINE_integer("batch_size", 8, "with --samples: samples made together", flag_values=values)
+  flags.DEFINE_string("knowledge_base", None, "a knowledge base's folder: each prompt is given its nearest chunks "
+                      "(retrieval-augmented generation)", flag_values=values)
+  flags.DEFINE_integer("retrieve_k", 3, "with --knowledge_base: chunks put in front of each prompt", flag_values=values)
+  flags.DEFINE_string("context_template", None, "with --knowledge_base: how the chunks and the prompt are put "
+                      "together, with {context} and {prompt} (default: combinax.retrieval.rag.CONTEXT_TEMPLATE)",
+                      flag_values=values)
   flags.DEFINE_bool("interactive", False, "read one prompt a line from the terminal and print each answer as it is "
                     "made (an empty line ends)", flag_values=values)
 
@@ -110,12 +119,41 @@ def decode(args):
     raise ConfigError(f"combinax-decode: --template must contain {{prompt}}, got {template!r}")
   lm = lm._replace(template=template)
   draft = None if args.draft is None else _draft(Path(args.draft), lm)
+  retrieve = _retriever(args)
   if args.interactive:
-    _interactive(args, lm, draft)
+    _interactive(args, lm, draft, retrieve)
   elif args.samples is not None:
+    if args.knowledge_base is not None:
+      raise ConfigError("combinax-decode: --knowledge_base with --samples is not supported: a synthetic corpus is "
+                        "made from the prompts as given")
     _synthesize(args, lm, draft, args.prompt or [""])
   else:
-    _decode_prompts(args, lm, draft, args.prompt or [""])
+    _decode_prompts(args, lm, draft, [retrieve(p) for p in args.prompt or [""]])
+
+
+def _retriever(args) -> Callable[[str], str]:
+  """prompt -> the text given to the model: with --knowledge_base, the prompt with its nearest chunks in front of
+  it (the chunks used listed on stderr); else the prompt itself."""
+  if args.knowledge_base is None:
+    if args.context_template is not None:
+      raise ConfigError("combinax-decode: --context_template only means something with --knowledge_base")
+    return lambda prompt: prompt
+  from combinax.retrieval import KnowledgeBase, rag
+  try:
+    template = rag.check_template(args.context_template or rag.CONTEXT_TEMPLATE)
+  except rag.RAGError as e:
+    raise ConfigError(f"combinax-decode: --context_template: {e}") from None
+  if args.retrieve_k < 1:
+    raise ConfigError(f"combinax-decode: --retrieve_k must be at least 1, got {args.retrieve_k}")
+  knowledge_base = KnowledgeBase.open(args.knowledge_base)
+
+  def retrieve(prompt: str) -> str:
+    [text], [hits] = rag.augment(knowledge_base, [prompt], k=args.retrieve_k, template=template)
+    for rank, hit in enumerate(hits, 1):
+      print(f"[{rank}] {hit.document} #{hit.chunk} ({hit.score:.3f}): {' '.join(hit.text.split())[:80]}",
+            file=sys.stderr, flush=True)
+    return text
+  return retrieve
 
 
 def load_run(output_dir: Path, bindings=()) -> LM:
@@ -337,7 +375,7 @@ def _until_eos(lm: LM, ids) -> list[int]:
   return ids[:ids.index(eos)] if eos in ids else ids
 
 
-def _interactive(args, lm: LM, draft: LM | None):
+def _interactive(args, lm: LM, draft: LM | None, retrieve: Callable[[str], str]):
   """One prompt a line from stdin, each answer printed as it is made; an empty line or the end of input ends it."""
   import numpy as np
 
@@ -354,7 +392,7 @@ def _interactive(args, lm: LM, draft: LM | None):
     line = sys.stdin.readline()
     if not line.strip():
       return
-    ids = _encode(lm, line.rstrip("\n"))
+    ids = _encode(lm, retrieve(line.rstrip("\n")))
     room = positions - len(ids) - 1 - (args.draft_k if draft is not None else 0)
     max_length = min(requested or room, room)
     if max_length < 1:

@@ -167,11 +167,13 @@ def known_error(error: Exception) -> bool:
   from combinax.growth.operator import GrowthError
   from combinax.layers.base import LayerError
   from combinax.pretrained.families import PretrainedError
+  from combinax.retrieval import DocumentError, EncoderError, KnowledgeBaseError, RAGError, SearchError
   from combinax.store.checkpoints import CheckpointError
   from combinax.store.rundir import RunDirectoryError
   from combinax.train.trainer import TrainingError
   return isinstance(error, (DataError, UnknownCorpusError, GrowthError, LayerError, PretrainedError,
-                            CheckpointError, RunDirectoryError, TrainingError, OSError))
+                            CheckpointError, RunDirectoryError, TrainingError, OSError, DocumentError, EncoderError,
+                            KnowledgeBaseError, RAGError, SearchError))
 
 
 def parse_config(files, bindings, skip_unknown: bool = False):

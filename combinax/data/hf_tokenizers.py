@@ -32,6 +32,11 @@ class _HFTokenizer(Tokenizer):
   def __init__(self, tokenizer, add_special_tokens: bool = False):
     tokenizer.no_padding()   # the pipeline pads (Batch, BucketByLength, PadToLength); a file's truncation is kept
     self._tok = tokenizer
+    # ... but not when a text is cut into pieces: all-MiniLM-L6-v2's file truncates every text to 128 tokens.
+    self._whole = tokenizer
+    if tokenizer.truncation is not None:
+      self._whole = type(tokenizer).from_str(tokenizer.to_str())
+      self._whole.no_truncation()
     self.add_special_tokens = add_special_tokens
 
   @property
@@ -51,11 +56,21 @@ class _HFTokenizer(Tokenizer):
     encodings = self._tok.encode_batch(list(texts), add_special_tokens=self.add_special_tokens)
     return [np.asarray(e.ids, np.int32) for e in encodings]
 
+  def encode_with_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, the (start, end) character span of each id in `text`), without special tokens and never truncated:
+    for cutting a text into pieces of so many tokens that keep their own characters (`combinax.retrieval`)."""
+    encoding = self._whole.encode(text, add_special_tokens=False)
+    return np.asarray(encoding.ids, np.int32), np.asarray(encoding.offsets, np.int64).reshape(-1, 2)
+
   def decode(self, ids) -> str:
     return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=True)
 
+  def to_json(self) -> str:
+    """The whole tokenizer (vocabulary, normaliser, pre-tokeniser) as `tokenizer.json` holds it."""
+    return self._tok.to_str()
+
   def save(self, path) -> None:
-    write_atomically(path, self._tok.to_str().encode("utf-8"))
+    write_atomically(path, self.to_json().encode("utf-8"))
 
 
 class BPETokenizer(_HFTokenizer):
