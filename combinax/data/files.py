@@ -147,6 +147,23 @@ class TSV(CSV):
   delimiter = "\t"
 
 
+def json_objects(path) -> list[tuple[int, dict]]:
+  """(line number, object) of each line of a JSONL file that is not blank; a line that is not a JSON object is a
+  DataError naming the file and the line."""
+  objects = []
+  for n, line in enumerate(read_text(path), 1):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path}:{n}: not valid JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(obj, dict):
+      raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+    objects.append((n, obj))
+  return objects
+
+
 class JSONL(Source):
   """One JSON object per line (blank lines ignored), as tuples of the fields `keys`.
 
@@ -167,15 +184,7 @@ class JSONL(Source):
 
   def load(self):
     examples = []
-    for n, line in enumerate(read_text(self.path), 1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{self.path}:{n}: not valid JSON: {e.msg} (column {e.colno})") from None
-      if not isinstance(obj, dict):
-        raise DataError(f"{self.path}:{n}: expected a JSON object, got {type(obj).__name__}")
+    for n, obj in json_objects(self.path):
       missing = [k for k in self.keys if k not in obj]
       if missing:
         raise DataError(f"{self.path}:{n}: no key {missing[0]!r}; available: {sorted(obj)}")

@@ -19,11 +19,12 @@ tokens, each `overlap` tokens into the one before, keeping each piece's own char
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
+
+from combinax.data.files import json_objects
 
 
 class DocumentError(ValueError):
@@ -83,25 +84,18 @@ def read_documents(paths: Iterable[str | Path]) -> list[Document]:
       continue
     if not path.is_file():
       raise DocumentError(f"{path}: no such file or folder")
+    if path.suffix == ".jsonl":   # (a line that is not a JSON object: a DataError naming the file and line)
+      for number, record in json_objects(path):
+        if not isinstance(record.get("text"), str):
+          raise DocumentError(f'{path}:{number}: expected an object with a "text" string (and an optional "id"), '
+                              f"got the keys {sorted(record)}")
+        documents.append(Document(str(record.get("id", f"{path.name}:{number}")), record["text"],
+                                  f"{path}:{number}"))
+      continue
     try:
-      text = path.read_text(encoding="utf-8")
+      documents.append(Document(path.name, path.read_text(encoding="utf-8"), str(path)))
     except UnicodeDecodeError as e:
       raise DocumentError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if path.suffix != ".jsonl":
-      documents.append(Document(path.name, text, str(path)))
-      continue
-    for number, line in enumerate(text.splitlines(), 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DocumentError(f"{path}:{number}: not a JSON object ({e.msg})") from None
-      if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise DocumentError(f'{path}:{number}: expected an object with a "text" string (and an optional "id"), '
-                            f"got {line[:80]!r}")
-      documents.append(Document(str(record.get("id", f"{path.name}:{number}")), record["text"],
-                                f"{path}:{number}"))
   return documents
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from combinax import data
-from combinax.data import corpora
+from combinax.data import DataError, corpora
 from combinax.retrieval import Document, DocumentError, chunk, corpus_documents, read_documents
 from combinax.retrieval.documents import check_unique
 
@@ -53,15 +53,17 @@ def test_text_files_jsonl_lines_and_folders_are_documents(tmp_path):
   assert documents[3].source == f"{tmp_path / 'faq.jsonl'}:3"
 
 
-@pytest.mark.parametrize("content, message", [
-    (b'{"text": "fine"}\n{"txt": "no"}\n', r'faq.jsonl:2: expected an object with a "text" string'),
-    (b'{"text": "fine"}\n{not json\n', r"faq.jsonl:2: not a JSON object"),
-    (b'\xff\xfe', r"faq.jsonl: not UTF-8 text"),
+@pytest.mark.parametrize("name, content, error, message", [
+    ("faq.jsonl", b'{"text": "fine"}\n{"txt": "no"}\n', DocumentError,
+     r'faq.jsonl:2: expected an object with a "text" string \(and an optional "id"\), got the keys \[\'txt\'\]'),
+    ("faq.jsonl", b'{"text": "fine"}\n{not json\n', DataError, r"faq.jsonl:2: not valid JSON"),
+    ("faq.jsonl", b'{"text": "fine"}\n\xff\xfe', DataError, r"faq.jsonl:2: not valid UTF-8"),
+    ("notes.txt", b'\xff\xfe', DocumentError, r"notes.txt: not UTF-8 text"),
 ])
-def test_a_bad_file_is_named_with_its_line(tmp_path, content, message):
-  (tmp_path / "faq.jsonl").write_bytes(content)
-  with pytest.raises(DocumentError, match=message):
-    read_documents([tmp_path / "faq.jsonl"])
+def test_a_bad_file_is_named_with_its_line(tmp_path, name, content, error, message):
+  (tmp_path / name).write_bytes(content)
+  with pytest.raises(error, match=message):
+    read_documents([tmp_path / name])
   with pytest.raises(DocumentError, match=r"nowhere: no such file or folder"):
     read_documents([tmp_path / "nowhere"])
 
