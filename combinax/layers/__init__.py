@@ -16,6 +16,7 @@ from combinax.layers.core import (ArgMax, Dense, Dropout, Embedding, Flatten, Lo
                                   StopGradient, Sum, TiedLogits, ToFloat, Weights)
 from combinax.layers.distillation import DistillationLoss
 from combinax.layers.lora import LoRA
+from combinax.layers.retro import ChunkedAttention, ChunkedCrossAttention
 from combinax.layers.losses import (BinaryCrossEntropy, CategoryCrossEntropy, L2Loss,
                                     WeightedCategoryCrossEntropy)
 from combinax.layers.metrics import Accuracy, SequenceAccuracy, WeightedCategoryAccuracy

@@ -178,7 +178,9 @@ class DotProductAttention(Layer):
     return out.reshape(out.shape[:2] + (-1,)), state
 
 
-def _projections(layer_name: str, d_feature: int, n_heads: int, n_kv_heads: int | None, use_bias: bool):
+def qkv_projections(layer_name: str, d_feature: int, n_heads: int, n_kv_heads: int | None, use_bias: bool):
+  """The `q`, `k`, `v` Dense projections of multi-head attention (`k`, `v` of n_kv_heads heads); `layer_name` names
+  the factory in the error for a d_feature the heads do not divide."""
   if d_feature % n_heads:
     raise ValueError(f"{layer_name}: d_feature {d_feature} must be a multiple of n_heads {n_heads}")
   d_kv = d_feature // n_heads * (n_kv_heads or n_heads)
@@ -198,7 +200,7 @@ def AttentionQKV(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None = N
   ...     ShapeDtype((1, 5, 8)), ShapeDtype((1, 1, 1, 5), jnp.bool_)))[0]
   ShapeDtype((1, 3, 8), float32)
   """
-  q, k, v = _projections("AttentionQKV", d_feature, n_heads, n_kv_heads, use_bias)
+  q, k, v = qkv_projections("AttentionQKV", d_feature, n_heads, n_kv_heads, use_bias)
   attention = DotProductAttention(n_heads, n_kv_heads, dropout=dropout, rotary=rotary, rotary_base=rotary_base,
                                   fast=fast)
   return Serial(
@@ -233,7 +235,7 @@ def CausalAttention(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None 
   >>> CausalAttention(8, n_heads=4, n_kv_heads=2).output_signature(ShapeDtype((1, 3, 8)))
   ShapeDtype((1, 3, 8), float32)
   """
-  q, k, v = _projections("CausalAttention", d_feature, n_heads, n_kv_heads, use_bias)
+  q, k, v = qkv_projections("CausalAttention", d_feature, n_heads, n_kv_heads, use_bias)
   return Serial(
       Branch(q, k, v),                                 # q, k, v
       DotProductAttention(n_heads, n_kv_heads, causal=True, dropout=dropout, max_len=max_len, rotary=rotary,
