@@ -94,8 +94,8 @@ PRETRAINED = {"finetune_minilm_sentiment": "all-minilm-l6-v2",  # recipes that s
 
 @pytest.fixture(scope="module")
 def pretrained_cache(tmp_path_factory):
-  """One cache for the recipes that start from bundled weights: each import of SmolLM2 into a fresh cache took ~12 s
-  (the student's cut of it, a few more)."""
+  """The cache of a recipe that starts from bundled weights. (It was one cache for all of them, which saved ~12 s an
+  import of SmolLM2; each now runs isolated, in a process of its own, so each imports once into its own.)"""
   return tmp_path_factory.mktemp("pretrained_cache")
 
 
