@@ -146,12 +146,14 @@ def build(folder, documents: Sequence[Document], *, encoder: Encoder | str = "al
                                  f"(added from {held['source']}; now from {document.source}): give the new text "
                                  "another id, or build a new knowledge base")
     total = sum(p["chunks"] for p in index["parts"])
-    added = _add_parts(folder, index, pending, encoder, chunk_tokens, overlap, part_chunks, progress)
+    added = _add_parts(folder, index, pending, encoder, chunk_tokens, overlap, part_chunks, progress, total)
     return {"documents": len(pending), "chunks": added, "skipped": skipped, "total_chunks": total + added}
 
 
 def _add_parts(folder: Path, index: dict, pending: list[Document], encoder: Encoder, chunk_tokens: int, overlap: int,
-               part_chunks: int, progress: bool | None) -> int:
+               part_chunks: int, progress: bool | None, first: int) -> int:
+  """Chunks and embeds `pending` into new parts of at least `part_chunks` chunks (whole documents), their rows
+  numbered from `first`; returns how many chunks it added."""
   chunked = [(document, chunk(document, encoder.tokenizer, size=chunk_tokens, overlap=overlap))
              for document in pending]
   count = sum(len(c) for _, c in chunked)
@@ -159,14 +161,14 @@ def _add_parts(folder: Path, index: dict, pending: list[Document], encoder: Enco
   if count and (progress if progress is not None else sys.stdout.isatty()):
     from tqdm import tqdm
     bar = tqdm(total=count, unit="chunk", desc=f"embedding with {encoder.name}", dynamic_ncols=True)
-  first = sum(p["chunks"] for p in index["parts"])
-  group: list = []
+  group, in_group = [], 0
   try:
     for position, (document, chunks) in enumerate(chunked):
       group.append((document, chunks))
-      if sum(len(c) for _, c in group) >= part_chunks or position == len(chunked) - 1:
+      in_group += len(chunks)
+      if in_group >= part_chunks or position == len(chunked) - 1:
         first = _write_part(folder, index, group, encoder, chunk_tokens, first, bar)
-        group = []
+        group, in_group = [], 0
   finally:
     if bar is not None:
       bar.close()
