@@ -23,7 +23,7 @@ from combinax.layers.metrics import Accuracy, SequenceAccuracy, WeightedCategory
 from combinax.layers.normalization import BatchNorm, LayerNorm, RMSNorm
 from combinax.layers.pooling import AttentionWeightedAverage
 from combinax.layers.positional import LearnedPositionalEncoding, PositionalEncoding, rotary, sinusoids
-from combinax.layers.repeat import Repeat
+from combinax.layers.repeat import Interleave, Repeat
 from combinax.layers.rnn import GRU, LSTM, GRUCell, LSTMCell
 from combinax.layers.scopes import Combinator
 

@@ -8,6 +8,7 @@ from jax import lax
 
 from combinax import shapes
 from combinax.layers.base import Layer, LayerError, child_rng
+from combinax.layers.combinators import from_stack, to_stack
 from combinax.layers.scopes import Combinator
 
 
@@ -87,3 +88,75 @@ class Repeat(Combinator):
       inputs, layer_state = one_block(inputs, take(params), take(state), i)
       new_states.append(layer_state)
     return inputs, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *new_states)
+
+
+class Interleave(Combinator):
+  """`n_layers` copies of `block` with a copy of `inserted` after every `every`-th: block, ..., block, inserted,
+  block, ..., inserted. The blocks' params are one stack of `n_layers` under `block_name` (the same paths and shapes
+  as `Repeat(block, n_layers, name=block_name)`, so a trained stack of blocks loads as it is), the inserted layers'
+  one stack of `n_layers // every` under `inserted_name`. `block` works on the top `block.n_in` stack items,
+  `inserted` on the top `inserted.n_in`; each keeps the signature of what it reads. With `scan=True` the groups run
+  as one `lax.scan` (their blocks as an inner one).
+
+  >>> layer = Interleave(cl.Dense(4), 4, cl.Residual(cl.Dense(4)), every=2)
+  >>> params, _ = layer.init(jax.random.key(0), ShapeDtype((2, 4)))
+  >>> params["blocks"]["kernel"].shape, params["inserted"]["kernel"].shape
+  ((4, 4, 4), (2, 4, 4))
+  """
+
+  def __init__(self, block: Layer, n_layers: int, inserted: Layer, *, every: int, scan: bool = True,
+               remat: bool | str = False, block_name: str = "blocks", inserted_name: str = "inserted"):
+    blocks = Repeat(block, n_layers, scan=scan, remat=remat, name=block_name)
+    if int(every) < 1 or blocks.n_layers % int(every):
+      raise LayerError(blocks, "the blocks must split into groups of `every`, each followed by the inserted layer",
+                       expected=f"every >= 1 dividing n_layers={n_layers}", actual=f"every={every}")
+    insertions = Repeat(inserted, blocks.n_layers // int(every), scan=scan, remat=remat, name=inserted_name)
+    n = max(blocks.n_in, insertions.n_in)
+    super().__init__([blocks, insertions], n, n)
+    self.every, self.scan = int(every), scan
+    self.group = Repeat(block, self.every, scan=scan, remat=remat)   # one group's blocks, on its slice of the stack
+
+  def _grouped(self, tree):
+    """A (n_layers, ...) stack as (groups, every, ...)."""
+    return jax.tree_util.tree_map(lambda a: a.reshape((-1, self.every) + a.shape[1:]), tree)
+
+  def _run(self, layer, params, state, stack, rng, train):
+    out, state = layer.apply(params, state, from_stack(stack, layer.n_in), rng=rng, train=train)
+    return to_stack(out, layer.n_out) + stack[layer.n_in:], state
+
+  def init_params_and_state(self, rng, input_signature):
+    stack, params, state = to_stack(input_signature, self.n_in), {}, {}
+    for i, layer in enumerate(self.sublayers):
+      p, s = layer.init(child_rng(rng, i), from_stack(stack, layer.n_in))
+      self.store_child(params, i, p, overwrite=False)
+      self.store_child(state, i, s, overwrite=False)
+    return params, state
+
+  def forward(self, params, state, inputs, *, rng, train):
+    blocks, insertions = self.sublayers
+    rngs = [None if rng is None else child_rng(rng, i) for i in range(2)]
+    run_inserted = insertions.rematerialised(
+        lambda p, s, stack, r: self._run(insertions.block, p, s, stack, r, train), prevent_cse=not self.scan)
+
+    def group(stack, block_params, block_state, inserted_params, inserted_state, g):
+      fold = lambda r: None if r is None else jax.random.fold_in(r, g)
+      stack, block_state = self._run(self.group, block_params, block_state, stack, fold(rngs[0]), train)
+      stack, inserted_state = run_inserted(inserted_params, inserted_state, stack, fold(rngs[1]))
+      return stack, (block_state, inserted_state)
+
+    per_group = (self._grouped(self.child_view(params, 0)), self._grouped(self.child_view(state, 0)),
+                 self.child_view(params, 1), self.child_view(state, 1), jnp.arange(insertions.n_layers))
+    stack = to_stack(inputs, self.n_in)
+    if self.scan:
+      stack, (block_state, inserted_state) = lax.scan(lambda s, xs: group(s, *xs), stack, per_group)
+    else:
+      outs = []
+      for g in range(insertions.n_layers):
+        stack, out = group(stack, *jax.tree_util.tree_map(lambda a: a[g], per_group))
+        outs.append(out)
+      block_state, inserted_state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+    new_state = dict(state)
+    flat = jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), block_state)
+    self.store_child(new_state, 0, flat, overwrite=True)
+    self.store_child(new_state, 1, inserted_state, overwrite=True)
+    return from_stack(stack, self.n_out), new_state

@@ -89,12 +89,13 @@ class ChunkedAttention(Layer):
 
 def ChunkedCrossAttention(d_feature: int, n_heads: int = 1, *, chunk_size: int, n_kv_heads: int | None = None,
                           dropout: float = 0.0, use_bias: bool = True, fast: bool = True, mode: str = "train",
-                          name: str | None = "chunked_cross_attention") -> Layer:
+                          output_initializer="glorot_uniform", name: str | None = "chunked_cross_attention") -> Layer:
   """(x (batch, length, d), neighbours (batch, chunks, k, r, d_n)) -> (y (batch, length, d), neighbours): x's
   attention over the encoded neighbours of the chunk before each position's own (`ChunkedAttention`), projected
   back to d; zeros in the first chunk. The neighbours pass through, for the next block that reads them.
 
-  Params: `q` (on x), `k`, `v` (on the neighbours), `o` projections.
+  Params: `q` (on x), `k`, `v` (on the neighbours), `o` projections. `output_initializer="zeros"` starts `o` at
+  zero, so that a residual around this layer is at first the identity (how a trained LM is retro-fitted).
 
   >>> layer = ChunkedCrossAttention(8, n_heads=2, chunk_size=4)
   >>> layer.output_signature((ShapeDtype((1, 8, 8)), ShapeDtype((1, 2, 3, 4, 6))))[0]
@@ -105,5 +106,5 @@ def ChunkedCrossAttention(d_feature: int, n_heads: int = 1, *, chunk_size: int, 
       Select([0, 1, 1, 1]),                                       # x, neighbours, neighbours, neighbours
       Parallel(q, k, v),                                          # q, k, v, neighbours
       ChunkedAttention(n_heads, chunk_size, n_kv_heads, dropout=dropout, fast=fast, mode=mode),  # context, nbrs
-      Dense(d_feature, use_bias=use_bias, name="o"),              # y, neighbours
+      Dense(d_feature, output_initializer, use_bias=use_bias, name="o"),            # y, neighbours
       name=name)

@@ -82,6 +82,28 @@ class TransformerOptions:
     return ", ".join(f"{name}={getattr(value, '__name__', repr(value))}" for name, value in changed)
 
 
+@dataclasses.dataclass(frozen=True)
+class RetroOptions:
+  """RETRO's retrieval in a `TransformerLM` (Borgeaud et al., 2022): the model takes (ids, neighbour ids) and, after
+  every `every`-th block, a residual chunked cross-attention lets each chunk of `chunk_size` positions read the
+  encoded neighbours retrieved for the chunk before it.
+
+  >>> RetroOptions(every=0)
+  Traceback (most recent call last):
+  ValueError: RetroOptions.every: expected a positive int, got 0
+  """
+  every: int = 3                 # a chunked cross-attention after blocks every, 2 * every, ...
+  chunk_size: int = 64           # positions per chunk: chunk c reads the neighbours retrieved for chunk c - 1
+  encoder_layers: int = 2        # bidirectional blocks of the neighbour encoder (the LM's embedding, shared)
+  pad_id: int = 0                # neighbour tokens to ignore
+  zero_init: bool = True         # the cross-attention's output starts at zero: the model starts as the plain LM
+
+  def __post_init__(self):
+    for field in ("every", "chunk_size", "encoder_layers"):
+      if not (isinstance(getattr(self, field), int) and getattr(self, field) > 0):
+        raise ValueError(f"RetroOptions.{field}: expected a positive int, got {getattr(self, field)!r}")
+
+
 def _options(arguments: dict) -> TransformerOptions:
   """The options among a model's arguments (each model takes every field as a keyword argument, for gin)."""
   return TransformerOptions(**{field.name: arguments[field.name] for field in dataclasses.fields(TransformerOptions)})
@@ -196,17 +218,55 @@ def TransformerDecoder(o: TransformerOptions, n_layers: int, *, embedding: cl.La
       _pre_norm(o, "final_norm"))                                                 # x
 
 
+def NeighbourEncoder(o: TransformerOptions, retro: RetroOptions, embedding: cl.Layer) -> cl.Layer:
+  """Neighbour token ids (batch, chunks, k, r) -> their encodings (batch, chunks, k, r, d_model): each neighbour
+  read on its own, through `embedding` (the LM's, shared) and `retro.encoder_layers` bidirectional blocks, its
+  padding masked. Params under `neighbour_encoder/` (`blocks/...`, `final_norm/...`)."""
+  return cl.Serial(
+      cl.Dup(),                                                              # ids, ids
+      cl.Fn("Rows", lambda ids: ids.reshape(-1, ids.shape[-1])),             # rows (b * chunks * k, r), ids
+      cl.Branch(None, PaddingMask(retro.pad_id)),                            # rows, mask, ids
+      embedding, _embedded(o, "train"),                                      # x, mask, ids
+      Repeat(EncoderBlock(o), retro.encoder_layers, scan=o.scan_layers, remat=o.remat, name="blocks"),  # x, mask, ids
+      _pre_norm(o, "final_norm"),                                            # x, mask, ids
+      cl.Select([0, 2], n_in=3),                                             # x, ids
+      cl.Fn("PerChunk", lambda x, ids: x.reshape(ids.shape + x.shape[-1:])),  # neighbours (b, chunks, k, r, d)
+      name="neighbour_encoder")
+
+
+def _retro_blocks(o: TransformerOptions, retro: RetroOptions, n_layers: int, mode: str) -> cl.Layer:
+  """(x, neighbours) -> the same two: `n_layers` decoder blocks at `blocks/...`, as the plain LM's, with a residual
+  chunked cross-attention after every `retro.every`-th, stacked at `retro/...`."""
+  if o.pipeline_stages > 1:
+    raise ValueError(f"TransformerLM.retro: a RETRO model does not run as a pipeline yet; expected "
+                     f"pipeline_stages=1, got {o.pipeline_stages}")
+  cross = cl.Residual(
+      _pre_norm(o, "norm"),                                                  # x, neighbours
+      cl.ChunkedCrossAttention(o.d_model, o.n_heads, chunk_size=retro.chunk_size, n_kv_heads=o.n_kv_heads,
+                               dropout=o.dropout, use_bias=o.use_bias, mode=mode,
+                               output_initializer="zeros" if retro.zero_init else "glorot_uniform"),  # y, nbrs
+      cl.Dropout(o.dropout))                                                 # x + y, neighbours
+  return cl.Interleave(DecoderBlock(o, mode=mode), n_layers, cross, every=retro.every, scan=o.scan_layers,
+                       remat=o.remat, inserted_name="retro")
+
+
 def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, *, n_layers: int = 6, n_heads: int = 8,
                   dropout: float = 0.1, max_len: int = 2048, mode: str = "train", ff_activation: Callable = cl.Relu,
                   tie_embeddings: bool = False, n_kv_heads: int | None = None, positions: str = "sinusoidal",
                   rotary_base: float = 10000.0, norm: str = "layer", norm_epsilon: float = 1e-6, pre_norm: bool = True,
                   gated_ff: bool = False, use_bias: bool = True, scan_layers: bool = True,
-                  remat: bool | str = "dots", pipeline_stages: int = 1, microbatches: int = 1) -> cl.Layer:
+                  remat: bool | str = "dots", pipeline_stages: int = 1, microbatches: int = 1,
+                  retro: RetroOptions | None = None) -> cl.Layer:
   """A decoder-only language model: token ids (batch, length) -> next-token logits (batch, length, vocab_size).
 
   Position t predicts token t from tokens < t (the inputs are shifted right inside). In `mode="predict"` it decodes:
   each call continues the sequence, with a KV cache of `max_len` positions. `tie_embeddings` makes the logits the
   embedding table's (`TiedLogits`); the other arguments are `TransformerOptions`' fields.
+
+  With `retro` (`RetroOptions`) it is a RETRO model: (token ids, neighbour ids (batch, chunks, k, r)) -> logits,
+  where chunk c's k neighbours of r tokens were retrieved for chunk c's own text and are read from chunk c + 1 on.
+  Its blocks keep the plain LM's paths and shapes (`blocks/...`), so a trained LM's checkpoint loads into it and
+  only `retro/*` and `neighbour_encoder/*` need training (retro-fitting); with `zero_init` it starts as that LM.
 
   >>> lm = TransformerLM(16, d_model=8, d_ff=16, n_layers=2, n_heads=2, tie_embeddings=True)
   >>> params, _ = lm.init(jax.random.key(0), ShapeDtype((1, 5), jnp.int32))
@@ -217,11 +277,22 @@ def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, *, n_la
   """
   o = _options(locals())
   embed = cl.Embedding(vocab_size, d_model, name="embed")
+  logits = cl.TiedLogits(embed) if tie_embeddings else cl.Dense(vocab_size, name="logits")
+  if retro is None:
+    return _Model(
+        "TransformerLM", o,
+        ShiftRight(mode=mode),                                              # ids shifted right (start = 0)
+        TransformerDecoder(o, n_layers, embedding=embed, mode=mode),         # x
+        logits)                                                             # logits
   return _Model(
-      "TransformerLM", o,
-      ShiftRight(mode=mode),                                                # ids shifted right (start = 0)
-      TransformerDecoder(o, n_layers, embedding=embed, mode=mode),           # x
-      cl.TiedLogits(embed) if tie_embeddings else cl.Dense(vocab_size, name="logits"))   # logits
+      f"TransformerLM[{retro}]", o,                                         # ids, neighbour ids
+      ShiftRight(mode=mode),                                                # ids shifted right, neighbour ids
+      embed, _embedded(o, mode),                                            # x, neighbour ids
+      cl.Parallel(None, NeighbourEncoder(o, retro, embed)),                 # x, neighbours
+      _retro_blocks(o, retro, n_layers, mode),                              # x, neighbours
+      cl.Select([0], n_in=2),                                               # x
+      _pre_norm(o, "final_norm"),                                           # x
+      logits)                                                               # logits
 
 
 def Pool(pool: str = "mean") -> cl.Layer:

@@ -66,6 +66,13 @@ CATALOGUE = {
     "Repeat": (lambda: cl.Repeat(cl.Serial(cl.Dense(5), cl.Tanh()), 3, name="blocks"), S(2, 5)),
     "Repeat_unrolled_remat": (lambda: cl.Repeat(cl.Residual(cl.Dense(5)), 2, scan=False, remat=True), S(2, 5)),
     "Repeat_predict_state": (lambda: cl.Repeat(cl.CausalAttention(4, 2, mode="predict", max_len=6), 2), S(2, 3, 4)),
+    "Interleave": (lambda: cl.Interleave(cl.Serial(cl.Dense(5), cl.Tanh()), 4, cl.Residual(cl.Dense(5)), every=2),
+                   S(2, 5)),
+    "Interleave_unrolled_remat_predict": (
+        lambda: cl.Interleave(cl.CausalAttention(4, 2, mode="predict", max_len=6), 2,
+                              cl.Residual(cl.ChunkedCrossAttention(4, n_heads=2, chunk_size=2, mode="predict")),
+                              every=1, scan=False, remat="dots", inserted_name="retro"),
+        (S(2, 3, 4), S(2, 2, 1, 2, 4))),
     "Cache": (lambda: cl.Cache(cl.Dense(3)), S(2, 5)),
     "LoRA": (lambda: cl.LoRA(cl.Serial(cl.Dense(4, name="up"), cl.Dense(3, name="down")), targets="*/kernel", rank=2),
              S(2, 5)),

@@ -327,3 +327,22 @@ def test_walk_yields_the_layer_and_every_sublayer_depth_first_plumbing_and_repea
                    "dense"]
   assert [layer for layer in cl.walk(model) if layer is dense] == [dense, dense]   # shared: met at each use
   assert list(cl.walk(relu)) == [relu]
+
+
+@pytest.mark.parametrize("scan", [True, False], ids=["scanned", "unrolled"])
+def test_interleave_runs_repeats_blocks_with_the_inserted_layer_after_every_group(scan):
+  block, inserted = cl.Serial(cl.Dense(3), cl.Tanh()), cl.Serial(cl.Dense(3), cl.Sigmoid())
+  layer = cl.Interleave(block, 4, inserted, every=2, scan=scan)
+  x = jax.random.normal(jax.random.key(1), (2, 3))
+  params, state = layer.init(jax.random.key(0), x)
+  assert params["blocks"]["Dense_0"]["kernel"].shape == (4, 3, 3)      # Repeat(block, 4)'s paths and shapes
+  assert params["inserted"]["Dense_0"]["kernel"].shape == (2, 3, 3)
+  take = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)
+  expected = x
+  for i in range(4):                                                   # block, block, inserted, block, block, inserted
+    expected = block.apply(take(params["blocks"], i), {}, expected)[0]
+    if i % 2 == 1:
+      expected = inserted.apply(take(params["inserted"], i // 2), {}, expected)[0]
+  np.testing.assert_allclose(layer.apply(params, state, x)[0], expected, rtol=1e-6, atol=1e-6)
+  with pytest.raises(cx.LayerError, match=r"(?s)every >= 1 dividing n_layers=4.*every=3"):
+    cl.Interleave(block, 4, inserted, every=3)

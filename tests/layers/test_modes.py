@@ -21,7 +21,8 @@ KEYS = (jax.random.key(1), jax.random.key(2))
 
 def drops(layer) -> bool:
   """Whether anything in `layer` drops out (a Dropout, or attention dropout) when trained."""
-  return any((isinstance(l, cl.Dropout) and l.rate > 0) or (isinstance(l, cl.DotProductAttention) and l.dropout > 0)
+  return any((isinstance(l, cl.Dropout) and l.rate > 0)
+             or (isinstance(l, (cl.DotProductAttention, cl.ChunkedAttention)) and l.dropout > 0)
              for l in cl.walk(layer))
 
 
