@@ -182,6 +182,7 @@ def parse_config(files, bindings, skip_unknown: bool = False):
   import combinax.distill  # noqa: F401  (registers every configurable: models, layers' factories, data, optax, ...)
   import combinax.growth  # noqa: F401
   import combinax.models  # noqa: F401
+  import combinax.retrieval  # noqa: F401
   import combinax.train  # noqa: F401
   from combinax.configurable import binding_type_errors
   try:

@@ -8,10 +8,12 @@ from combinax.models.mlp import MLP
 from combinax.models.resnet import (BasicBlock, BottleneckBlock, DigitsCNN, GlobalAvgPool, PreActBlock, ResNet,
                                     Resnet50, WideResnet)
 from combinax.models.rnn import GRULM, RNNLM, LSTMSeq2SeqAttn, TextGenRNN
-from combinax.models.transformer import (DecoderBlock, EncoderBlock, FeedForward, Norm, Pool, Transformer,
-                                         TransformerDecoder, TransformerEncoder, TransformerLM, TransformerOptions)
+from combinax.models.transformer import (DecoderBlock, EncoderBlock, FeedForward, Norm, Pool, RetroOptions,
+                                         Transformer, TransformerDecoder, TransformerEncoder, TransformerLM,
+                                         TransformerOptions)
 
 _register(globals(), "combinax.models", ["MLP", "ResNet", "Resnet50", "WideResnet", "DigitsCNN", "RNNLM", "GRULM",
                                           "LSTMSeq2SeqAttn", "TextGenRNN", "TransformerLM", "TransformerEncoder",
                                           "Transformer"])
 _gin.external_configurable(TransformerOptions, module="combinax.models")  # gin-made options; models build their own
+_gin.external_configurable(RetroOptions, module="combinax.models")        # TransformerLM.retro = @RetroOptions()

@@ -12,6 +12,13 @@ from combinax.retrieval.documents import (Chunk, Document, DocumentError, chunk,
 from combinax.retrieval.encoder import Encoder, EncoderError
 from combinax.retrieval.knowledge_base import Hit, KnowledgeBase, KnowledgeBaseError, build
 from combinax.retrieval.rag import CONTEXT_TEMPLATE, RAGError, augment, with_context
+from combinax.retrieval.retro_data import (facts_corpus, facts_knowledge_base, facts_tokenizer, retro_examples,
+                                           retro_pipeline)
 from combinax.retrieval.search import (INDEXES, ExactSearch, FaissSearch, SearchError, USearchSearch, make_index,
                                        recall_at_k)
+
+from combinax.configurable import register as _register  # noqa: E402
+
+_register(globals(), "combinax.retrieval", ["retro_pipeline", "facts_corpus", "facts_knowledge_base",
+                                             "facts_tokenizer"])
 

@@ -143,3 +143,31 @@ def exact_match(prediction: str, answer: str) -> bool:
   that answers "Zorvik, in 1843" for "Zorvik" is right; "Zorvikham" is not)."""
   prediction, answer = normalize(prediction), normalize(answer)
   return prediction == answer or prediction.startswith(answer + " ")
+
+
+def paraphrased_corpus(world: World, *, paraphrases: int = 3, seed: int = 0) -> dict[str, list[Document]]:
+  """Each person's facts in `paraphrases` biographies of distinct templates, for a retrieval-augmented LM (RETRO):
+  "train" holds every biography of the people whose questions are "train"; "test" the last biography of each other
+  person; "knowledge_base" everything but "test". A held-out biography's facts are thus only in the knowledge base
+  (in other words), never in the training text: a model can predict them only by reading its neighbours.
+
+  >>> corpus = paraphrased_corpus(make_world(seed=0, people=4), paraphrases=2)
+  >>> person = corpus["test"][0].id.rsplit(":", 1)[0]
+  >>> [d.id for d in corpus["knowledge_base"] if d.id.startswith(person + ":")] == [person + ":0"]
+  True
+  """
+  if not 2 <= paraphrases <= len(BIOGRAPHIES):
+    raise ValueError(f"paraphrased_corpus: paraphrases must lie in [2, {len(BIOGRAPHIES)}] (the biography "
+                     f"templates), got {paraphrases}")
+  rng = random.Random(seed)
+  split_of = {q.document: q.split for q in world.questions}
+  corpus = {"train": [], "test": [], "knowledge_base": []}
+  for person in world.people:
+    split = split_of[f"bio:{person.name}"]
+    for j, template in enumerate(rng.sample(BIOGRAPHIES, paraphrases)):
+      document = Document(f"retro:{person.name}:{j}", template.format(**person._asdict()),
+                          f"paraphrased_corpus(seed={seed}) of make_world")
+      held_out = split == "test" and j == paraphrases - 1
+      corpus["test" if held_out else "train" if split == "train" else "knowledge_base"].append(document)
+  corpus["knowledge_base"] = corpus["train"] + corpus["knowledge_base"]
+  return corpus

@@ -66,6 +66,10 @@ TINY = {
                                                   "distill.student_checkpoint.layers = [0, 29]"],
     "grow_lm_kjv": GROW,
     "grow_lm_kjv_scratch": GROW,
+    # 20 people (a knowledge base of 168 biographies, built with the bundled MiniLM; 12 held out), 2 blocks.
+    "retro_facts": ["facts_knowledge_base.people = 20", "facts_corpus.people = 20", "TransformerLM.d_model = 16",
+                    "TransformerLM.d_ff = 32", "TransformerLM.n_layers = 2", "TransformerLM.n_heads = 2",
+                    "RetroOptions.every = 1", "retro_pipeline.batch_size = 8"],
 }
 RUN_DIR = {"grow_lm_kjv": "large"}   # where a multi-phase recipe's final model trains
 
@@ -89,7 +93,7 @@ def test_every_recipe_has_tiny_settings():
 
 PRETRAINED = {"finetune_minilm_sentiment": "all-minilm-l6-v2",  # recipes that start from bundled weights
               "student_smollm2_kjv": "smollm2-135m-instruct", "distill_smollm2_kjv": "smollm2-135m-instruct",
-              "teacher_smollm2_kjv": "smollm2-135m-instruct"}
+              "teacher_smollm2_kjv": "smollm2-135m-instruct", "retro_facts": "all-minilm-l6-v2"}
 
 
 @pytest.fixture(scope="module")
