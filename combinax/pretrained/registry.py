@@ -222,7 +222,9 @@ def load(name: str, rng: jax.Array | None = None, *, packed: bool = False, **opt
   if packed:
     return _load_packed(name, options)
   found = checkpoint(name)   # holds every weight of the pretrained model (else rebuilt, or refused)
-  layer = model(name, **options)
+  # Built from `options` alone: a recipe's gin bindings of `pretrained.model` (its own model's n_layers, say) must
+  # not reach a model loaded beside it, such as a knowledge base's encoder (they did: MiniLM got n_layers=2).
+  layer = family(name).model_from_config(config(name), **options)
   signature = family(name).example_input(config(name))
   try:
     params = _restore_params(found, layer, signature, rng)

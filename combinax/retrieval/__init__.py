@@ -12,6 +12,7 @@ from combinax.retrieval.documents import (Chunk, Document, DocumentError, chunk,
 from combinax.retrieval.encoder import Encoder, EncoderError
 from combinax.retrieval.knowledge_base import Hit, KnowledgeBase, KnowledgeBaseError, build
 from combinax.retrieval.rag import CONTEXT_TEMPLATE, RAGError, augment, with_context
+from combinax.retrieval.rag_data import facts_questions, prompt_template_of, rag_pipeline
 from combinax.retrieval.retro_data import (facts_corpus, facts_knowledge_base, facts_tokenizer, retro_examples,
                                            retro_pipeline)
 from combinax.retrieval.search import (INDEXES, ExactSearch, FaissSearch, SearchError, USearchSearch, make_index,
@@ -19,6 +20,6 @@ from combinax.retrieval.search import (INDEXES, ExactSearch, FaissSearch, Search
 
 from combinax.configurable import register as _register  # noqa: E402
 
-_register(globals(), "combinax.retrieval", ["retro_pipeline", "facts_corpus", "facts_knowledge_base",
-                                             "facts_tokenizer"])
+_register(globals(), "combinax.retrieval", ["retro_pipeline", "rag_pipeline", "facts_corpus", "facts_questions",
+                                             "facts_knowledge_base", "facts_tokenizer", "prompt_template_of"])
 

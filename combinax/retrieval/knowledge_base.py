@@ -253,7 +253,7 @@ class KnowledgeBase:
     if self._index is None:
       raise KnowledgeBaseError(f"{self.folder}: the knowledge base holds no chunks: build it from documents first")
     scores, ids = self._index.search(queries, min(k, len(self.records)))
-    return [[self._hit(float(s), int(i)) for s, i in zip(row_scores, row_ids)]
+    return [[self.hit(int(i), float(s)) for s, i in zip(row_scores, row_ids)]
             for row_scores, row_ids in zip(scores, ids)]
 
   def search(self, queries: Sequence[str], k: int = 5) -> list[list[Hit]]:
@@ -262,6 +262,7 @@ class KnowledgeBase:
       raise KnowledgeBaseError(f"{self.folder}: the knowledge base holds no chunks: build it from documents first")
     return self.search_embeddings(self.encoder.embed_texts(list(queries)), k)
 
-  def _hit(self, score: float, row: int) -> Hit:
+  def hit(self, row: int, score: float = 1.0) -> Hit:
+    """Chunk `row` as a `Hit` with `score`."""
     record = self.records[row]
     return Hit(score, row, record["document"], record["chunk"], record["text"], self.sources[record["document"]])

@@ -129,11 +129,12 @@ def retro_pipeline(knowledge_base, documents: Sequence[Document], *, tokenizer: 
   """RETRO batches `(tokens, neighbour tokens, tokens, weights)` from `documents` and the knowledge base in the folder
   `knowledge_base` (`retro_examples`); weights are 0 on padding. `retrieve=False` gives every chunk padding for
   neighbours: the same model, parameters and steps without retrieval (the baseline a RETRO figure compares with)."""
-  kb = KnowledgeBase.open(knowledge_base)
-  rows, near = retro_examples(kb, documents, tokenizer, length=length, chunk_size=chunk_size, k=neighbours,
-                              neighbour_length=neighbour_length)
-  if not retrieve:
-    near = np.zeros_like(near)
+  if retrieve:
+    rows, near = retro_examples(KnowledgeBase.open(knowledge_base), documents, tokenizer, length=length,
+                                chunk_size=chunk_size, k=neighbours, neighbour_length=neighbour_length)
+  else:   # nothing to search: every chunk's neighbours are padding
+    rows, _ = windows(documents, tokenizer, length)
+    near = np.zeros((len(rows), length // chunk_size, neighbours, neighbour_length), np.int32)
   examples = [(row, n, row, (row != 0).astype(np.float32)) for row, n in zip(rows, near)]
   return Serial(FromList(examples, shuffle=shuffle, seed=seed, repeat=repeat), Batch(batch_size, drop_remainder=True))
 
@@ -153,12 +154,16 @@ def facts_corpus(split: str = "train", *, seed: int = 0, people: int = 500, para
   return corpus[split]
 
 
-def facts_knowledge_base(*, seed: int = 0, people: int = 500, paraphrases: int = 3, chunk_tokens: int = 96,
-                         folder: str | None = None) -> str:
-  """The folder of the knowledge base over `facts_corpus("knowledge_base", ...)`, built there if it is not yet
-  (default: in combinax's cache, named by the arguments; a build resumes after a kill)."""
-  path = Path(folder) if folder else \
-      cache_root() / "knowledge_bases" / f"facts-seed{seed}-people{people}-x{paraphrases}-tokens{chunk_tokens}"
-  build(path, facts_corpus("knowledge_base", seed=seed, people=people, paraphrases=paraphrases),
-        chunk_tokens=chunk_tokens, overlap=0)
+def facts_knowledge_base(*, corpus: str = "paraphrases", seed: int = 0, people: int = 500, paraphrases: int = 3,
+                         chunk_tokens: int = 96, folder: str | None = None) -> str:
+  """The folder of a knowledge base over the fictional world, built there if it is not yet (default: in combinax's
+  cache, named by the arguments; a build resumes after a kill): `corpus="paraphrases"` holds
+  `facts_corpus("knowledge_base", ...)` (RETRO's), `"biographies"` the world's one biography per person (RAG's)."""
+  if corpus not in ("paraphrases", "biographies"):
+    raise KnowledgeBaseError(f"facts_knowledge_base: corpus must be 'paraphrases' or 'biographies', got {corpus!r}")
+  name = f"facts-{corpus}-seed{seed}-people{people}" + (f"-x{paraphrases}" if corpus == "paraphrases" else "")
+  path = Path(folder) if folder else cache_root() / "knowledge_bases" / f"{name}-tokens{chunk_tokens}"
+  documents = facts_corpus("knowledge_base", seed=seed, people=people, paraphrases=paraphrases) \
+      if corpus == "paraphrases" else facts.make_world(seed=seed, people=people).documents
+  build(path, documents, chunk_tokens=chunk_tokens, overlap=0)
   return str(path)

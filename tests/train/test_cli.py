@@ -67,6 +67,12 @@ TINY = {
     "grow_lm_kjv": GROW,
     "grow_lm_kjv_scratch": GROW,
     # 20 people (a knowledge base of 168 biographies, built with the bundled MiniLM; 12 held out), 2 blocks.
+    # 20 people's biographies (MiniLM), SmolLM2 cut to 2 of its blocks as for the teacher.
+    "rag_smollm2": ["facts_knowledge_base.people = 20", "facts_questions.people = 20", "rag_pipeline.k = 1",
+                    "rag_pipeline.length = 128",
+                    "pretrained.model.n_layers = 2", "Trainer.init_checkpoint = @distill.student_checkpoint()",
+                    "distill.student_checkpoint.teacher_checkpoint = @pretrained.checkpoint()",
+                    "distill.student_checkpoint.layers = [0, 29]"],
     "retro_facts": ["facts_knowledge_base.people = 20", "facts_corpus.people = 20", "TransformerLM.d_model = 16",
                     "TransformerLM.d_ff = 32", "TransformerLM.n_layers = 2", "TransformerLM.n_heads = 2",
                     "RetroOptions.every = 1", "retro_pipeline.batch_size = 8"],
@@ -93,7 +99,8 @@ def test_every_recipe_has_tiny_settings():
 
 PRETRAINED = {"finetune_minilm_sentiment": "all-minilm-l6-v2",  # recipes that start from bundled weights
               "student_smollm2_kjv": "smollm2-135m-instruct", "distill_smollm2_kjv": "smollm2-135m-instruct",
-              "teacher_smollm2_kjv": "smollm2-135m-instruct", "retro_facts": "all-minilm-l6-v2"}
+              "teacher_smollm2_kjv": "smollm2-135m-instruct", "retro_facts": "all-minilm-l6-v2",
+              "rag_smollm2": "smollm2-135m-instruct"}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +114,8 @@ def pretrained_cache(tmp_path_factory):
 # devices in the worker, importing and replicating SmolLM2 peaked at 14.2 GB (the distillation, student and teacher
 # recipes alike, whichever came first) and left the worker 2.6 GB bigger; fine-tuning MiniLM, 9.7 GB. Alone on one
 # device: 1.1-2.4 GB.
-ISOLATED = {"distill_smollm2_kjv", "student_smollm2_kjv", "teacher_smollm2_kjv", "finetune_minilm_sentiment"}
+ISOLATED = {"distill_smollm2_kjv", "student_smollm2_kjv", "teacher_smollm2_kjv", "finetune_minilm_sentiment",
+            "rag_smollm2"}
 
 
 @pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.isolated(devices=1)) if c.stem in ISOLATED
