@@ -10,12 +10,13 @@ import time
 
 import pytest
 
-from combinax.cli import decode, distill, federated, flower, pretrained, train
+from combinax.cli import decode, distill, federated, flower, pretrained, retrieval, train
 from combinax.cli.frame import ConfigError
 
 COMMANDS = {"combinax-train": train.COMMAND, "combinax-decode": decode.COMMAND,
             "combinax-federated": federated.COMMAND, "python -m combinax.pretrained": pretrained.COMMAND,
-            "python -m combinax.distill": distill.COMMAND, "python -m combinax.federated.flower": flower.COMMAND}
+            "python -m combinax.distill": distill.COMMAND, "python -m combinax.federated.flower": flower.COMMAND,
+            "python -m combinax.retrieval": retrieval.COMMAND}
 
 
 def listed_flags(command) -> set[str]:
