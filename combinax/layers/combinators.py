@@ -26,6 +26,17 @@ def from_stack(stack: Sequence, n: int):
   return stack[0] if n == 1 else tuple(stack[:n])
 
 
+def init_on_one_stack(combinator: Combinator, rng, input_signature):
+  """(params, state) of a combinator whose children each read the top of the same stack, not one another's outputs
+  (`Cond`'s condition and branches, `Interleave`'s blocks and inserted layers): each child's kept at its key."""
+  stack, params, state = to_stack(input_signature, combinator.n_in), {}, {}
+  for i, layer in enumerate(combinator.sublayers):
+    p, s = layer.init(child_rng(rng, i), from_stack(stack, layer.n_in))
+    combinator.store_child(params, i, p, overwrite=False)
+    combinator.store_child(state, i, s, overwrite=False)
+  return params, state
+
+
 def _flatten(layers) -> list:
   """Trax's convenience: lists and tuples of layers are spliced in place; None is dropped."""
   out = []

