@@ -100,7 +100,7 @@ class Interleave(Combinator):
 
   >>> layer = Interleave(cl.Dense(4), 4, cl.Residual(cl.Dense(4)), every=2)
   >>> params, _ = layer.init(jax.random.key(0), ShapeDtype((2, 4)))
-  >>> params["blocks"]["kernel"].shape, params["inserted"]["kernel"].shape
+  >>> params["blocks"]["kernel"].shape, params["inserted"]["Dense_0"]["kernel"].shape
   ((4, 4, 4), (2, 4, 4))
   """
 
