@@ -13,7 +13,7 @@ Three parts, each printing a markdown table (benchmarks/RESULTS.md records them 
              blanked (the same model and data, no information from the knowledge base).
 
     python experiments/rag_facts.py retrieval
-    python experiments/rag_facts.py answers --questions 200 [--finetuned runs/rag_smollm2]
+    python experiments/rag_facts.py answers --questions 200 [--finetuned runs/rag_smollm2 [--skip_bundled]]
     python experiments/rag_facts.py retro runs/retro_facts runs/retro_facts_closed
 """
 
@@ -96,7 +96,8 @@ def answers(args):
   _, params, tokenizer = pretrained.load(NAME)
   template = registry.info(NAME).prompt_template
   model_fn = lambda max_len: pretrained.model(NAME, mode="predict", max_len=max_len)
-  models = {"SmolLM2-135M-Instruct (bundled)": (params, llama.start_id(pretrained.config(NAME)))}
+  models = {} if args.skip_bundled else {"SmolLM2-135M-Instruct (bundled)":
+                                          (params, llama.start_id(pretrained.config(NAME)))}
   if args.finetuned:
     latest = checkpoints.latest(Path(args.finetuned))
     shapes = jax.eval_shape(lambda: params)
@@ -125,7 +126,9 @@ def retro(args):
   from combinax import layers as cl
   from combinax.cli.frame import parse_config
   from combinax.store import checkpoints
-  print("| run | eval with retrieval: loss (ppl) | eval with neighbours blanked: loss (ppl) |\n|---|---|---|")
+  print("Loss per character (perplexity) on the held-out biographies: all positions / past the first chunk (the"
+        " positions that can read neighbours)\n")
+  print("| run | with retrieval | with neighbours blanked |\n|---|---|---|")
   for run in args.runs:
     latest = checkpoints.latest(Path(run))
     gin.clear_config()
@@ -141,13 +144,19 @@ def retro(args):
       shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), first[:2])[0])
       params = checkpoints.restore(latest, shapes, prefix="params")[0]
       loss_layer = cl.WeightedCategoryCrossEntropy()
-      step = jax.jit(lambda p, b: loss_layer.apply({}, {}, (model.apply(p, {}, b[:2])[0], b[2], b[3]))[0]
-                     * jnp.sum(b[3]))
-      total = weight = 0.0
-      for batch in [first, *batches]:
-        total += float(step(params, batch))
-        weight += float(np.sum(batch[3]))
-      cells.append(f"{total / weight:.4f} ({math.exp(total / weight):.3f})")
+      chunk = int(gin.query_parameter("RetroOptions.chunk_size"))
+      later = (np.arange(first[0].shape[1]) >= chunk).astype(np.float32)
+
+      @jax.jit
+      def sums(p, b):   # summed loss and weight: all positions, positions past the first chunk
+        logits = model.apply(p, {}, b[:2])[0]
+        out = []
+        for w in (b[3], b[3] * later):
+          out += [loss_layer.apply({}, {}, (logits, b[2], w))[0] * jnp.sum(w), jnp.sum(w)]
+        return jnp.stack(out)
+      totals = sum(np.asarray(sums(params, batch)) for batch in [first, *batches])
+      all_, past = totals[0] / totals[1], totals[2] / totals[3]
+      cells.append(f"{all_:.4f} ({math.exp(all_):.3f}) / {past:.4f} ({math.exp(past):.3f})")
     print(f"| {run} ({latest.name}) | " + " | ".join(cells) + " |", flush=True)
 
 
@@ -159,6 +168,7 @@ def main():
   parser.add_argument("--questions", type=int, default=200)
   parser.add_argument("--k", type=int, default=3)
   parser.add_argument("--finetuned", default=None)
+  parser.add_argument("--skip_bundled", action="store_true", help="answers: only the --finetuned run")
   parser.add_argument("--latency_queries", type=int, default=200)
   parser.add_argument("--show", type=int, default=0, help="answers: print this many answers of each condition")
   args = parser.parse_args()
