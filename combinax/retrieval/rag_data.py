@@ -19,6 +19,7 @@ from combinax.data.base import DataError, Serial
 from combinax.data.batching import Batch
 from combinax.data.sources import FromList
 from combinax.data.tokenizers import Tokenizer
+from combinax.pretrained import registry
 from combinax.retrieval import facts
 from combinax.retrieval.knowledge_base import Hit, KnowledgeBase
 from combinax.retrieval.rag import CONTEXT_TEMPLATE, RAGError, check_template, with_context
@@ -26,12 +27,15 @@ from combinax.retrieval.rag import CONTEXT_TEMPLATE, RAGError, check_template, w
 CONTEXTS = ("retrieved", "gold", "none")
 
 
-def gold_hit(kb: KnowledgeBase, document: str) -> Hit:
-  """The first chunk of `document` as a hit (score 1)."""
+def gold_hits(kb: KnowledgeBase, documents: Sequence[str]) -> list[Hit]:
+  """The first chunk of each of `documents` as a hit (score 1)."""
+  first_rows = {}
   for row, record in enumerate(kb.records):
-    if record["document"] == document:
-      return kb.hit(row)
-  raise RAGError(f"{kb.folder}: document {document!r} (a question's gold document) is not in the knowledge base")
+    first_rows.setdefault(record["document"], row)
+  missing = [d for d in documents if d not in first_rows]
+  if missing:
+    raise RAGError(f"{kb.folder}: document {missing[0]!r} (a question's gold document) is not in the knowledge base")
+  return [kb.hit(first_rows[d]) for d in documents]
 
 
 def passages(kb: KnowledgeBase, questions: Sequence[facts.Question], *, k: int, context: str = "retrieved",
@@ -42,14 +46,14 @@ def passages(kb: KnowledgeBase, questions: Sequence[facts.Question], *, k: int, 
   if context == "none":
     return [[] for _ in questions]
   if context == "gold":
-    return [[gold_hit(kb, q.document)] for q in questions]
+    return [[hit] for hit in gold_hits(kb, [q.document for q in questions])]
   rng = random.Random(seed)
   found = kb.search([q.question for q in questions], k=k)
   if ensure_gold:
-    for hits, q in zip(found, questions):
-      if not any(h.document == q.document for h in hits):
-        hits[-1:] = []
-        hits.insert(rng.randrange(len(hits) + 1), gold_hit(kb, q.document))
+    missed = [(hits, q) for hits, q in zip(found, questions) if not any(h.document == q.document for h in hits)]
+    for (hits, _), gold in zip(missed, gold_hits(kb, [q.document for _, q in missed])):
+      hits[-1:] = []
+      hits.insert(rng.randrange(len(hits) + 1), gold)
   return found
 
 
@@ -103,5 +107,4 @@ def facts_questions(split: str = "train", *, seed: int = 0, people: int = 500) -
 
 def prompt_template_of(name: str) -> str:
   """A bundled model's prompt template (its chat template around "{prompt}")."""
-  from combinax.pretrained import registry
   return registry.info(name).prompt_template
