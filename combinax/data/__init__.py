@@ -40,6 +40,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | kind | stages |
 | --- | --- |
 | sources | `TFDS` (needs `combinax[tfds]`; no TensorFlow), `TextLines`, `CSV`, `TSV`, `JSONL`, `Corpus`, `FromList` |
+| images | `RandomShift` (seeded translation) |
 | transforms | `Map`, `Tokenize`, `Detokenize`, `FilterByLength`, `TruncateToLength`, `PadToLength`, `AddLossWeights` |
 | order | `Shuffle` (seeded buffer), sources' `shuffle=True` (a permutation per epoch), `shard=(i, n)` |
 | batching | `Batch`, `BucketByLength`, `stack_examples` |
@@ -55,6 +56,7 @@ from combinax.configurable import register as _register
 from combinax.data.base import DataError, FnStage, Serial, Stage, Stream
 from combinax.data.batching import Batch, BucketByLength, stack_examples
 from combinax.data.hosts import SimulatedHosts, as_host, current_host
+from combinax.data.images import RandomShift
 from combinax.data.hf_tokenizers import BPETokenizer, WordPieceTokenizer
 from combinax.data.lm import MLM, ConcatenateToLMInput, PackLM
 from combinax.data.prefetch import Prefetch
@@ -75,7 +77,7 @@ __all__ = [
     "Batch", "BucketByLength", "stack_examples", "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch",
     "Tokenizer", "CharTokenizer", "SentencePieceTokenizer", "BPETokenizer", "WordPieceTokenizer", "load_tokenizer",
     "tokenizer_for", "corpora", "lm_pipeline", "classification_pipeline", "translation_pipeline", "corpus_tokenizer",
-    "image_pipeline", "SimulatedHosts", "as_host", "current_host",
+    "image_pipeline", "SimulatedHosts", "as_host", "current_host", "RandomShift",
 ]
 
 # gin: every stage and recipe (`TrainTask.data = @train/lm_pipeline()`), here in one place.
@@ -83,7 +85,7 @@ _register(globals(), "combinax.data", [
     "Serial", "TFDS", "TextLines", "CSV", "TSV", "JSONL", "Corpus", "FromList", "Map", "Tokenize", "Detokenize",
     "FilterByLength", "TruncateToLength", "PadToLength", "AddLossWeights", "Shuffle", "Batch", "BucketByLength",
     "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch", "lm_pipeline", "classification_pipeline",
-    "translation_pipeline", "corpus_tokenizer", "image_pipeline", "SimulatedHosts"])
+    "translation_pipeline", "corpus_tokenizer", "image_pipeline", "SimulatedHosts", "RandomShift"])
 
 
 def __getattr__(name):

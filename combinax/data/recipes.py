@@ -12,8 +12,9 @@ import numpy as np
 from combinax.data.base import DataError, Serial
 from combinax.data.batching import Batch, BucketByLength
 from combinax.data.files import JSONL
+from combinax.data.images import RandomShift
 from combinax.data.lm import PackLM
-from combinax.data.sources import Corpus
+from combinax.data.sources import Corpus, FromList, check_corpus
 from combinax.data.tokenizers import Tokenizer, tokenizer_for
 from combinax.data.transforms import AddLossWeights, Map, Shuffle, Tokenize, TruncateToLength
 
@@ -76,18 +77,33 @@ def translation_pipeline(corpus: str = "bible_en_es", split: str = "train", sour
       AddLossWeights(key=2))
 
 
+VALIDATION_EVERY = 5   # split="validation": every 5th training example (the corpora cut their test split alike)
+
+
 def image_pipeline(corpus: str = "digits", split: str = "train", image_key: str = "image", label_key: str = "label",
                    shape=(8, 8, 1), scale: float = 1 / 16, batch_size: int = 64, shuffle_buffer: int = 512,
-                   seed: int = 0, repeat: bool = True) -> Serial:
+                   seed: int = 0, repeat: bool = True, max_shift: int = 0) -> Serial:
   """Image classification batches `(images float32 (batch, *shape), labels int32)` from a corpus of flat pixel
-  lists (the bundled 8x8 `digits`), pixels multiplied by `scale`."""
+  lists (the bundled 8x8 `digits`), pixels multiplied by `scale`; `max_shift` > 0 moves each image by up to that
+  many pixels (`RandomShift`, seeded: training augmentation).
+
+  `split` is one of the corpus's, or "fit" / "validation": its training split without / with only every
+  `VALIDATION_EVERY`-th example (row i with i % 5 == 4), to choose hyperparameters on before the test split reports.
+  """
   shape = tuple(shape)
 
   def to_arrays(example):
     return np.asarray(example[0], np.float32).reshape(shape) * np.float32(scale), np.int32(example[1])
 
+  if split in ("fit", "validation"):
+    rows = [row for i, row in enumerate(check_corpus(corpus).load(corpus, split="train"))
+            if (i % VALIDATION_EVERY == VALIDATION_EVERY - 1) == (split == "validation")]
+    source = FromList(rows, keys=(image_key, label_key), shuffle=True, seed=seed, repeat=repeat)
+  else:
+    source = Corpus(corpus, keys=(image_key, label_key), split=split, shuffle=True, seed=seed, repeat=repeat)
   return Serial(
-      Corpus(corpus, keys=(image_key, label_key), split=split, shuffle=True, seed=seed, repeat=repeat),
+      source,
       Map(to_arrays),
+      RandomShift(max_shift, seed=seed) if max_shift else [],
       Shuffle(shuffle_buffer, seed=seed),
       Batch(batch_size, drop_remainder=True))

@@ -26,6 +26,7 @@ from combinax.layers.positional import LearnedPositionalEncoding, PositionalEnco
 from combinax.layers.repeat import Interleave, Repeat
 from combinax.layers.rnn import GRU, LSTM, GRUCell, LSTMCell
 from combinax.layers.scopes import Combinator
+from combinax.layers.vision import CheckImages, LearnedToken, PositionalEncoding2D, sincos_2d
 
 from combinax.configurable import register as _register  # noqa: E402
 

@@ -109,8 +109,9 @@ def _options(arguments: dict) -> TransformerOptions:
   return TransformerOptions(**{field.name: arguments[field.name] for field in dataclasses.fields(TransformerOptions)})
 
 
-class _Model(cl.Serial):
-  """A Transformer: the (transparent) Serial of its layers, which `str` shows with the model's name and options."""
+class NamedModel(cl.Serial):
+  """A model built on `TransformerOptions` (a Transformer, a ViT): the (transparent) Serial of its layers, which `str`
+  shows with the model's name and options."""
 
   def __init__(self, name: str, options: TransformerOptions, *layers):
     super().__init__(*layers)
@@ -127,11 +128,13 @@ def Norm(kind: str = "layer", epsilon: float = 1e-6, name: str | None = None) ->
   return (cl.LayerNorm if kind == "layer" else cl.RMSNorm)(epsilon=epsilon, name=name)
 
 
-def _pre_norm(o: TransformerOptions, name: str) -> list:   # also the final norm, which only pre-norm models have
+def PreNorm(o: TransformerOptions, name: str) -> list:
+  """The norm that opens a pre-norm residual branch (also a pre-norm model's final norm); nothing when post-norm."""
   return [Norm(o.norm, o.norm_epsilon, name)] if o.pre_norm else []
 
 
-def _post_norm(o: TransformerOptions, name: str) -> list:
+def PostNorm(o: TransformerOptions, name: str) -> list:
+  """The norm after a post-norm block's residual sum (BERT's); nothing when pre-norm."""
   return [] if o.pre_norm else [Norm(o.norm, o.norm_epsilon, name)]
 
 
@@ -160,10 +163,10 @@ def EncoderBlock(o: TransformerOptions) -> cl.Layer:
   attention = Attention(o.d_model, o.n_heads, n_kv_heads=o.n_kv_heads, dropout=o.dropout, use_bias=o.use_bias,
                         rotary=o.rotary, rotary_base=o.rotary_base)
   return cl.Serial(
-      cl.Residual(_pre_norm(o, "attention_norm"), attention, cl.Dropout(o.dropout)),   # x, mask
-      _post_norm(o, "attention_norm"),                                                 # x, mask
-      cl.Residual(_pre_norm(o, "ff_norm"), FeedForward(o), cl.Dropout(o.dropout)),     # x, mask
-      _post_norm(o, "ff_norm"))                                                        # x, mask
+      cl.Residual(PreNorm(o, "attention_norm"), attention, cl.Dropout(o.dropout)),     # x, mask
+      PostNorm(o, "attention_norm"),                                                   # x, mask
+      cl.Residual(PreNorm(o, "ff_norm"), FeedForward(o), cl.Dropout(o.dropout)),       # x, mask
+      PostNorm(o, "ff_norm"))                                                          # x, mask
 
 
 def DecoderBlock(o: TransformerOptions, *, mode: str = "train", cross_attention: bool = False) -> cl.Layer:
@@ -172,22 +175,24 @@ def DecoderBlock(o: TransformerOptions, *, mode: str = "train", cross_attention:
   attention = CausalAttention(o.d_model, o.n_heads, n_kv_heads=o.n_kv_heads, dropout=o.dropout, max_len=o.max_len,
                               use_bias=o.use_bias, rotary=o.rotary, rotary_base=o.rotary_base, mode=mode)
   cross = [
-      cl.Residual(_pre_norm(o, "cross_norm"),
+      cl.Residual(PreNorm(o, "cross_norm"),
                   cl.Select([0, 1, 1, 2, 1]),                                          # x, enc, enc, mask, enc
                   AttentionQKV(o.d_model, o.n_heads, n_kv_heads=o.n_kv_heads, dropout=o.dropout,
                                use_bias=o.use_bias, name="cross_attention"),           # y, mask, enc
                   cl.Select([0, 2, 1]),                                                # y, enc, mask
                   cl.Dropout(o.dropout)),                                              # x, enc, mask
-      _post_norm(o, "cross_norm")] if cross_attention else []
+      PostNorm(o, "cross_norm")] if cross_attention else []
   return cl.Serial(
-      cl.Residual(_pre_norm(o, "attention_norm"), attention, cl.Dropout(o.dropout)),   # x [, enc, mask]
-      _post_norm(o, "attention_norm"),                                                 # x [, enc, mask]
+      cl.Residual(PreNorm(o, "attention_norm"), attention, cl.Dropout(o.dropout)),     # x [, enc, mask]
+      PostNorm(o, "attention_norm"),                                                   # x [, enc, mask]
       cross,                                                                           # x [, enc, mask]
-      cl.Residual(_pre_norm(o, "ff_norm"), FeedForward(o), cl.Dropout(o.dropout)),     # x [, enc, mask]
-      _post_norm(o, "ff_norm"))                                                        # x [, enc, mask]
+      cl.Residual(PreNorm(o, "ff_norm"), FeedForward(o), cl.Dropout(o.dropout)),       # x [, enc, mask]
+      PostNorm(o, "ff_norm"))                                                          # x [, enc, mask]
 
 
-def _blocks(block: cl.Layer, n_layers: int, o: TransformerOptions) -> cl.Layer:
+def Blocks(block: cl.Layer, n_layers: int, o: TransformerOptions) -> cl.Layer:
+  """`n_layers` copies of `block` at `blocks/...`: one scanned (or unrolled) `Repeat`, or a GPipe `Pipeline` when
+  `o.pipeline_stages > 1`."""
   if o.pipeline_stages > 1:   # the same params at the same paths: checkpoints move between the two
     return Pipeline(block, n_layers, stages=o.pipeline_stages, microbatches=o.microbatches, remat=o.remat,
                     name="blocks")
@@ -214,8 +219,8 @@ def TransformerDecoder(o: TransformerOptions, n_layers: int, *, embedding: cl.La
   return cl.Serial(
       embedding,                                                      # x (or, without one, the inputs)
       _embedded(o, mode),                                             # x
-      _blocks(DecoderBlock(o, mode=mode), n_layers, o),               # x
-      _pre_norm(o, "final_norm"))                                                 # x
+      Blocks(DecoderBlock(o, mode=mode), n_layers, o),                # x
+      PreNorm(o, "final_norm"))                                                   # x
 
 
 def NeighbourEncoder(o: TransformerOptions, retro: RetroOptions, embedding: cl.Layer) -> cl.Layer:
@@ -228,7 +233,7 @@ def NeighbourEncoder(o: TransformerOptions, retro: RetroOptions, embedding: cl.L
       cl.Branch(None, PaddingMask(retro.pad_id)),                            # rows, mask, ids
       embedding, _embedded(o, "train"),                                      # x, mask, ids
       Repeat(EncoderBlock(o), retro.encoder_layers, scan=o.scan_layers, remat=o.remat, name="blocks"),  # x, mask, ids
-      _pre_norm(o, "final_norm"),                                            # x, mask, ids
+      PreNorm(o, "final_norm"),                                              # x, mask, ids
       cl.Select([0, 2], n_in=3),                                             # x, ids
       cl.Fn("PerChunk", lambda x, ids: x.reshape(ids.shape + x.shape[-1:])),  # neighbours (b, chunks, k, r, d)
       name="neighbour_encoder")
@@ -241,7 +246,7 @@ def _retro_blocks(o: TransformerOptions, retro: RetroOptions, n_layers: int, mod
     raise ValueError(f"TransformerLM.retro: a RETRO model does not run as a pipeline yet; expected "
                      f"pipeline_stages=1, got {o.pipeline_stages}")
   cross = cl.Residual(
-      _pre_norm(o, "norm"),                                                  # x, neighbours
+      PreNorm(o, "norm"),                                                    # x, neighbours
       cl.ChunkedCrossAttention(o.d_model, o.n_heads, chunk_size=retro.chunk_size, n_kv_heads=o.n_kv_heads,
                                dropout=o.dropout, use_bias=o.use_bias, mode=mode,
                                output_initializer="zeros" if retro.zero_init else "glorot_uniform"),  # y, nbrs
@@ -279,19 +284,19 @@ def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, *, n_la
   embed = cl.Embedding(vocab_size, d_model, name="embed")
   logits = cl.TiedLogits(embed) if tie_embeddings else cl.Dense(vocab_size, name="logits")
   if retro is None:
-    return _Model(
+    return NamedModel(
         "TransformerLM", o,
         ShiftRight(mode=mode),                                              # ids shifted right (start = 0)
         TransformerDecoder(o, n_layers, embedding=embed, mode=mode),         # x
         logits)                                                             # logits
-  return _Model(
+  return NamedModel(
       f"TransformerLM[{retro}]", o,                                         # ids, neighbour ids
       ShiftRight(mode=mode),                                                # ids shifted right, neighbour ids
       embed, _embedded(o, mode),                                            # x, neighbour ids
       cl.Parallel(None, NeighbourEncoder(o, retro, embed)),                 # x, neighbours
       _retro_blocks(o, retro, n_layers, mode),                              # x, neighbours
       cl.Select([0], n_in=2),                                               # x
-      _pre_norm(o, "final_norm"),                                           # x
+      PreNorm(o, "final_norm"),                                             # x
       logits)                                                               # logits
 
 
@@ -331,14 +336,14 @@ def TransformerEncoder(vocab_size: int, n_classes: int | None = 10, d_model: int
   token_types = [cl.Select([0, 2, 1]),                                                        # x, types, mask
                  cl.Parallel(None, cl.Embedding(type_vocab_size, d_model, name="token_type_embed")),  # x, vectors, mask
                  cl.Add()] if type_vocab_size else []                                         # x, mask
-  model = _Model(
+  model = NamedModel(
       "TransformerEncoder", o,
       cl.Branch(None, PaddingMask(pad_id)),                                # ids, mask [, types]
       cl.Embedding(vocab_size, d_model, name="embed"),                     # x, mask [, types]
       token_types,                                                         # x, mask
       _embedded(o, "train", embed_norm),                                   # x, mask
-      _blocks(EncoderBlock(o), n_layers, o),                               # x, mask
-      _pre_norm(o, "final_norm"),                                                      # x, mask
+      Blocks(EncoderBlock(o), n_layers, o),                                # x, mask
+      PreNorm(o, "final_norm"),                                                        # x, mask
       [Pool(pool), cl.Dense(n_classes, name="classifier")] if n_classes else cl.Select([0], n_in=2))
   cl.check_mode(model, mode, decodes=False)
   return model
@@ -366,18 +371,18 @@ def Transformer(input_vocab_size: int, output_vocab_size: int | None = None, d_m
   out_embed = in_embed if output_vocab_size is None else cl.Embedding(output_vocab_size, d_model, name="embed")
   encoder = cl.Serial(
       in_embed, _embedded(o, "train"),                                             # x, mask
-      _blocks(EncoderBlock(o), n_encoder_layers, o),                               # x, mask
-      _pre_norm(o, "final_norm"),                                                              # enc, mask
+      Blocks(EncoderBlock(o), n_encoder_layers, o),                                # x, mask
+      PreNorm(o, "final_norm"),                                                                # enc, mask
       name="encoder")
   decoder = cl.Serial(
       out_embed, _embedded(o, mode),                                               # y, enc, mask
-      _blocks(DecoderBlock(o, mode=mode, cross_attention=True), n_decoder_layers, o),  # y, enc, mask
-      _pre_norm(o, "final_norm"),                                                              # y, enc, mask
+      Blocks(DecoderBlock(o, mode=mode, cross_attention=True), n_decoder_layers, o),   # y, enc, mask
+      PreNorm(o, "final_norm"),                                                                # y, enc, mask
       cl.Select([0], n_in=3),                                                      # y
       cl.TiedLogits(out_embed) if tie_embeddings else cl.Dense(output_vocab_size or input_vocab_size,
                                                                 name="logits"),    # logits
       name="decoder")
-  return _Model(
+  return NamedModel(
       "Transformer", o,                                                  # source, target
       cl.Branch(None, PaddingMask(pad_id)),                              # source, mask, target
       cl.Cache(encoder, mode=mode),                                      # enc, mask, target

@@ -138,6 +138,11 @@ CATALOGUE = {
     "MaxPool": (lambda: cl.MaxPool((2, 2)), S(2, 4, 4, 3)),
     "AvgPool": (lambda: cl.AvgPool((3, 3), strides=(1, 1), padding="SAME"), S(2, 4, 4, 3)),
     "SumPool": (lambda: cl.SumPool((2,)), S(2, 6, 3)),
+    # Vision.
+    "CheckImages": (lambda: cl.CheckImages(size=(4, 6), channels=3, multiple_of=2), S(2, 4, 6, 3)),
+    "PositionalEncoding2D": (cl.PositionalEncoding2D, S(2, 3, 4, 5)),
+    "PositionalEncoding2D_sincos": (lambda: cl.PositionalEncoding2D("sincos"), S(2, 3, 4, 8)),
+    "LearnedToken": (lambda: cl.LearnedToken("glorot_uniform"), S(2, 3, 4, 5)),
     "AttentionWeightedAverage": (cl.AttentionWeightedAverage, S(2, 5, 3)),
     # Losses and metrics.
     "WeightedCategoryCrossEntropy": (lambda: cl.WeightedCategoryCrossEntropy(label_smoothing=0.1),
