@@ -9,7 +9,6 @@ not divide the array's dimensions falls back to replication (so small or odd-siz
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Iterable, Sequence
 
 import jax
@@ -52,9 +51,9 @@ def pipeline_rules() -> list:
 
 
 def running_on(mesh: Mesh):
-  """The context a step runs in: under a `stage` axis, the mesh itself (`jax.set_mesh`), which a `Pipeline` reads to
-  place its stages; otherwise nothing."""
-  return jax.set_mesh(mesh) if STAGE in mesh.axis_names else contextlib.nullcontext()
+  """The context a step runs in: the mesh itself (`jax.set_mesh`), which layers that place their own work read: a
+  `Pipeline` its `stage` axis, a contrastive loss its `data` axis (`layers/contrastive.py`)."""
+  return jax.set_mesh(mesh)
 
 
 def shard_largest_axis(axis: str = DATA, min_size: int = 1024) -> Callable[[tuple, Mesh], P]:

@@ -11,10 +11,11 @@ from combinax.models.rnn import GRULM, RNNLM, LSTMSeq2SeqAttn, TextGenRNN
 from combinax.models.transformer import (DecoderBlock, EncoderBlock, FeedForward, Norm, Pool, RetroOptions,
                                          Transformer, TransformerDecoder, TransformerEncoder, TransformerLM,
                                          TransformerOptions)
+from combinax.models.contrastive import DualEncoder, L2Normalize, TextTower
 from combinax.models.vision import ViT
 
 _register(globals(), "combinax.models", ["MLP", "ResNet", "Resnet50", "WideResnet", "DigitsCNN", "RNNLM", "GRULM",
                                           "LSTMSeq2SeqAttn", "TextGenRNN", "TransformerLM", "TransformerEncoder",
-                                          "Transformer", "ViT"])
+                                          "Transformer", "ViT", "DualEncoder", "TextTower"])
 _gin.external_configurable(TransformerOptions, module="combinax.models")  # gin-made options; models build their own
 _gin.external_configurable(RetroOptions, module="combinax.models")        # TransformerLM.retro = @RetroOptions()

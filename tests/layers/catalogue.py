@@ -138,6 +138,10 @@ CATALOGUE = {
     "MaxPool": (lambda: cl.MaxPool((2, 2)), S(2, 4, 4, 3)),
     "AvgPool": (lambda: cl.AvgPool((3, 3), strides=(1, 1), padding="SAME"), S(2, 4, 4, 3)),
     "SumPool": (lambda: cl.SumPool((2,)), S(2, 6, 3)),
+    # Contrastive (dual encoders).
+    "SigmoidContrastiveLoss": (cl.SigmoidContrastiveLoss, (S(4, 3), S(4, 3), S(2))),
+    "SoftmaxContrastiveLoss": (cl.SoftmaxContrastiveLoss, (S(4, 3), S(4, 3), S(2))),
+    "TemperatureAndBias": (cl.TemperatureAndBias, ()),
     # Vision.
     "CheckImages": (lambda: cl.CheckImages(size=(4, 6), channels=3, multiple_of=2), S(2, 4, 6, 3)),
     "PositionalEncoding2D": (cl.PositionalEncoding2D, S(2, 3, 4, 5)),
