@@ -34,6 +34,9 @@ setup(
         # Approximate nearest-neighbour indexes for knowledge bases (combinax.retrieval: FaissSearch, USearchSearch);
         # exact search needs nothing more.
         "retrieval": ["faiss-cpu>=1.8", "usearch>=2.12"],
+        # Images the project draws itself (combinax.data.rendered): Pillow, and the TrueType fonts matplotlib's wheel
+        # ships (DejaVu, STIX); nothing is downloaded at run time.
+        "vision": ["pillow>=10.1", "matplotlib>=3.8"],
         # The Flower adapter (combinax.federated.flower): a federated recipe run as separate processes.
         "federated": ["flwr>=1.13"],
         # The peers of benchmarks/compare.py (run by hand, never by CI). Trax 1.4.1 pins old JAX and TensorFlow, so

@@ -40,7 +40,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | kind | stages |
 | --- | --- |
 | sources | `TFDS` (needs `combinax[tfds]`; no TensorFlow), `TextLines`, `CSV`, `TSV`, `JSONL`, `Corpus`, `FromList` |
-| images | `RandomShift` (seeded translation) |
+| images | `RandomShift` (seeded translation), `Rendered` (words and scenes drawn offline, `combinax.data.rendered`) |
 | transforms | `Map`, `Tokenize`, `Detokenize`, `FilterByLength`, `TruncateToLength`, `PadToLength`, `AddLossWeights` |
 | order | `Shuffle` (seeded buffer), sources' `shuffle=True` (a permutation per epoch), `shard=(i, n)` |
 | batching | `Batch`, `BucketByLength`, `stack_examples` |
@@ -57,6 +57,7 @@ from combinax.data.base import DataError, FnStage, Serial, Stage, Stream
 from combinax.data.batching import Batch, BucketByLength, stack_examples
 from combinax.data.hosts import SimulatedHosts, as_host, current_host
 from combinax.data.images import RandomShift
+from combinax.data.rendered import Rendered, RenderedSpec, write_rendered
 from combinax.data.hf_tokenizers import BPETokenizer, WordPieceTokenizer
 from combinax.data.lm import MLM, ConcatenateToLMInput, PackLM
 from combinax.data.prefetch import Prefetch
@@ -78,6 +79,7 @@ __all__ = [
     "Tokenizer", "CharTokenizer", "SentencePieceTokenizer", "BPETokenizer", "WordPieceTokenizer", "load_tokenizer",
     "tokenizer_for", "corpora", "lm_pipeline", "classification_pipeline", "translation_pipeline", "corpus_tokenizer",
     "image_pipeline", "SimulatedHosts", "as_host", "current_host", "RandomShift",
+    "Rendered", "RenderedSpec", "write_rendered",
 ]
 
 # gin: every stage and recipe (`TrainTask.data = @train/lm_pipeline()`), here in one place.
@@ -85,7 +87,7 @@ _register(globals(), "combinax.data", [
     "Serial", "TFDS", "TextLines", "CSV", "TSV", "JSONL", "Corpus", "FromList", "Map", "Tokenize", "Detokenize",
     "FilterByLength", "TruncateToLength", "PadToLength", "AddLossWeights", "Shuffle", "Batch", "BucketByLength",
     "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch", "lm_pipeline", "classification_pipeline",
-    "translation_pipeline", "corpus_tokenizer", "image_pipeline", "SimulatedHosts", "RandomShift"])
+    "translation_pipeline", "corpus_tokenizer", "image_pipeline", "SimulatedHosts", "RandomShift", "Rendered"])
 
 
 def __getattr__(name):

@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import Mesh
 
 import combinax as cx
-from combinax import ShapeDtype, sharding
+
 from combinax import layers as cl
 from combinax.models import DualEncoder, TextTower, TransformerEncoder
 from combinax.models.contrastive import encode_images, encode_texts, retrieval_recall, zero_shot_accuracy

@@ -1,0 +1,339 @@
+"""Images the project makes itself, with exact text: rendered words and phrases, and scenes of two shapes with a
+caption and a question that has one answer. Real enough to learn from, made offline, the same on every machine.
+
+- **words**: one to three words of the bundled KJV's vocabulary drawn in one of the fonts matplotlib's wheel ships
+  (DejaVu Sans / Serif / Mono and their bold and italic faces, STIX) or Pillow's own, at a random size, colour on a
+  contrasting background, a small rotation and pixel noise. A tenth of the words (chosen by a hash of the word) are
+  held out: they occur only in the "test" split, so test phrases are read, not remembered.
+- **scenes**: two shapes (circle, square, triangle) of two colours, one left of / right of / above / below the other,
+  e.g. "an orange circle left of a blue square", with one question about it and its exact answer ("what colour is
+  the circle?" "orange"; "what is above the green triangle?" "a yellow square"; "is the orange circle right of the
+  blue square?" "no"). The "test" split holds out a fifth of the colour pairs.
+
+Example i of a split is drawn from its own generator, seeded by (seed, split, i), so any example can be made again
+alone: `write_rendered` writes shards of `SHARD` examples (images as .npy, texts as .json, each file replaced whole)
+under the folder's lock, resumes after the longest prefix of shards that read back whole, and finishes with a
+manifest of every file's sha256. `Rendered(...)` is the pipeline source (writing the folder first if it is missing).
+
+Needs Pillow and matplotlib's fonts: `pip install combinax[vision]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from combinax.data.base import DataError
+from combinax.data.sources import Source
+from combinax.store import rundir
+
+SHARD = 512
+KINDS = ("words", "scenes")
+SPLITS = ("train", "test")
+FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSansMono.ttf",
+         "DejaVuSansMono-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf",
+         "STIXGeneral.ttf", "STIXGeneralItalic.ttf", "pillow")   # "pillow": Pillow's own font (Aileron)
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": (215, 40, 40), "green": (40, 160, 60), "blue": (45, 80, 215), "yellow": (235, 205, 35),
+           "purple": (135, 55, 165), "orange": (240, 130, 25)}
+RELATIONS = {"left of": (-1, 0), "right of": (1, 0), "above": (0, -1), "below": (0, 1)}
+VERSION = 1   # of the drawing: a change makes every folder another
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedSpec:
+  """What a rendered dataset holds; its folder's name is a hash of it, so another spec never reads this one's."""
+  kind: str = "words"
+  split: str = "train"
+  size: int = 10_000
+  seed: int = 0
+  height: int = 32            # words: 32 x 128; scenes: 64 x 64 (give both)
+  width: int = 128
+  max_words: int = 3
+  vocabulary: int = 2_000     # the most frequent KJV words (3 to 10 letters) drawn from
+
+  def __post_init__(self):
+    def check(ok, field, expected):
+      if not ok:
+        raise DataError(f"RenderedSpec.{field}: expected {expected}, got {getattr(self, field)!r}")
+    check(self.kind in KINDS, "kind", f"one of {KINDS}")
+    check(self.split in SPLITS, "split", f"one of {SPLITS}")
+    for field in ("size", "height", "width", "max_words", "vocabulary"):
+      check(isinstance(getattr(self, field), int) and getattr(self, field) > 0, field, "a positive int")
+    check(self.height >= 16 and self.width >= 16, "height", "images of at least 16 x 16 pixels")
+
+  def key(self) -> str:
+    text = json.dumps({**dataclasses.asdict(self), "version": VERSION, "shard": SHARD}, sort_keys=True)
+    return f"{self.kind}-{self.split}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _pil():
+  try:
+    from PIL import Image, ImageDraw, ImageFont
+  except ImportError:
+    raise DataError("rendered images need Pillow: pip install combinax[vision]") from None
+  return Image, ImageDraw, ImageFont
+
+
+def font_files() -> dict:
+  """{name: path or "pillow"} of the fonts drawn with: matplotlib's bundled TrueType files, and Pillow's own."""
+  try:
+    import matplotlib
+  except ImportError:
+    raise DataError("rendered images need matplotlib's fonts: pip install combinax[vision]") from None
+  folder = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf"
+  found = {name: str(folder / name) for name in FONTS if (folder / name).exists()}
+  missing = [name for name in FONTS if name != "pillow" and name not in found]
+  if missing:
+    raise DataError(f"matplotlib's font folder {folder} lacks {missing}; reinstall matplotlib")
+  return {**found, "pillow": "pillow"}
+
+
+def _font(name: str, size: int):
+  _, _, ImageFont = _pil()
+  path = font_files()[name]
+  return ImageFont.load_default(size) if path == "pillow" else ImageFont.truetype(path, size)
+
+
+def kjv_words(vocabulary: int) -> list[str]:
+  """The `vocabulary` most frequent lowercase words of 3-10 letters in the bundled KJV's training split, by count
+  then alphabetically (the same list everywhere)."""
+  from combinax.data import corpora
+  counts: dict[str, int] = {}
+  for example in corpora.load("kjv", "train"):
+    for word in re.findall(r"[a-z]+", example["text"].lower()):
+      if 3 <= len(word) <= 10:
+        counts[word] = counts.get(word, 0) + 1
+  return sorted(counts, key=lambda w: (-counts[w], w))[:vocabulary]
+
+
+def held_out(word: str) -> bool:
+  """Whether `word` is one of the tenth that only the test split shows (by a hash, the same everywhere)."""
+  return hashlib.sha256(f"combinax-rendered-{word}".encode()).digest()[0] < 26   # 26 / 256 ~ 10%
+
+
+def _generator(spec: RenderedSpec, index: int) -> np.random.Generator:
+  return np.random.default_rng([spec.seed, SPLITS.index(spec.split), KINDS.index(spec.kind), index])
+
+
+def _contrasting_colours(rng) -> tuple:
+  while True:
+    ink, paper = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    if abs(int(ink @ [299, 587, 114]) - int(paper @ [299, 587, 114])) > 100_000:   # luma differs by > 100 / 255
+      return tuple(int(c) for c in ink), tuple(int(c) for c in paper)
+
+
+def _noisy(image: np.ndarray, rng, amount: float) -> np.ndarray:
+  noise = rng.normal(0.0, amount * 255, image.shape)
+  return np.clip(image.astype(np.float64) + noise, 0, 255).astype(np.uint8)
+
+
+def render_text(text: str, rng: np.random.Generator, height: int = 32, width: int = 128) -> np.ndarray:
+  """`text` drawn in a random font, size, colour, rotation (at most 6 degrees) and noise: (height, width, 3) uint8.
+  The size shrinks until the text fits; every character stays inside the image."""
+  Image, ImageDraw, _ = _pil()
+  names = sorted(font_files())
+  name = names[rng.integers(len(names))]
+  ink, paper = _contrasting_colours(rng)
+  size = int(rng.integers(int(height * 0.45), int(height * 0.8) + 1))
+  angle = float(rng.uniform(-6, 6))
+  while True:
+    font = _font(name, size)
+    left, top, right, bottom = font.getbbox(text)
+    w, h = right - left + 4, bottom - top + 4
+    canvas = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    ImageDraw.Draw(canvas).text((2 - left, 2 - top), text, font=font, fill=ink + (255,))
+    canvas = canvas.rotate(angle, expand=True, resample=Image.BICUBIC)
+    if (canvas.width <= width - 2 and canvas.height <= height - 2) or size <= 6:
+      break
+    size -= 1
+  image = Image.new("RGB", (width, height), paper)
+  x = int(rng.integers(0, max(width - canvas.width, 0) + 1))
+  y = int(rng.integers(0, max(height - canvas.height, 0) + 1))
+  image.paste(canvas, (x, y), canvas)
+  return _noisy(np.asarray(image), rng, float(rng.uniform(0.0, 0.06)))
+
+
+def _phrase(spec: RenderedSpec, words: list[str], rng) -> str:
+  seen = [w for w in words if not held_out(w)]
+  unseen = [w for w in words if held_out(w)]
+  n = int(rng.integers(1, spec.max_words + 1))
+  chosen = [seen[rng.integers(len(seen))] for _ in range(n)]
+  if spec.split == "test":   # at least one word the training split never shows
+    chosen[int(rng.integers(n))] = unseen[rng.integers(len(unseen))]
+  return " ".join(chosen)
+
+
+def _colour_pairs(split: str) -> list[tuple[str, str]]:
+  """Ordered pairs of two colours: a fifth (every 5th in a fixed order) only in the test split."""
+  pairs = [(a, b) for a in COLOURS for b in COLOURS if a != b]
+  return [p for i, p in enumerate(pairs) if (i % 5 == 2) == (split == "test")]
+
+
+def _draw_shape(draw, shape: str, centre, radius: int, colour):
+  x, y = centre
+  if shape == "circle":
+    draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+  elif shape == "square":
+    side = int(radius * 0.9)
+    draw.rectangle([x - side, y - side, x + side, y + side], fill=colour)
+  else:
+    draw.polygon([(x, y - radius), (x - radius, y + int(radius * 0.8)), (x + radius, y + int(radius * 0.8))],
+                 fill=colour)
+
+
+def _article(words: str) -> str:
+  return "an" if words[0] in "aeiou" else "a"
+
+
+def render_scene(spec: RenderedSpec, rng: np.random.Generator) -> tuple:
+  """(image (height, width, 3) uint8, caption, question, answer) of a scene of two shapes."""
+  Image, ImageDraw, _ = _pil()
+  pairs = _colour_pairs(spec.split)
+  colour_a, colour_b = pairs[rng.integers(len(pairs))]
+  shape_a, shape_b = (SHAPES[i] for i in rng.permutation(len(SHAPES))[:2])
+  relation = list(RELATIONS)[rng.integers(len(RELATIONS))]
+  dx, dy = RELATIONS[relation]
+  h, w = spec.height, spec.width
+  radius = int(rng.integers(max(3, min(h, w) // 10), max(4, min(h, w) // 6) + 1))
+  # A's centre, then B's: a step of at least 2.2 radii along the relation's axis, a small drift across it.
+  while True:
+    ax, ay = rng.integers(radius + 1, w - radius - 1), rng.integers(radius + 1, h - radius - 1)
+    step = rng.uniform(2.2, 4.0) * radius
+    bx = ax - dx * step + (0 if dx else rng.uniform(-radius, radius))
+    by = ay - dy * step + (0 if dy else rng.uniform(-radius, radius))
+    if radius + 1 <= bx <= w - radius - 1 and radius + 1 <= by <= h - radius - 1:
+      break
+  paper = tuple(int(c) for c in rng.integers(200, 256, 3))
+  image = Image.new("RGB", (w, h), paper)
+  draw = ImageDraw.Draw(image)
+  _draw_shape(draw, shape_a, (int(ax), int(ay)), radius, COLOURS[colour_a])
+  _draw_shape(draw, shape_b, (int(bx), int(by)), radius, COLOURS[colour_b])
+  a, b = f"{colour_a} {shape_a}", f"{colour_b} {shape_b}"
+  caption = f"{_article(a)} {a} {relation} {_article(b)} {b}"
+  kind = int(rng.integers(4))
+  if kind == 0:
+    question, answer = f"what colour is the {shape_a}?", colour_a
+  elif kind == 1:
+    question, answer = f"what shape is {colour_b}?", shape_b
+  elif kind == 2:
+    question, answer = f"what is {relation} the {b}?", f"{_article(a)} {a}"
+  else:
+    asked = list(RELATIONS)[rng.integers(len(RELATIONS))]
+    question, answer = f"is the {a} {asked} the {b}?", "yes" if asked == relation else "no"
+  return _noisy(np.asarray(image), rng, 0.02), caption, question, answer
+
+
+def make_example(spec: RenderedSpec, index: int, words: list[str] | None = None) -> tuple:
+  """Example `index` of `spec`: (image, text) for words, (image, caption, question, answer) for scenes."""
+  rng = _generator(spec, index)
+  if spec.kind == "scenes":
+    return render_scene(spec, rng)
+  text = _phrase(spec, words if words is not None else kjv_words(spec.vocabulary), rng)
+  return render_text(text, rng, spec.height, spec.width), text
+
+
+def _shard_names(k: int) -> tuple[str, str]:
+  return f"shard-{k:05d}.npy", f"shard-{k:05d}.json"
+
+
+def _shard_reads_back(folder: Path, spec: RenderedSpec, k: int) -> bool:
+  images, texts = (folder / name for name in _shard_names(k))
+  try:
+    record = json.loads(texts.read_text())
+    array = np.load(images, mmap_mode="r")
+  except (OSError, ValueError):
+    return False
+  count = min(SHARD, spec.size - k * SHARD)
+  return (record.get("spec") == spec.key() and len(record.get("examples", [])) == count
+          and array.shape == (count, spec.height, spec.width, 3) and array.dtype == np.uint8)
+
+
+def default_folder(spec: RenderedSpec) -> Path:
+  from combinax.data.tokenizers import cache_root
+  return cache_root() / "rendered" / spec.key()
+
+
+def write_rendered(spec: RenderedSpec, folder: str | Path | None = None, *, log=None) -> Path:
+  """Makes `spec`'s dataset in `folder` (default: the cache's `rendered/<kind>-<split>-<hash>`), resuming after the
+  longest prefix of shards that read back whole; returns the folder. Two writers of one folder: the second is
+  refused, naming the first (the folder's lock)."""
+  folder = Path(folder) if folder is not None else default_folder(spec)
+  if (folder / "manifest.json").exists():
+    return folder
+  n_shards = -(-spec.size // SHARD)
+  with rundir.locked(folder, ".rendered.lock"):
+    start = 0
+    while start < n_shards and _shard_reads_back(folder, spec, start):
+      start += 1
+    words = kjv_words(spec.vocabulary) if spec.kind == "words" else None
+    for k in range(start, n_shards):
+      indices = range(k * SHARD, min((k + 1) * SHARD, spec.size))
+      examples = [make_example(spec, i, words) for i in indices]
+      images = np.stack([e[0] for e in examples])
+      images_name, texts_name = _shard_names(k)
+      with rundir.replaced_atomically(folder / images_name) as tmp:
+        with open(tmp, "wb") as f:
+          np.save(f, images)
+      record = {"spec": spec.key(), "examples": [list(e[1:]) for e in examples]}
+      rundir.write_atomically(folder / texts_name, json.dumps(record))
+      if log:
+        log(f"rendered {indices.stop} of {spec.size} {spec.kind} ({spec.split})")
+    digests = {}
+    for k in range(n_shards):
+      for name in _shard_names(k):
+        digests[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    manifest = {"spec": dataclasses.asdict(spec), "key": spec.key(), "version": VERSION, "shard": SHARD,
+                "files": digests}
+    rundir.write_atomically(folder / "manifest.json", json.dumps(manifest, indent=1))
+  return folder
+
+
+class _Examples:
+  """The examples of a written folder, read by index: images memory-mapped, shard by shard."""
+
+  def __init__(self, folder: Path, spec: RenderedSpec):
+    self.folder, self.spec = folder, spec
+    self._images, self._texts = {}, {}
+
+  def __len__(self):
+    return self.spec.size
+
+  def __getitem__(self, index: int):
+    if not 0 <= index < self.spec.size:
+      raise IndexError(index)
+    k, i = divmod(index, SHARD)
+    if k not in self._images:
+      images_name, texts_name = _shard_names(k)
+      self._images[k] = np.load(self.folder / images_name, mmap_mode="r")
+      self._texts[k] = json.loads((self.folder / texts_name).read_text())["examples"]
+    return (np.asarray(self._images[k][i]),) + tuple(self._texts[k][i])
+
+
+class Rendered(Source):
+  """Rendered words ((image uint8 (h, w, 3), text)) or scenes ((image, caption, question, answer)) as a pipeline
+  source; the dataset is written first (`write_rendered`) if its folder has no manifest. Pass the `RenderedSpec`
+  fields as keywords, and the source's own (`keys`, `shuffle`, `seed`, `repeat`): `seed` orders the epochs,
+  `data_seed` draws the examples.
+
+  >>> source = Rendered(kind="scenes", split="test", size=4, height=48, width=48)   # doctest: +SKIP
+  """
+
+  def __init__(self, kind: str = "words", split: str = "train", size: int = 10_000, *, data_seed: int = 0,
+               height: int = 32, width: int = 128, max_words: int = 3, vocabulary: int = 2_000, folder=None,
+               **options):
+    super().__init__(**options)
+    self.spec = RenderedSpec(kind, split, size, data_seed, height, width, max_words, vocabulary)
+    self.folder = folder
+
+  def describe(self) -> str:
+    return f"rendered {self.spec.kind} ({self.spec.split}, {self.spec.size})"
+
+  def load(self):
+    folder = write_rendered(self.spec, self.folder)
+    return _Examples(folder, self.spec)
