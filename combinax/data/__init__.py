@@ -49,7 +49,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | several hosts | sources read the host's shard, `Batch` sizes are global; `as_host`, `SimulatedHosts` (see `hosts`) |
 | tokenizers | `CharTokenizer`, `SentencePieceTokenizer`, `BPETokenizer`, `WordPieceTokenizer` |
 | vocabularies | `load_tokenizer(path)`, `tokenizer_for(corpus, kind, vocab_size)` (trained once, cached) |
-| recipes | `lm_pipeline`, `classification_pipeline`, `translation_pipeline`, `image_pipeline` (the configs') |
+| recipes | `lm_pipeline`, `classification_pipeline`, `translation_pipeline`, `image_pipeline`, `image_text_pipeline` (the configs') |
 """
 
 from combinax.configurable import register as _register
@@ -61,8 +61,8 @@ from combinax.data.rendered import Rendered, RenderedSpec, write_rendered
 from combinax.data.hf_tokenizers import BPETokenizer, WordPieceTokenizer
 from combinax.data.lm import MLM, ConcatenateToLMInput, PackLM
 from combinax.data.prefetch import Prefetch
-from combinax.data.recipes import (classification_pipeline, corpus_tokenizer, image_pipeline, lm_pipeline,
-                                   translation_pipeline)
+from combinax.data.recipes import (caption_tokenizer, classification_pipeline, corpus_tokenizer, image_pipeline,
+                                   image_text_pipeline, lm_pipeline, translation_pipeline)
 from combinax.data.files import CSV, JSONL, TSV, TextLines, read_text
 from combinax.data.sources import TFDS, Corpus, FromList, Source
 from combinax.data.state import dumps_state, loads_state
@@ -79,7 +79,7 @@ __all__ = [
     "Tokenizer", "CharTokenizer", "SentencePieceTokenizer", "BPETokenizer", "WordPieceTokenizer", "load_tokenizer",
     "tokenizer_for", "corpora", "lm_pipeline", "classification_pipeline", "translation_pipeline", "corpus_tokenizer",
     "image_pipeline", "SimulatedHosts", "as_host", "current_host", "RandomShift",
-    "Rendered", "RenderedSpec", "write_rendered",
+    "Rendered", "RenderedSpec", "write_rendered", "image_text_pipeline", "caption_tokenizer",
 ]
 
 # gin: every stage and recipe (`TrainTask.data = @train/lm_pipeline()`), here in one place.
@@ -87,7 +87,8 @@ _register(globals(), "combinax.data", [
     "Serial", "TFDS", "TextLines", "CSV", "TSV", "JSONL", "Corpus", "FromList", "Map", "Tokenize", "Detokenize",
     "FilterByLength", "TruncateToLength", "PadToLength", "AddLossWeights", "Shuffle", "Batch", "BucketByLength",
     "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch", "lm_pipeline", "classification_pipeline",
-    "translation_pipeline", "corpus_tokenizer", "image_pipeline", "SimulatedHosts", "RandomShift", "Rendered"])
+    "translation_pipeline", "corpus_tokenizer", "image_pipeline", "SimulatedHosts", "RandomShift", "Rendered", "image_text_pipeline",
+    "caption_tokenizer"])
 
 
 def __getattr__(name):

@@ -15,7 +15,8 @@ from combinax.data.files import JSONL
 from combinax.data.images import RandomShift
 from combinax.data.lm import PackLM
 from combinax.data.sources import Corpus, FromList, check_corpus
-from combinax.data.tokenizers import Tokenizer, tokenizer_for
+from combinax.data.rendered import Rendered
+from combinax.data.tokenizers import CharTokenizer, Tokenizer, tokenizer_for
 from combinax.data.transforms import AddLossWeights, Map, Shuffle, Tokenize, TruncateToLength
 
 
@@ -105,5 +106,37 @@ def image_pipeline(corpus: str = "digits", split: str = "train", image_key: str 
       source,
       Map(to_arrays),
       RandomShift(max_shift, seed=seed) if max_shift else [],
+      Shuffle(shuffle_buffer, seed=seed),
+      Batch(batch_size, drop_remainder=True))
+
+
+CAPTION_CHARS = "abcdefghijklmnopqrstuvwxyz ?"   # every character a rendered text, caption or question uses
+
+
+def caption_tokenizer() -> CharTokenizer:
+  """One id per character of `CAPTION_CHARS` (0 pad, 1 EOS, 2 unknown): every rendered word, held out or not, has
+  its ids."""
+  return CharTokenizer(CAPTION_CHARS)
+
+
+def image_text_pipeline(kind: str = "words", split: str = "train", size: int = 10_000, batch_size: int = 64,
+                        text_length: int = 40, seed: int = 0, data_seed: int = 0, repeat: bool = True,
+                        shuffle_buffer: int = 512, height: int = 32, width: int = 128) -> Serial:
+  """(images float32 (batch, height, width, 3) in [0, 1], caption ids int32 (batch, text_length)) from rendered
+  words (the phrase) or scenes (the caption) of `data.Rendered` (written first if missing): a dual encoder's
+  batches. Captions are character ids (`caption_tokenizer`), padded with 0; a longer one raises a DataError."""
+  tokenizer = caption_tokenizer()
+
+  def to_arrays(example):
+    ids = tokenizer.encode(example[1])
+    if len(ids) > text_length:
+      raise DataError(f"image_text_pipeline: the caption {example[1]!r} has {len(ids)} characters, more than "
+                      f"text_length={text_length}")
+    return np.asarray(example[0], np.float32) / np.float32(255), np.pad(ids, (0, text_length - len(ids)))
+
+  return Serial(
+      Rendered(kind, split, size, data_seed=data_seed, height=height, width=width, shuffle=True, seed=seed,
+               repeat=repeat),
+      Map(to_arrays),
       Shuffle(shuffle_buffer, seed=seed),
       Batch(batch_size, drop_remainder=True))

@@ -14,7 +14,8 @@ from combinax.layers.control import BatchLeadingAxes, Bidirectional, Cache, Chun
 from combinax.layers.convolution import AvgPool, CausalConv, Conv, MaxPool, SumPool
 from combinax.layers.core import (ArgMax, Dense, Dropout, Embedding, Flatten, LogSoftmax, Max, Mean, Softmax,
                                   StopGradient, Sum, TiedLogits, ToFloat, Weights)
-from combinax.layers.contrastive import SigmoidContrastiveLoss, SoftmaxContrastiveLoss, TemperatureAndBias
+from combinax.layers.contrastive import (PairAccuracy, SigmoidContrastiveLoss, SoftmaxContrastiveLoss,
+                                         TemperatureAndBias)
 from combinax.layers.distillation import DistillationLoss
 from combinax.layers.lora import LoRA
 from combinax.layers.retro import ChunkedAttention, ChunkedCrossAttention

@@ -140,3 +140,22 @@ class SoftmaxContrastiveLoss(_ContrastiveLoss):
 
   plain = staticmethod(softmax_loss)
   sharded = staticmethod(_gathered_softmax)
+
+
+class PairAccuracy(Layer):
+  """In-batch retrieval accuracy of a dual encoder's outputs: the fraction of images whose most similar text in the
+  batch is their own (image embeddings, text embeddings, scale) -> scalar; an evaluation metric.
+
+  >>> x = jnp.eye(3)
+  >>> float(PairAccuracy().apply({}, {}, (x, x[jnp.array([0, 2, 1])], jnp.zeros(2)))[0])   # only pair 0 is right
+  0.3333333432674713
+  """
+
+  def __init__(self, name: str | None = None):
+    super().__init__(3, 1, name)
+
+  def forward(self, params, state, inputs, *, rng, train):
+    images, texts, scale = inputs
+    _ContrastiveLoss._check(self, images, texts, scale)
+    nearest = jnp.argmax(images.astype(jnp.float32) @ texts.astype(jnp.float32).T, axis=1)
+    return jnp.mean((nearest == jnp.arange(images.shape[0])).astype(jnp.float32)), state

@@ -33,6 +33,8 @@ SMOLLM2_TEACHER = ["teacher/pretrained.model.n_layers = 2",
                    "TrainTask.teacher_checkpoint = @distill.student_checkpoint()"]
 TINY = {
     "digits_cnn": ["train/image_pipeline.batch_size = 16", "eval/image_pipeline.batch_size = 16"],
+    "vit_digits": ["ViT.d_model = 16", "ViT.d_ff = 32", "ViT.n_layers = 1", "ViT.n_heads = 2",
+                   "train/image_pipeline.batch_size = 16", "eval/image_pipeline.batch_size = 16"],
     "transformer_lm_kjv": ["TransformerLM.d_model = 16", "TransformerLM.d_ff = 32", "TransformerLM.n_layers = 1",
                            "train/lm_pipeline.length = 16", "train/lm_pipeline.batch_size = 8",
                            "eval/lm_pipeline.length = 16", "eval/lm_pipeline.batch_size = 8", "VOCAB = 256"],
