@@ -51,13 +51,15 @@ def candidates(kind: str, texts: list[str]) -> list[str]:
 
 def evaluate(kind: str, run: str, test_size: int) -> dict:
   import gin
-  from combinax import data, models
+  from combinax import data
+  from combinax.paths import unflatten
   from combinax.models.contrastive import encode_images, encode_texts, retrieval_recall, zero_shot_accuracy
   from combinax.store import checkpoints
-  import combinax.cli.frame  # noqa: F401  (registers the configurables a stored configuration names)
-  gin.parse_config(open(os.path.join(run, "config.gin")).read())
+  import combinax.train  # noqa: F401  (registers everything the stored configuration names)
+  with gin.unlock_config():
+    gin.parse_config(open(os.path.join(run, "config.gin")).read(), skip_unknown=True)
   model = gin.query_parameter("Trainer.model").scoped_configurable_fn()
-  params = checkpoints.restore_params(run)
+  params = unflatten(checkpoints.read_arrays(checkpoints.latest(run), prefix="params"))
   height, width = (64, 64) if kind == "scenes" else (32, 128)
   source = data.Rendered(kind, "test", test_size, height=height, width=width)
   examples = [source.data()[i] for i in range(test_size)]

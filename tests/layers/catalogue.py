@@ -142,6 +142,7 @@ CATALOGUE = {
     "SigmoidContrastiveLoss": (cl.SigmoidContrastiveLoss, (S(4, 3), S(4, 3), S(2))),
     "SoftmaxContrastiveLoss": (cl.SoftmaxContrastiveLoss, (S(4, 3), S(4, 3), S(2))),
     "TemperatureAndBias": (cl.TemperatureAndBias, ()),
+    "PairAccuracy": (cl.PairAccuracy, (S(4, 3), S(4, 3), S(2))),
     # Vision.
     "CheckImages": (lambda: cl.CheckImages(size=(4, 6), channels=3, multiple_of=2), S(2, 4, 6, 3)),
     "PositionalEncoding2D": (cl.PositionalEncoding2D, S(2, 3, 4, 5)),

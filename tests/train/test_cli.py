@@ -33,6 +33,13 @@ SMOLLM2_TEACHER = ["teacher/pretrained.model.n_layers = 2",
                    "TrainTask.teacher_checkpoint = @distill.student_checkpoint()"]
 TINY = {
     "digits_cnn": ["train/image_pipeline.batch_size = 16", "eval/image_pipeline.batch_size = 16"],
+    "siglip_rendered": ["image/ViT.d_model = 16", "image/ViT.d_ff = 32", "image/ViT.n_layers = 1",
+                        "image/ViT.n_heads = 2", "text/TransformerEncoder.d_model = 16",
+                        "text/TransformerEncoder.d_ff = 32", "text/TransformerEncoder.n_layers = 1",
+                        "text/TransformerEncoder.n_heads = 2", "DualEncoder.d_embed = 8",
+                        "train/image_text_pipeline.size = 64", "train/image_text_pipeline.batch_size = 16",
+                        "eval/image_text_pipeline.size = 32", "eval/image_text_pipeline.batch_size = 16",
+                        "EvalTask.n_batches = 1"],
     "vit_digits": ["ViT.d_model = 16", "ViT.d_ff = 32", "ViT.n_layers = 1", "ViT.n_heads = 2",
                    "train/image_pipeline.batch_size = 16", "eval/image_pipeline.batch_size = 16"],
     "transformer_lm_kjv": ["TransformerLM.d_model = 16", "TransformerLM.d_ff = 32", "TransformerLM.n_layers = 1",
