@@ -1,7 +1,7 @@
 """configs/siglip_rendered.gin: zero-shot accuracy of the SigLIP dual encoder on held-out rendered words or scenes.
 
-1. Train: `combinax-train --config_file=configs/siglip_rendered.gin` (with `KIND="scenes"`, `HEIGHT=WIDTH=64` for
-   scenes), unless `--run` names a finished run directory.
+1. Train: `combinax-train --config_file=configs/siglip_rendered.gin` (with `KIND="scenes"`, `HEIGHT=WIDTH=64` and
+   `GROUP=4` for scenes; `--config GROUP=1` for none of the hard negatives), unless `--run` names a finished run.
 2. Zero-shot: the test split's images (phrases with words the training split never shows; scenes of colour pairs it
    never shows) are each classified as the candidate caption nearest to it. Words: the candidates are the distinct
    phrases of the test images. Scenes: every caption the test colour pairs can make (2 shapes of 3 in order x 4
@@ -26,7 +26,7 @@ import numpy as np
 
 
 def train(kind: str, run: str, extra: list[str]) -> float:
-  settings = [f'KIND="{kind}"'] + (["HEIGHT=64", "WIDTH=64"] if kind == "scenes" else []) + extra
+  settings = [f'KIND="{kind}"'] + (["HEIGHT=64", "WIDTH=64", "GROUP=4"] if kind == "scenes" else []) + extra
   command = [sys.executable, "-m", "combinax.cli.train", "--config_file=configs/siglip_rendered.gin",
              f"--output_dir={run}"] + [f"--config={s}" for s in settings]
   start = time.time()
@@ -66,9 +66,10 @@ def evaluate(kind: str, run: str, test_size: int) -> dict:
   images = np.stack([e[0] for e in examples]).astype(np.float32) / 255
   texts = [e[1] for e in examples]
   tokenizer = data.caption_tokenizer()
+  length = gin.query_parameter("%TEXT_LENGTH")
   def ids(strings):
     rows = [tokenizer.encode(s) for s in strings]
-    return np.stack([np.pad(r, (0, 40 - len(r))) for r in rows]).astype(np.int32)
+    return np.stack([np.pad(r, (0, length - len(r))) for r in rows]).astype(np.int32)
   image_embeddings = encode_images(model, params, images)
   options = candidates(kind, texts)
   option_embeddings = encode_texts(model, params, ids(options))

@@ -121,10 +121,13 @@ def caption_tokenizer() -> CharTokenizer:
 
 def image_text_pipeline(kind: str = "words", split: str = "train", size: int = 10_000, batch_size: int = 64,
                         text_length: int = 40, seed: int = 0, data_seed: int = 0, repeat: bool = True,
-                        shuffle_buffer: int = 512, height: int = 32, width: int = 128) -> Serial:
+                        shuffle_buffer: int = 512, height: int = 32, width: int = 128, group: int = 1) -> Serial:
   """(images float32 (batch, height, width, 3) in [0, 1], caption ids int32 (batch, text_length)) from rendered
   words (the phrase) or scenes (the caption) of `data.Rendered` (written first if missing): a dual encoder's
-  batches. Captions are character ids (`caption_tokenizer`), padded with 0; a longer one raises a DataError."""
+  batches. Captions are character ids (`caption_tokenizer`), padded with 0; a longer one raises a DataError.
+  With `group` > 1 (scenes) the examples are read in their order, so each batch holds whole runs of `group` scenes
+  that differ only in their relation (`data.rendered`: hard negatives); the examples are drawn at random already.
+  """
   tokenizer = caption_tokenizer()
 
   def to_arrays(example):
@@ -135,8 +138,8 @@ def image_text_pipeline(kind: str = "words", split: str = "train", size: int = 1
     return np.asarray(example[0], np.float32) / np.float32(255), np.pad(ids, (0, text_length - len(ids)))
 
   return Serial(
-      Rendered(kind, split, size, data_seed=data_seed, height=height, width=width, shuffle=True, seed=seed,
-               repeat=repeat),
+      Rendered(kind, split, size, data_seed=data_seed, height=height, width=width, group=group,
+               shuffle=group == 1, seed=seed, repeat=repeat),
       Map(to_arrays),
-      Shuffle(shuffle_buffer, seed=seed),
+      Shuffle(shuffle_buffer, seed=seed) if group == 1 else [],
       Batch(batch_size, drop_remainder=True))

@@ -56,6 +56,7 @@ class RenderedSpec:
   width: int = 128
   max_words: int = 3
   vocabulary: int = 2_000     # the most frequent KJV words (3 to 10 letters) drawn from
+  group: int = 1              # scenes: runs of `group` examples share colours and shapes, each its own relation
 
   def __post_init__(self):
     def check(ok, field, expected):
@@ -63,7 +64,7 @@ class RenderedSpec:
         raise DataError(f"RenderedSpec.{field}: expected {expected}, got {getattr(self, field)!r}")
     check(self.kind in KINDS, "kind", f"one of {KINDS}")
     check(self.split in SPLITS, "split", f"one of {SPLITS}")
-    for field in ("size", "height", "width", "max_words", "vocabulary"):
+    for field in ("size", "height", "width", "max_words", "vocabulary", "group"):
       check(isinstance(getattr(self, field), int) and getattr(self, field) > 0, field, "a positive int")
     check(self.height >= 16 and self.width >= 16, "height", "images of at least 16 x 16 pixels")
 
@@ -191,13 +192,19 @@ def _article(words: str) -> str:
   return "an" if words[0] in "aeiou" else "a"
 
 
-def render_scene(spec: RenderedSpec, rng: np.random.Generator) -> tuple:
-  """(image (height, width, 3) uint8, caption, question, answer) of a scene of two shapes."""
+def render_scene(spec: RenderedSpec, rng: np.random.Generator, index: int = 0) -> tuple:
+  """(image (height, width, 3) uint8, caption, question, answer) of a scene of two shapes. With `spec.group` > 1,
+  the examples of one run of `group` indices share their colours and shapes and go through the relations in turn:
+  in a batch read in order they are each other's hard negatives (a caption that differs only in its relation),
+  without which a contrastive model has no reason to learn relations at all (we measured it at chance)."""
   Image, ImageDraw, _ = _pil()
   pairs = _colour_pairs(spec.split)
-  colour_a, colour_b = pairs[rng.integers(len(pairs))]
-  shape_a, shape_b = (SHAPES[i] for i in rng.permutation(len(SHAPES))[:2])
-  relation = list(RELATIONS)[rng.integers(len(RELATIONS))]
+  shared = rng if spec.group == 1 else np.random.default_rng(
+      [spec.seed, SPLITS.index(spec.split), KINDS.index(spec.kind), index // spec.group, 1])
+  colour_a, colour_b = pairs[shared.integers(len(pairs))]
+  shape_a, shape_b = (SHAPES[i] for i in shared.permutation(len(SHAPES))[:2])
+  turn = 0 if spec.group == 1 else int(shared.integers(len(RELATIONS))) + index % spec.group
+  relation = list(RELATIONS)[(rng.integers(len(RELATIONS)) if spec.group == 1 else turn) % len(RELATIONS)]
   dx, dy = RELATIONS[relation]
   h, w = spec.height, spec.width
   radius = int(rng.integers(max(3, min(h, w) // 10), max(4, min(h, w) // 6) + 1))
@@ -233,7 +240,7 @@ def make_example(spec: RenderedSpec, index: int, words: list[str] | None = None)
   """Example `index` of `spec`: (image, text) for words, (image, caption, question, answer) for scenes."""
   rng = _generator(spec, index)
   if spec.kind == "scenes":
-    return render_scene(spec, rng)
+    return render_scene(spec, rng, index)
   text = _phrase(spec, words if words is not None else kjv_words(spec.vocabulary), rng)
   return render_text(text, rng, spec.height, spec.width), text
 
@@ -325,10 +332,10 @@ class Rendered(Source):
   """
 
   def __init__(self, kind: str = "words", split: str = "train", size: int = 10_000, *, data_seed: int = 0,
-               height: int = 32, width: int = 128, max_words: int = 3, vocabulary: int = 2_000, folder=None,
-               **options):
+               height: int = 32, width: int = 128, max_words: int = 3, vocabulary: int = 2_000, group: int = 1,
+               folder=None, **options):
     super().__init__(**options)
-    self.spec = RenderedSpec(kind, split, size, data_seed, height, width, max_words, vocabulary)
+    self.spec = RenderedSpec(kind, split, size, data_seed, height, width, max_words, vocabulary, group)
     self.folder = folder
 
   def describe(self) -> str:

@@ -155,3 +155,17 @@ def test_the_dual_encoders_batches_are_images_in_0_1_and_character_ids_of_the_ca
   assert captions <= made
   with pytest.raises(data.DataError, match="more than text_length=5"):
     next(data.image_text_pipeline("scenes", "test", size=8, batch_size=4, height=48, width=48, text_length=5)())
+
+
+def test_scenes_in_groups_share_colours_and_shapes_and_take_every_relation_in_turn(tmp_path, monkeypatch):
+  monkeypatch.setenv("COMBINAX_CACHE", str(tmp_path))
+  s = spec(kind="scenes", size=16, height=48, width=48, group=4)
+  captions = [rendered.make_example(s, i)[1].split() for i in range(16)]
+  for start in range(0, 16, 4):
+    group = captions[start:start + 4]
+    assert len({(c[1], c[2], c[-2], c[-1]) for c in group}) == 1                  # the same two objects
+    assert sorted(" ".join(c[3:-3]) for c in group) == sorted(rendered.RELATIONS)   # each relation once
+  images, ids = next(data.image_text_pipeline("scenes", "test", size=8, batch_size=8, height=48, width=48,
+                                              group=4, repeat=False)())
+  decoded = [data.caption_tokenizer().decode(row[row > 0]).split() for row in ids]
+  assert len({(c[1], c[2], c[-2], c[-1]) for c in decoded[:4]}) == 1              # a batch reads whole groups
