@@ -102,13 +102,21 @@ class DotProductAttention(Layer):
   `causal=True` takes (q, k, v) and lets position t attend to positions <= t; in predict mode it keeps a KV cache
   of `max_len` positions in `state` (`k`, `v`: (batch, max_len, kv_heads, d_head), `index`), so a prefill of any
   length followed by one token per call gives the same result as one pass. `causal=False` takes (q, k, v, mask).
-  `rotary` ("half" or "interleaved") rotates q and k by their positions (RoPE) first.
+  `prefix=True` (with `causal`) takes (q, k, v, prefix lengths (batch,) int): a prefix LM, every position also
+  sees the first `prefix` positions of its sequence (full attention over an image and a prompt, causal after them;
+  decoding fills the prefix in the first call). `rotary` ("half" or "interleaved") rotates q and k by their
+  positions (RoPE) first.
   """
 
   def __init__(self, n_heads: int, n_kv_heads: int | None = None, causal: bool = False, dropout: float = 0.0,
                max_len: int = 2048, rotary: str | None = None, rotary_base: float = 10000.0, fast: bool = True,
-               mode: str = "train", name: str | None = None):
-    super().__init__(3 if causal else 4, 1, name)
+               mode: str = "train", prefix: bool = False, name: str | None = None):
+    super().__init__(3 if causal and not prefix else 4, 1, name)
+    self.prefix = prefix
+    if prefix and not causal:
+      raise LayerError(self, "a prefix opens a causal attention's first positions to all; attention on whole "
+                       "sequences sees everything already", expected="prefix=True with causal=True",
+                       actual="causal=False")
     self.n_heads, self.n_kv_heads = int(n_heads), int(n_kv_heads or n_heads)
     self.causal, self.dropout, self.max_len, self.fast = causal, float(dropout), int(max_len), fast
     self.rotary, self.rotary_base, self.mode = rotary, float(rotary_base), check_mode(self, mode)
@@ -132,6 +140,12 @@ class DotProductAttention(Layer):
     if not state:
       return state
     return {**state, "index": jnp.full_like(state["index"], index)}
+
+  def _prefix_lengths(self, lengths, batch: int):
+    if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+      raise LayerError(self, "a prefix LM's fourth input is each sequence's prefix length",
+                       expected=f"int ({batch},)", actual=shapes.describe(lengths))
+    return lengths
 
   def _d_head(self, inputs) -> int:
     """Checks the shapes of q, k, v (arrays or signatures); returns d_head."""
@@ -170,7 +184,12 @@ class DotProductAttention(Layer):
       state = {"k": k, "v": v, "index": start + tq}
     if self.causal:
       query_pos = start + jnp.arange(tq)[:, None]
-      mask = (jnp.arange(k.shape[1])[None, :] <= query_pos)[None, None]
+      key_pos = jnp.arange(k.shape[1])[None, :]
+      mask = (key_pos <= query_pos)[None, None]                              # (1, 1, tq, tk)
+      if self.prefix:   # ... or within the sequence's prefix (and already written, when decoding)
+        lengths = self._prefix_lengths(inputs[3], q.shape[0])
+        seen = (key_pos[None] < lengths[:, None, None]) & (key_pos[None] < start + tq)
+        mask = mask | seen[:, None]                                          # (batch, 1, tq, tk)
     dropout = self.dropout if train else 0.0
     if dropout and rng is None:
       raise LayerError(self, "attention dropout with train=True needs an rng", expected="an rng", actual="rng=None")
@@ -227,15 +246,26 @@ def Attention(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None = None
 
 def CausalAttention(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None = None, dropout: float = 0.0,
                     max_len: int = 2048, use_bias: bool = True, rotary: str | None = None,
-                    rotary_base: float = 10000.0, fast: bool = True, mode: str = "train",
+                    rotary_base: float = 10000.0, fast: bool = True, mode: str = "train", prefix: bool = False,
                     name: str | None = "attention") -> Layer:
   """Multi-head self-attention in which position t sees positions <= t: x -> y. In predict mode it keeps a KV cache
-  of `max_len` positions. `n_kv_heads < n_heads` gives grouped-query attention.
+  of `max_len` positions. `n_kv_heads < n_heads` gives grouped-query attention. With `prefix` it is a prefix LM's:
+  (x, prefix lengths (batch,)) -> (y, prefix lengths), each position also seeing its sequence's first `prefix`
+  positions (the same params).
 
   >>> CausalAttention(8, n_heads=4, n_kv_heads=2).output_signature(ShapeDtype((1, 3, 8)))
   ShapeDtype((1, 3, 8), float32)
   """
   q, k, v = qkv_projections("CausalAttention", d_feature, n_heads, n_kv_heads, use_bias)
+  if prefix:
+    attention = DotProductAttention(n_heads, n_kv_heads, causal=True, dropout=dropout, max_len=max_len,
+                                    rotary=rotary, rotary_base=rotary_base, fast=fast, mode=mode, prefix=True)
+    return Serial(
+        Select([0, 0, 0, 1]),                          # x, x, x, prefix
+        Parallel(q, k, v),                             # q, k, v, prefix
+        Branch(attention, Select([3], n_in=4)),        # context, prefix
+        Dense(d_feature, use_bias=use_bias, name="o"),  # y, prefix
+        name=name)
   return Serial(
       Branch(q, k, v),                                 # q, k, v
       DotProductAttention(n_heads, n_kv_heads, causal=True, dropout=dropout, max_len=max_len, rotary=rotary,

@@ -169,11 +169,17 @@ def EncoderBlock(o: TransformerOptions) -> cl.Layer:
       PostNorm(o, "ff_norm"))                                                          # x, mask
 
 
-def DecoderBlock(o: TransformerOptions, *, mode: str = "train", cross_attention: bool = False) -> cl.Layer:
+def DecoderBlock(o: TransformerOptions, *, mode: str = "train", cross_attention: bool = False,
+                 prefix: bool = False) -> cl.Layer:
   """Causal self-attention (a KV cache in predict mode), optional attention on an encoder, feed-forward: x -> x, or
-  with `cross_attention` (x, encoder activations, encoder mask) -> the same three."""
+  with `cross_attention` (x, encoder activations, encoder mask) -> the same three, or with `prefix` (a prefix LM's:
+  each position also sees its sequence's first `prefix` positions) (x, prefix lengths) -> the same two. The params
+  are the same in every form."""
+  if prefix and cross_attention:
+    raise ValueError("DecoderBlock: a prefix LM's block has no cross-attention; expected prefix or cross_attention")
   attention = CausalAttention(o.d_model, o.n_heads, n_kv_heads=o.n_kv_heads, dropout=o.dropout, max_len=o.max_len,
-                              use_bias=o.use_bias, rotary=o.rotary, rotary_base=o.rotary_base, mode=mode)
+                              use_bias=o.use_bias, rotary=o.rotary, rotary_base=o.rotary_base, mode=mode,
+                              prefix=prefix)
   cross = [
       cl.Residual(PreNorm(o, "cross_norm"),
                   cl.Select([0, 1, 1, 2, 1]),                                          # x, enc, enc, mask, enc

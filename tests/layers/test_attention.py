@@ -211,3 +211,54 @@ def test_repeat_remat_policies_give_the_same_values_and_gradients(scan):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   with pytest.raises(cx.LayerError, match="unknown remat"):
     cl.Repeat(block, 2, remat="everything")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_prefix_lm_sees_its_whole_prefix_and_only_the_past_after_it(fast):
+  q, k, v = normal(2, 6, 2, 4, seed=1), normal(2, 6, 2, 4, seed=2), normal(2, 6, 2, 4, seed=3)
+  lengths = jnp.array([0, 4])
+  layer = cl.DotProductAttention(2, causal=True, prefix=True, fast=fast)
+  out, _ = layer.apply({}, {}, tuple(a.reshape(2, 6, 8) for a in (q, k, v)) + (lengths,))
+  t = np.arange(6)
+  mask = np.stack([(t[None, :] <= t[:, None]) | (t[None, :] < n) for n in (0, 4)])[:, None]   # (2, 1, 6, 6)
+  assert mask[1, 0, 0].tolist() == [True] * 4 + [False] * 2 and mask[0, 0, 0].tolist() == [True] + [False] * 5
+  np.testing.assert_allclose(out.reshape(2, 6, 2, 4), _reference_attention(q, k, v, mask), rtol=1e-5, atol=1e-6)
+
+
+def test_a_prefix_of_zero_is_causal_attention_and_a_whole_one_is_full_attention_with_the_same_params():
+  x = normal(2, 5, 8)
+  causal = cl.CausalAttention(8, n_heads=2)
+  prefixed = cl.CausalAttention(8, n_heads=2, prefix=True)
+  params, _ = causal.init(KEY, x)
+  params_prefixed, _ = prefixed.init(KEY, (x, jnp.zeros(2, jnp.int32)))
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(params_prefixed)
+  np.testing.assert_allclose(prefixed.apply(params, {}, (x, jnp.zeros(2, jnp.int32)))[0][0],
+                             causal.apply(params, {}, x)[0], rtol=1e-6, atol=1e-6)
+  full, _ = cl.Attention(8, n_heads=2).apply(params, {}, (x, jnp.ones((2, 1, 1, 5), bool)))
+  np.testing.assert_allclose(prefixed.apply(params, {}, (x, jnp.full(2, 5, jnp.int32)))[0][0], full[0],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_decoding_a_prefix_lm_fills_the_prefix_first_and_equals_one_pass():
+  x, lengths = normal(2, 8, 8), jnp.array([3, 5])
+  full = cl.CausalAttention(8, n_heads=4, n_kv_heads=2, rotary="half", prefix=True)
+  decoder = cl.CausalAttention(8, n_heads=4, n_kv_heads=2, rotary="half", prefix=True, mode="predict", max_len=10)
+  params, _ = full.init(KEY, (x, lengths))
+  expected = full.apply(params, {}, (x, lengths))[0][0]
+  _, state = decoder.init(KEY, (x[:, :5], lengths))
+  (first, _), state = decoder.apply(params, state, (x[:, :5], lengths))   # the prefill holds every prefix
+  pieces = [first]
+  for t in range(5, 8):
+    (y, _), state = decoder.apply(params, state, (x[:, t:t + 1], lengths))
+    pieces.append(y)
+  np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_prefix_without_causality_and_prefix_lengths_of_another_shape_are_named():
+  with pytest.raises(cx.LayerError, match="prefix=True with causal=True"):
+    cl.DotProductAttention(2, prefix=True)
+  layer = cl.CausalAttention(8, n_heads=2, prefix=True)
+  x = normal(2, 5, 8)
+  params, _ = layer.init(KEY, (x, jnp.zeros(2, jnp.int32)))
+  with pytest.raises(cx.LayerError, match=r"prefix length[\s\S]*expected: int \(2,\)"):
+    layer.apply(params, {}, (x, jnp.zeros((2, 1), jnp.int32)))
