@@ -49,7 +49,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | several hosts | sources read the host's shard, `Batch` sizes are global; `as_host`, `SimulatedHosts` (see `hosts`) |
 | tokenizers | `CharTokenizer`, `SentencePieceTokenizer`, `BPETokenizer`, `WordPieceTokenizer` |
 | vocabularies | `load_tokenizer(path)`, `tokenizer_for(corpus, kind, vocab_size)` (trained once, cached) |
-| recipes | `lm_pipeline`, `classification_pipeline`, `translation_pipeline`, `image_pipeline`, `image_text_pipeline` (the configs') |
+| recipes | `lm_pipeline`, `classification_pipeline`, `translation_pipeline`, `image_pipeline`, `image_text_pipeline` |
 """
 
 from combinax.configurable import register as _register
@@ -87,8 +87,8 @@ _register(globals(), "combinax.data", [
     "Serial", "TFDS", "TextLines", "CSV", "TSV", "JSONL", "Corpus", "FromList", "Map", "Tokenize", "Detokenize",
     "FilterByLength", "TruncateToLength", "PadToLength", "AddLossWeights", "Shuffle", "Batch", "BucketByLength",
     "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch", "lm_pipeline", "classification_pipeline",
-    "translation_pipeline", "corpus_tokenizer", "image_pipeline", "SimulatedHosts", "RandomShift", "Rendered", "image_text_pipeline",
-    "caption_tokenizer"])
+    "translation_pipeline", "corpus_tokenizer", "image_pipeline", "SimulatedHosts", "RandomShift", "Rendered",
+    "image_text_pipeline", "caption_tokenizer"])
 
 
 def __getattr__(name):

@@ -120,7 +120,7 @@ def caption_tokenizer() -> CharTokenizer:
 
 
 def image_text_pipeline(kind: str = "words", split: str = "train", size: int = 10_000, batch_size: int = 64,
-                        text_length: int = 40, seed: int = 0, data_seed: int = 0, repeat: bool = True,
+                        text_length: int = 48, seed: int = 0, data_seed: int = 0, repeat: bool = True,
                         shuffle_buffer: int = 512, height: int = 32, width: int = 128, group: int = 1) -> Serial:
   """(images float32 (batch, height, width, 3) in [0, 1], caption ids int32 (batch, text_length)) from rendered
   words (the phrase) or scenes (the caption) of `data.Rendered` (written first if missing): a dual encoder's

@@ -148,7 +148,7 @@ def test_the_dual_encoders_batches_are_images_in_0_1_and_character_ids_of_the_ca
   monkeypatch.setenv("COMBINAX_CACHE", str(tmp_path))
   images, ids = next(data.image_text_pipeline("scenes", "test", size=8, batch_size=4, height=48, width=48)())
   assert images.shape == (4, 48, 48, 3) and images.dtype == np.float32 and 0 <= images.min() < images.max() <= 1
-  assert ids.shape == (4, 40) and ids.dtype == np.int32
+  assert ids.shape == (4, 48) and ids.dtype == np.int32
   captions = {data.caption_tokenizer().decode(row[row > 0]) for row in ids}
   made = {rendered.make_example(rendered.RenderedSpec("scenes", "test", 8, height=48, width=48), i)[1]
           for i in range(8)}
