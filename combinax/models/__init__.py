@@ -12,6 +12,7 @@ from combinax.models.transformer import (DecoderBlock, EncoderBlock, FeedForward
                                          Transformer, TransformerDecoder, TransformerEncoder, TransformerLM,
                                          TransformerOptions)
 from combinax.models.contrastive import DualEncoder, L2Normalize, TextTower
+from combinax.models.image_prefix import ImagePrefixLM
 from combinax.models.vision import ViT
 
 _register(globals(), "combinax.models", ["MLP", "ResNet", "Resnet50", "WideResnet", "DigitsCNN", "RNNLM", "GRULM",

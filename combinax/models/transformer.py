@@ -205,8 +205,9 @@ def Blocks(block: cl.Layer, n_layers: int, o: TransformerOptions) -> cl.Layer:
   return Repeat(block, n_layers, scan=o.scan_layers, remat=o.remat, name="blocks")
 
 
-def _embedded(o: TransformerOptions, mode: str, embed_norm: bool = False) -> list:
-  """Embedded tokens -> position-encoded, (normalised,) dropped-out activations."""
+def Embedded(o: TransformerOptions, mode: str, embed_norm: bool = False) -> list:
+  """Embedded tokens -> position-encoded (sinusoidal or learned; rotary positions are the attention's), (normalised,)
+  dropped-out activations."""
   positional = {"sinusoidal": PositionalEncoding, "learned": LearnedPositionalEncoding}.get(o.positions)
   return [positional(o.max_len, mode=mode, name="positions") if positional else [],   # rotary: in the attention
           Norm(o.norm, o.norm_epsilon, "embed_norm") if embed_norm else [],
@@ -224,7 +225,7 @@ def TransformerDecoder(o: TransformerOptions, n_layers: int, *, embedding: cl.La
   """
   return cl.Serial(
       embedding,                                                      # x (or, without one, the inputs)
-      _embedded(o, mode),                                             # x
+      Embedded(o, mode),                                              # x
       Blocks(DecoderBlock(o, mode=mode), n_layers, o),                # x
       PreNorm(o, "final_norm"))                                                   # x
 
@@ -237,7 +238,7 @@ def NeighbourEncoder(o: TransformerOptions, retro: RetroOptions, embedding: cl.L
       cl.Dup(),                                                              # ids, ids
       cl.Fn("Rows", lambda ids: ids.reshape(-1, ids.shape[-1])),             # rows (b * chunks * k, r), ids
       cl.Branch(None, PaddingMask(retro.pad_id)),                            # rows, mask, ids
-      embedding, _embedded(o, "train"),                                      # x, mask, ids
+      embedding, Embedded(o, "train"),                                       # x, mask, ids
       Repeat(EncoderBlock(o), retro.encoder_layers, scan=o.scan_layers, remat=o.remat, name="blocks"),  # x, mask, ids
       PreNorm(o, "final_norm"),                                              # x, mask, ids
       cl.Select([0, 2], n_in=3),                                             # x, ids
@@ -298,7 +299,7 @@ def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, *, n_la
   return NamedModel(
       f"TransformerLM[{retro}]", o,                                         # ids, neighbour ids
       ShiftRight(mode=mode),                                                # ids shifted right, neighbour ids
-      embed, _embedded(o, mode),                                            # x, neighbour ids
+      embed, Embedded(o, mode),                                             # x, neighbour ids
       cl.Parallel(None, NeighbourEncoder(o, retro, embed)),                 # x, neighbours
       _retro_blocks(o, retro, n_layers, mode),                              # x, neighbours
       cl.Select([0], n_in=2),                                               # x
@@ -347,7 +348,7 @@ def TransformerEncoder(vocab_size: int, n_classes: int | None = 10, d_model: int
       cl.Branch(None, PaddingMask(pad_id)),                                # ids, mask [, types]
       cl.Embedding(vocab_size, d_model, name="embed"),                     # x, mask [, types]
       token_types,                                                         # x, mask
-      _embedded(o, "train", embed_norm),                                   # x, mask
+      Embedded(o, "train", embed_norm),                                    # x, mask
       Blocks(EncoderBlock(o), n_layers, o),                                # x, mask
       PreNorm(o, "final_norm"),                                                        # x, mask
       [Pool(pool), cl.Dense(n_classes, name="classifier")] if n_classes else cl.Select([0], n_in=2))
@@ -376,12 +377,12 @@ def Transformer(input_vocab_size: int, output_vocab_size: int | None = None, d_m
   in_embed = cl.Embedding(input_vocab_size, d_model, name="embed")
   out_embed = in_embed if output_vocab_size is None else cl.Embedding(output_vocab_size, d_model, name="embed")
   encoder = cl.Serial(
-      in_embed, _embedded(o, "train"),                                             # x, mask
+      in_embed, Embedded(o, "train"),                                              # x, mask
       Blocks(EncoderBlock(o), n_encoder_layers, o),                                # x, mask
       PreNorm(o, "final_norm"),                                                                # enc, mask
       name="encoder")
   decoder = cl.Serial(
-      out_embed, _embedded(o, mode),                                               # y, enc, mask
+      out_embed, Embedded(o, mode),                                                # y, enc, mask
       Blocks(DecoderBlock(o, mode=mode, cross_attention=True), n_decoder_layers, o),   # y, enc, mask
       PreNorm(o, "final_norm"),                                                                # y, enc, mask
       cl.Select([0], n_in=3),                                                      # y

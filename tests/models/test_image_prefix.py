@@ -1,0 +1,61 @@
+"""models.ImagePrefixLM: a TransformerLM's paths with the image's added, and prefix-LM attention over image and
+prompt: each text position sees the whole prefix, and only the past after it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import combinax as cx
+from combinax import ShapeDtype
+from combinax.models import ImagePrefixLM, TransformerLM, TransformerOptions, ViT
+
+KEY = jax.random.key(0)
+LM = dict(d_model=16, d_ff=32, n_heads=2, dropout=0.0, positions="rotary", norm="rms", gated_ff=True, max_len=64)
+
+
+def model(**kw):
+  vision = ViT(None, 8, patch_size=4, d_ff=16, n_layers=1, n_heads=2, pool="none")
+  return ImagePrefixLM(vision, 20, TransformerOptions(**LM), n_layers=2, tie_embeddings=True, **kw)
+
+
+def inputs(seed=1):
+  images = jax.random.normal(jax.random.key(seed), (2, 8, 8, 3))
+  ids = jax.random.randint(jax.random.key(seed + 1), (2, 6), 3, 20)
+  return images, ids, jnp.array([2, 4])
+
+
+def test_the_lms_params_are_a_transformer_lms_so_its_checkpoint_loads_and_the_image_adds_its_own():
+  params, _ = model().init(KEY, inputs())
+  lm_params, _ = TransformerLM(20, n_layers=2, tie_embeddings=True, **LM).init(KEY, inputs()[1])
+  ours = {p: v.shape for p, v in cx.leaves_with_paths(params) if not p.startswith("image/")}
+  assert ours == {p: v.shape for p, v in cx.leaves_with_paths(lm_params)}
+  assert "image/projector/kernel" in cx.paths(params) and params["image"]["projector"]["kernel"].shape == (8, 16)
+  logits, _ = model().apply({**lm_params, "image": params["image"]}, {}, inputs())
+  assert logits.shape == (2, 6, 20)
+
+
+def test_each_text_position_sees_the_image_and_the_whole_prompt_and_only_the_past_after_it():
+  m = model()
+  images, ids, prompts = inputs()
+  params, _ = m.init(KEY, (images, ids, prompts))
+  run = jax.jit(lambda i, t: m.apply(params, {}, (i, t, prompts))[0])
+  base = run(images, ids)
+  # Position t reads token t - 1 (shifted right). Sequence 1's prompt is 4 tokens: its positions 0..4 see all of
+  # them, so changing prompt token 3 changes position 0 too; sequence 0's prompt is 2 tokens.
+  changed = run(images, ids.at[:, 3].set(1))
+  moved = np.any(np.abs(np.asarray(changed - base)) > 1e-6, axis=-1)    # (batch, positions)
+  assert moved[1].tolist() == [True] * 6                                 # token 3 is in sequence 1's prompt
+  assert moved[0].tolist() == [False] * 4 + [True] * 2                   # an answer token: only later positions
+  after_image = run(images.at[:, :4, :4].set(0.0), ids)
+  assert np.all(np.any(np.abs(np.asarray(after_image - base)) > 1e-6, axis=-1))   # the image reaches every position
+
+
+def test_decoding_is_refused_by_name_until_it_is_built_and_bad_prompt_lengths_are_named():
+  with pytest.raises(cx.LayerError, match="no 'predict' mode"):
+    model(mode="predict")
+  images, ids, _ = inputs()
+  m = model()
+  params, _ = m.init(KEY, inputs())
+  with pytest.raises(cx.LayerError, match=r"prompt length, int \(2,\)"):
+    m.apply(params, {}, (images, ids, jnp.array([[2], [4]])))
