@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import combinax as cx
-from combinax import ShapeDtype
 from combinax.models import ImagePrefixLM, TransformerLM, TransformerOptions, ViT
 
 KEY = jax.random.key(0)
