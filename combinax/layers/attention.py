@@ -222,10 +222,17 @@ def AttentionQKV(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None = N
   q, k, v = qkv_projections("AttentionQKV", d_feature, n_heads, n_kv_heads, use_bias)
   attention = DotProductAttention(n_heads, n_kv_heads, dropout=dropout, rotary=rotary, rotary_base=rotary_base,
                                   fast=fast)
+  return projected_attention((q, k, v), attention, d_feature, use_bias, name=name)
+
+
+def projected_attention(projections, attention: Layer, d_feature: int, use_bias: bool,
+                        name: str | None = None) -> Layer:
+  """(q in, k in, v in, extra) -> (y, extra): the `q`, `k`, `v` projections, `attention` (a 4-input
+  `DotProductAttention`: the extra is its mask or its prefix lengths) and the `o` projection; the extra passes on."""
   return Serial(
-      Parallel(q, k, v),                               # q, k, v, mask
-      Branch(attention, Select([3], n_in=4)),          # context, mask
-      Dense(d_feature, use_bias=use_bias, name="o"),   # y, mask
+      Parallel(*projections),                          # q, k, v, extra
+      Branch(attention, Select([3], n_in=4)),          # context, extra
+      Dense(d_feature, use_bias=use_bias, name="o"),   # y, extra
       name=name)
 
 
@@ -261,10 +268,8 @@ def CausalAttention(d_feature: int, n_heads: int = 1, *, n_kv_heads: int | None 
     attention = DotProductAttention(n_heads, n_kv_heads, causal=True, dropout=dropout, max_len=max_len,
                                     rotary=rotary, rotary_base=rotary_base, fast=fast, mode=mode, prefix=True)
     return Serial(
-        Select([0, 0, 0, 1]),                          # x, x, x, prefix
-        Parallel(q, k, v),                             # q, k, v, prefix
-        Branch(attention, Select([3], n_in=4)),        # context, prefix
-        Dense(d_feature, use_bias=use_bias, name="o"),  # y, prefix
+        Select([0, 0, 0, 1]),                                               # x, x, x, prefix
+        projected_attention((q, k, v), attention, d_feature, use_bias),     # y, prefix
         name=name)
   return Serial(
       Branch(q, k, v),                                 # q, k, v

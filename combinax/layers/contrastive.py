@@ -97,6 +97,14 @@ def _gathered_softmax(images, texts, scale):
   return jax.lax.psum(terms, DATA) / (2 * b * n)
 
 
+def check_pairs(layer: Layer, images, texts, scale):
+  """A LayerError naming `layer` unless its inputs are a dual encoder's: B image and B text embeddings, the scale."""
+  if not (images.ndim == texts.ndim == 2 and images.shape == texts.shape and scale.shape == (2,)):
+    raise LayerError(layer, "expected a batch of image and of text embeddings, one per pair, and the scale",
+                     expected="images (B, d), texts (B, d), (log_temperature, bias) (2,)",
+                     actual=shapes.describe((images, texts, scale)))
+
+
 class _ContrastiveLoss(Layer):
 
   plain = staticmethod(sigmoid_loss)
@@ -105,15 +113,9 @@ class _ContrastiveLoss(Layer):
   def __init__(self, name: str | None = None):
     super().__init__(3, 1, name)
 
-  def _check(self, images, texts, scale):
-    if not (images.ndim == texts.ndim == 2 and images.shape == texts.shape and scale.shape == (2,)):
-      raise LayerError(self, "expected a batch of image and of text embeddings, one per pair, and the scale",
-                       expected="images (B, d), texts (B, d), (log_temperature, bias) (2,)",
-                       actual=shapes.describe((images, texts, scale)))
-
   def forward(self, params, state, inputs, *, rng, train):
     images, texts, scale = inputs
-    self._check(images, texts, scale)
+    check_pairs(self, images, texts, scale)
     images, texts, scale = (x.astype(jnp.float32) for x in (images, texts, scale))
     mesh = jax.sharding.get_abstract_mesh()
     devices = dict(mesh.shape).get(DATA, 1) if not mesh.empty else 1
@@ -156,6 +158,6 @@ class PairAccuracy(Layer):
 
   def forward(self, params, state, inputs, *, rng, train):
     images, texts, scale = inputs
-    _ContrastiveLoss._check(self, images, texts, scale)
+    check_pairs(self, images, texts, scale)
     nearest = jnp.argmax(images.astype(jnp.float32) @ texts.astype(jnp.float32).T, axis=1)
     return jnp.mean((nearest == jnp.arange(images.shape[0])).astype(jnp.float32)), state
