@@ -38,17 +38,7 @@ def train(kind: str, run: str, extra: list[str]) -> float:
 
 def candidates(kind: str, texts: list[str], split: str = "test") -> list[str]:
   from combinax.data import rendered
-  if kind == "words":
-    return sorted(set(texts))
-  out = []
-  for a, b in rendered._colour_pairs(split):
-    for shape_a in rendered.SHAPES:
-      for shape_b in rendered.SHAPES:
-        for relation in rendered.RELATIONS:
-          if shape_a != shape_b:
-            first, second = f"{a} {shape_a}", f"{b} {shape_b}"
-            out.append(f"{rendered._article(first)} {first} {relation} {rendered._article(second)} {second}")
-  return out
+  return sorted(set(texts)) if kind == "words" else rendered.scene_captions(split)
 
 
 def load(run: str):

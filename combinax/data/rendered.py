@@ -21,6 +21,7 @@ Needs Pillow and matplotlib's fonts: `pip install combinax[vision]`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -81,6 +82,7 @@ def _pil():
   return Image, ImageDraw, ImageFont
 
 
+@functools.lru_cache(maxsize=1)
 def font_files() -> dict:
   """{name: path or "pillow"} of the fonts drawn with: matplotlib's bundled TrueType files, and Pillow's own."""
   try:
@@ -95,22 +97,24 @@ def font_files() -> dict:
   return {**found, "pillow": "pillow"}
 
 
+@functools.lru_cache(maxsize=512)   # (each example tries a few sizes of one font: load each once per process)
 def _font(name: str, size: int):
   _, _, ImageFont = _pil()
   path = font_files()[name]
   return ImageFont.load_default(size) if path == "pillow" else ImageFont.truetype(path, size)
 
 
-def kjv_words(vocabulary: int) -> list[str]:
+@functools.lru_cache(maxsize=4)
+def kjv_words(vocabulary: int) -> tuple[str, ...]:
   """The `vocabulary` most frequent lowercase words of 3-10 letters in the bundled KJV's training split, by count
-  then alphabetically (the same list everywhere)."""
+  then alphabetically (the same list everywhere; read once per process)."""
   from combinax.data import corpora
   counts: dict[str, int] = {}
   for example in corpora.load("kjv", "train"):
     for word in re.findall(r"[a-z]+", example["text"].lower()):
       if 3 <= len(word) <= 10:
         counts[word] = counts.get(word, 0) + 1
-  return sorted(counts, key=lambda w: (-counts[w], w))[:vocabulary]
+  return tuple(sorted(counts, key=lambda w: (-counts[w], w))[:vocabulary])
 
 
 def held_out(word: str) -> bool:
@@ -160,9 +164,15 @@ def render_text(text: str, rng: np.random.Generator, height: int = 32, width: in
   return _noisy(np.asarray(image), rng, float(rng.uniform(0.0, 0.06)))
 
 
-def _phrase(spec: RenderedSpec, words: list[str], rng) -> str:
-  seen = [w for w in words if not held_out(w)]
-  unseen = [w for w in words if held_out(w)]
+@functools.lru_cache(maxsize=4)
+def _seen_and_unseen(vocabulary: int) -> tuple[tuple, tuple]:
+  """`kjv_words(vocabulary)` split into the words every split shows and those only the test split shows."""
+  words = kjv_words(vocabulary)
+  return tuple(w for w in words if not held_out(w)), tuple(w for w in words if held_out(w))
+
+
+def _phrase(spec: RenderedSpec, rng) -> str:
+  seen, unseen = _seen_and_unseen(spec.vocabulary)
   n = int(rng.integers(1, spec.max_words + 1))
   chosen = [seen[rng.integers(len(seen))] for _ in range(n)]
   if spec.split == "test":   # at least one word the training split never shows
@@ -186,6 +196,19 @@ def _draw_shape(draw, shape: str, centre, radius: int, colour):
   else:
     draw.polygon([(x, y - radius), (x - radius, y + int(radius * 0.8)), (x + radius, y + int(radius * 0.8))],
                  fill=colour)
+
+
+def caption(colour_a: str, shape_a: str, relation: str, colour_b: str, shape_b: str) -> str:
+  """A scene's caption: "an orange circle left of a blue square"."""
+  a, b = f"{colour_a} {shape_a}", f"{colour_b} {shape_b}"
+  return f"{_article(a)} {a} {relation} {_article(b)} {b}"
+
+
+def scene_captions(split: str) -> list[str]:
+  """Every caption a scene of `split` can have (its colour pairs, two different shapes in order, each relation):
+  the candidates of zero-shot classification."""
+  return [caption(a, shape_a, relation, b, shape_b) for a, b in _colour_pairs(split) for shape_a in SHAPES
+          for shape_b in SHAPES for relation in RELATIONS if shape_a != shape_b]
 
 
 def _article(words: str) -> str:
@@ -222,7 +245,6 @@ def render_scene(spec: RenderedSpec, rng: np.random.Generator, index: int = 0) -
   _draw_shape(draw, shape_a, (int(ax), int(ay)), radius, COLOURS[colour_a])
   _draw_shape(draw, shape_b, (int(bx), int(by)), radius, COLOURS[colour_b])
   a, b = f"{colour_a} {shape_a}", f"{colour_b} {shape_b}"
-  caption = f"{_article(a)} {a} {relation} {_article(b)} {b}"
   kind = int(rng.integers(4))
   if kind == 0:
     question, answer = f"what colour is the {shape_a}?", colour_a
@@ -233,15 +255,16 @@ def render_scene(spec: RenderedSpec, rng: np.random.Generator, index: int = 0) -
   else:
     asked = list(RELATIONS)[rng.integers(len(RELATIONS))]
     question, answer = f"is the {a} {asked} the {b}?", "yes" if asked == relation else "no"
-  return _noisy(np.asarray(image), rng, 0.02), caption, question, answer
+  return (_noisy(np.asarray(image), rng, 0.02), caption(colour_a, shape_a, relation, colour_b, shape_b), question,
+          answer)
 
 
-def make_example(spec: RenderedSpec, index: int, words: list[str] | None = None) -> tuple:
+def make_example(spec: RenderedSpec, index: int) -> tuple:
   """Example `index` of `spec`: (image, text) for words, (image, caption, question, answer) for scenes."""
   rng = _generator(spec, index)
   if spec.kind == "scenes":
     return render_scene(spec, rng, index)
-  text = _phrase(spec, words if words is not None else kjv_words(spec.vocabulary), rng)
+  text = _phrase(spec, rng)
   return render_text(text, rng, spec.height, spec.width), text
 
 
@@ -278,10 +301,9 @@ def write_rendered(spec: RenderedSpec, folder: str | Path | None = None, *, log=
     start = 0
     while start < n_shards and _shard_reads_back(folder, spec, start):
       start += 1
-    words = kjv_words(spec.vocabulary) if spec.kind == "words" else None
     for k in range(start, n_shards):
       indices = range(k * SHARD, min((k + 1) * SHARD, spec.size))
-      examples = [make_example(spec, i, words) for i in indices]
+      examples = [make_example(spec, i) for i in indices]
       images = np.stack([e[0] for e in examples])
       images_name, texts_name = _shard_names(k)
       with rundir.replaced_atomically(folder / images_name) as tmp:
