@@ -50,8 +50,11 @@ def AttentionPool(o: TransformerOptions, name: str = "map") -> cl.Layer:
 
 def _head(pool: str, o: TransformerOptions) -> list:
   """(x, mask) -> the pooled (batch, d), or with "none" the tokens (batch, n, d)."""
-  return {"cls": [Pool("cls")], "mean": [Pool("mean")], "map": [AttentionPool(o)],
-          "none": [cl.Select([0], n_in=2)]}[pool]
+  if pool == "map":
+    return [AttentionPool(o)]
+  if pool == "none":
+    return [cl.Select([0], n_in=2)]
+  return [Pool(pool)]   # "cls" or "mean"
 
 
 def ViT(n_classes: int | None = 1000, d_model: int = 768, *, patch_size: int = 16, d_ff: int = 3072,
