@@ -65,8 +65,7 @@ def nearest_captions(model, params, length: int, kind: str, split: str, size: in
   texts = [e[1] for e in examples]
   tokenizer = data.caption_tokenizer()
   def ids(strings):
-    rows = [tokenizer.encode(s) for s in strings]
-    return np.stack([np.pad(r, (0, length - len(r))) for r in rows]).astype(np.int32)
+    return np.stack([data.caption_ids(s, length, tokenizer) for s in strings]).astype(np.int32)
   image_embeddings = encode_images(model, params, images)
   options = candidates(kind, texts, split)
   nearest = np.argmax(image_embeddings @ encode_texts(model, params, ids(options)).T, axis=1)

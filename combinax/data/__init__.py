@@ -61,8 +61,8 @@ from combinax.data.rendered import Rendered, RenderedSpec, write_rendered
 from combinax.data.hf_tokenizers import BPETokenizer, WordPieceTokenizer
 from combinax.data.lm import MLM, ConcatenateToLMInput, PackLM
 from combinax.data.prefetch import Prefetch
-from combinax.data.recipes import (caption_tokenizer, classification_pipeline, corpus_tokenizer, image_pipeline,
-                                   image_text_pipeline, lm_pipeline, translation_pipeline)
+from combinax.data.recipes import (caption_ids, caption_tokenizer, classification_pipeline, corpus_tokenizer,
+                                   image_pipeline, image_text_pipeline, lm_pipeline, translation_pipeline)
 from combinax.data.files import CSV, JSONL, TSV, TextLines, read_text
 from combinax.data.sources import TFDS, Corpus, FromList, Source
 from combinax.data.state import dumps_state, loads_state
@@ -79,7 +79,7 @@ __all__ = [
     "Tokenizer", "CharTokenizer", "SentencePieceTokenizer", "BPETokenizer", "WordPieceTokenizer", "load_tokenizer",
     "tokenizer_for", "corpora", "lm_pipeline", "classification_pipeline", "translation_pipeline", "corpus_tokenizer",
     "image_pipeline", "SimulatedHosts", "as_host", "current_host", "RandomShift",
-    "Rendered", "RenderedSpec", "write_rendered", "image_text_pipeline", "caption_tokenizer",
+    "Rendered", "RenderedSpec", "write_rendered", "image_text_pipeline", "caption_tokenizer", "caption_ids",
 ]
 
 # gin: every stage and recipe (`TrainTask.data = @train/lm_pipeline()`), here in one place.

@@ -119,6 +119,15 @@ def caption_tokenizer() -> CharTokenizer:
   return CharTokenizer(CAPTION_CHARS)
 
 
+def caption_ids(text: str, text_length: int, tokenizer: CharTokenizer | None = None) -> np.ndarray:
+  """`text`'s character ids padded with 0 to `text_length` (a DataError names a longer caption)."""
+  ids = (tokenizer or caption_tokenizer()).encode(text)
+  if len(ids) > text_length:
+    raise DataError(f"image_text_pipeline: the caption {text!r} has {len(ids)} characters, more than "
+                    f"text_length={text_length}")
+  return np.pad(ids, (0, text_length - len(ids)))
+
+
 def image_text_pipeline(kind: str = "words", split: str = "train", size: int = 10_000, batch_size: int = 64,
                         text_length: int = 48, seed: int = 0, data_seed: int = 0, repeat: bool = True,
                         shuffle_buffer: int = 512, height: int = 32, width: int = 128, group: int = 1) -> Serial:
@@ -131,11 +140,7 @@ def image_text_pipeline(kind: str = "words", split: str = "train", size: int = 1
   tokenizer = caption_tokenizer()
 
   def to_arrays(example):
-    ids = tokenizer.encode(example[1])
-    if len(ids) > text_length:
-      raise DataError(f"image_text_pipeline: the caption {example[1]!r} has {len(ids)} characters, more than "
-                      f"text_length={text_length}")
-    return np.asarray(example[0], np.float32) / np.float32(255), np.pad(ids, (0, text_length - len(ids)))
+    return np.asarray(example[0], np.float32) / np.float32(255), caption_ids(example[1], text_length, tokenizer)
 
   return Serial(
       Rendered(kind, split, size, data_seed=data_seed, height=height, width=width, group=group,
