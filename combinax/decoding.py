@@ -5,7 +5,9 @@ decoding loop inside one `jax.jit`-compiled `lax.while_loop`: one compilation pe
 
 Conventions (those of `TransformerLM`, `Transformer` and `RNNLM`, whose inputs are shifted right inside): the
 decoder is fed `start_id` first and then each token in turn, and its logits at a position predict the token there.
-A decoder-only model maps ids (batch, n) to logits (batch, n, vocab); an encoder-decoder maps (inputs, ids).
+A decoder-only model maps ids (batch, n) to logits (batch, n, vocab); an encoder-decoder maps (inputs, ids); a model
+of more inputs takes a tuple of them before its ids (an `ImagePrefixLM`'s (images, prompt lengths)). Those `inputs`
+are passed to every call: a model computes what it needs from them once (`cl.Cache`, `cl.Prefill`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from combinax.layers.base import Layer, walk
 
 def check_model(model: Layer, n_positions: int, inputs=None):
   """A ValueError unless `model` can decode `n_positions` positions: built with mode="predict", every layer's
-  `max_positions` at least `n_positions`, and taking (inputs, ids) if `inputs` are given (an encoder-decoder), ids
-  alone if not."""
-  expected_n_in = 1 if inputs is None else 2
-  if model.n_in != expected_n_in:
-    raise ValueError(f"{model.name}: a model with n_in={model.n_in} needs "
-                     f"{'inputs= (an encoder-decoder)' if model.n_in == 2 else 'no inputs= (decoder-only)'}")
+  `max_positions` at least `n_positions`, and taking (inputs, ids) if `inputs` are given (an encoder-decoder; a tuple
+  of n_in - 1 inputs for a model of more), ids alone if not."""
+  given = 0 if inputs is None else 1 if model.n_in <= 2 or not isinstance(inputs, (tuple, list)) else len(inputs)
+  if model.n_in != given + 1:
+    needs = ("no inputs= (decoder-only)" if model.n_in == 1 else "inputs= (an encoder-decoder)" if model.n_in == 2
+             else f"inputs= a tuple of the {model.n_in - 1} inputs before its ids")
+    got = "none" if inputs is None else f"{given}"
+    raise ValueError(f"{model.name}: a model with n_in={model.n_in} needs {needs}; got {got}")
   if not model.decodes:
     raise ValueError(f"{model.name}: decoding needs the model built with mode='predict' (it keeps no decoding state)")
   for layer in walk(model):
@@ -67,19 +71,26 @@ def _as_prompt(prompt, inputs, batch_size: int):
   return jnp.asarray(prompt, jnp.int32)
 
 
-def _state_signature(batch: int, inputs):
+def _with_ids(model: Layer, inputs, ids):
+  """A decoder's inputs for one call: `ids` alone, (inputs, ids) for an encoder-decoder, (*inputs, ids) for more."""
+  if inputs is None:
+    return ids
+  return (*inputs, ids) if model.n_in > 2 else (inputs, ids)
+
+
+def _state_signature(model: Layer, batch: int, inputs):
   """What a decoder is initialised with for `batch` sequences: one token each (after the encoder's inputs)."""
   ids = shapes.ShapeDtype((batch, 1), jnp.int32)
   if inputs is None:
     return ids
   resized = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct((batch,) + x.shape[1:], x.dtype), inputs)
-  return (shapes.signature(resized), ids)
+  return _with_ids(model, shapes.signature(resized), ids)
 
 
 def init_state(model: Layer, batch: int, inputs=None):
   """`model`'s decoding state before its first call, for `batch` sequences (and an encoder-decoder's `inputs`, of
   any batch: only their shapes count). Compiled once per model and shapes; the params are not computed."""
-  sig = _state_signature(batch, inputs)
+  sig = _state_signature(model, batch, inputs)
   leaves, tree = jax.tree_util.tree_flatten(sig)
   return _zero_state(model, tree, tuple(leaves))
 
@@ -94,7 +105,7 @@ def _zero_state(model: Layer, tree, leaves):
 def next_token_logits(model: Layer, params, state, inputs, ids):
   """Feeds `ids` (batch, n) to a predict-mode `model` (after an encoder-decoder's `inputs`, or None); returns the
   float32 logits (batch, vocab) of the last position, which predict the token after `ids`, and the new state."""
-  logits, state = model.apply(params, state, ids if inputs is None else (inputs, ids))
+  logits, state = model.apply(params, state, _with_ids(model, inputs, ids))
   return logits[:, -1].astype(jnp.float32), state
 
 
@@ -247,7 +258,7 @@ def _sample(model, settings: _Sampling, params, state, prompt, lengths, inputs, 
   else:   # the whole padded prompt in one call, then back to the shortest prompt's end
     start = jnp.min(lengths)
     committed = start + (start_id is not None)                      # tokens fed up to position `start`
-    all_logits, state = model.apply(params, state, fed if inputs is None else (inputs, fed))
+    all_logits, state = model.apply(params, state, _with_ids(model, inputs, fed))
     logits = lax.dynamic_index_in_dim(all_logits, committed - 1, axis=1, keepdims=False).astype(jnp.float32)
     state = model.rewind(state, committed)
 
@@ -280,7 +291,7 @@ def _batch_axes(model: Layer, batch: int, inputs) -> tuple:
   """For each leaf of the decoding state (in `tree_leaves` order), the axis that indexes the batch, or None:
   found by asking for the state of one more sequence and seeing which axis grows."""
   def abstract(n):
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), _state_signature(n, inputs))[1])
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), _state_signature(model, n, inputs))[1])
 
   def axis(a, b):
     changed = [i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]

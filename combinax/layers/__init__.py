@@ -10,7 +10,7 @@ from combinax.layers.attention import (Attention, AttentionQKV, CausalAttention,
 from combinax.layers.base import Layer, LayerError, check_mode, child_rng, init_and_signature, walk
 from combinax.layers.combinators import (Add, Branch, Concatenate, Drop, Dup, Fn, Gate, Multiply, Parallel,
                                          Residual, Select, Serial, Split, SubtractTop, Swap)
-from combinax.layers.control import BatchLeadingAxes, Bidirectional, Cache, Chunk, Cond, Remat, Scan
+from combinax.layers.control import BatchLeadingAxes, Bidirectional, Cache, Chunk, Cond, Prefill, Remat, Scan
 from combinax.layers.convolution import AvgPool, CausalConv, Conv, MaxPool, SumPool
 from combinax.layers.core import (ArgMax, Dense, Dropout, Embedding, Flatten, LogSoftmax, Max, Mean, Softmax,
                                   StopGradient, Sum, TiedLogits, ToFloat, Weights)

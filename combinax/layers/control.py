@@ -1,4 +1,5 @@
-"""Control-flow combinators: `Scan` and `Cond` on `lax`, `Chunk`, `BatchLeadingAxes`, `Bidirectional`, `Remat`."""
+"""Control-flow combinators: `Scan` and `Cond` on `lax`, `Chunk`, `BatchLeadingAxes`, `Bidirectional`, `Remat`,
+`Cache` and `Prefill` (what a decoder computes once)."""
 
 from __future__ import annotations
 
@@ -304,4 +305,90 @@ class Cache(Wrapper):
 
     outputs, state = lax.cond(own["filled"], lambda s: (own["outputs"], s), compute, state)
     state[self.own_key] = {"outputs": outputs, "filled": jnp.ones((), jnp.bool_)}
+    return from_stack(list(outputs), self.n_out), state
+
+
+class Prefill(Combinator):
+  """(prefix inputs, *rest) -> `layer`(`prefix`(prefix inputs), *rest): a decoder whose sequence begins with
+  positions made from another input (PaliGemma's image tokens before its text).
+
+  In predict mode the first call runs `prefix` and `layer` on its output, which fills the caches with the prefix's
+  positions; later calls skip `prefix` and give `layer` the prefix emptied along axis 1 (batch, 0, ...), so a
+  decoding step costs what the text decoder's own step costs. In other modes it is
+  `Serial(Parallel(prefix, None, ...), layer)`. The prefix's positions are not the decoding loop's (it counts
+  tokens), so a predict-mode `Prefill` cannot be rewound.
+
+  >>> from combinax.layers.core import Dense
+  >>> Prefill(Dense(4), Fn("Join", lambda p, x: jnp.concatenate([p, x], axis=1))).n_in
+  2
+  """
+
+  def __init__(self, prefix: Layer, layer: Layer, mode: str = "train", name: str | None = None):
+    if prefix.n_out != 1 or layer.n_in < 1:
+      raise LayerError(prefix, "a prefix is one stack item, the first of `layer`'s inputs",
+                       expected="prefix.n_out == 1 and layer.n_in >= 1", actual=(prefix.n_out, layer.n_in))
+    super().__init__([prefix, layer], prefix.n_in + layer.n_in - 1, layer.n_out, name, own_state=mode == "predict")
+    self.prefix, self.layer, self.mode = prefix, layer, check_mode(self, mode)
+
+  decodes = property(lambda self: self.mode == "predict" or self.layer.decodes)
+  rewindable = property(lambda self: self.mode != "predict" and self.prefix.rewindable and self.layer.rewindable)
+
+  def rewind_state(self, state, index):
+    if self.mode == "predict":
+      raise LayerError(self, "a prefilled prefix's positions (an image's) are in the caches but not among the "
+                       "decoding loop's positions, so rewinding by those would drop the wrong ones",
+                       expected="a decoder without a prefilled prefix", actual="a predict-mode Prefill")
+    return super().rewind_state(state, index)
+
+  def _split(self, items):
+    stack = to_stack(items, self.n_in)
+    k = self.prefix.n_in
+    return from_stack(stack[:k], k), stack[k:]
+
+  def init_params_and_state(self, rng, input_signature):
+    head, rest = self._split(input_signature)
+    prefix_params, prefix_state, out = init_and_signature(self.prefix, child_rng(rng, 0), head)
+    layer_params, layer_state = self.layer.init(child_rng(rng, 1), from_stack([out, *rest], self.layer.n_in))
+    params, state = {}, {}
+    for i, (p, s) in enumerate([(prefix_params, prefix_state), (layer_params, layer_state)]):
+      self.store_child(params, i, p, overwrite=False)
+      self.store_child(state, i, s, overwrite=False)
+    if self.mode == "predict":
+      state[self.own_key] = {"filled": jnp.zeros((), jnp.bool_)}
+    return params, state
+
+  def forward(self, params, state, inputs, *, rng, train):
+    head, rest = self._split(inputs)
+
+    def run(prefixed, states):
+      """`layer` after `prefix` (prefixed) or on an empty prefix; returns (outputs as a stack, both states)."""
+      prefix_state, layer_state = states
+      if prefixed:
+        out, prefix_state = self.prefix.apply(self.child_view(params, 0), prefix_state, head,
+                                              rng=child_rng(rng, 0), train=train)
+      else:
+        sig = jax.eval_shape(lambda s: self.prefix.apply(self.child_view(params, 0), s, head)[0], prefix_state)
+        out = jnp.zeros((sig.shape[0], 0) + sig.shape[2:], sig.dtype)
+      y, layer_state = self.layer.apply(self.child_view(params, 1), layer_state,
+                                        from_stack([out, *rest], self.layer.n_in), rng=child_rng(rng, 1),
+                                        train=train)
+      return tuple(to_stack(y, self.n_out)), (prefix_state, layer_state)
+
+    state = dict(state)
+    own = state.pop(self.own_key) if self.mode == "predict" else None
+    states = (self.child_view(state, 0), self.child_view(state, 1))
+    if own is None:
+      outputs, states = run(True, states)
+    else:   # the prefix once; later calls cost a text step (the untaken branch is not run)
+      try:
+        outputs, states = lax.cond(own["filled"], lambda s: run(False, s), lambda s: run(True, s), states)
+      except TypeError as error:   # lax.cond's branches disagree: the outputs grew with the prefix
+        raise LayerError(self, "when decoding, `layer`'s outputs must not depend on the prefix's length (later "
+                         "calls give it an empty prefix): return the text's positions only",
+                         expected="the same outputs with and without the prefix",
+                         actual=next((line for line in str(error).splitlines() if "has type" in line),
+                                     str(error))) from None
+      state[self.own_key] = {"filled": jnp.ones((), jnp.bool_)}
+    for i, s in enumerate(states):
+      self.store_child(state, i, s, overwrite=True)
     return from_stack(list(outputs), self.n_out), state

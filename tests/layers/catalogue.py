@@ -77,6 +77,11 @@ CATALOGUE = {
     "LoRA": (lambda: cl.LoRA(cl.Serial(cl.Dense(4, name="up"), cl.Dense(3, name="down")), targets="*/kernel", rank=2),
              S(2, 5)),
     "Cache_predict": (lambda: cl.Cache(cl.Serial(cl.Dense(3), cl.Dup()), mode="predict"), S(2, 5)),
+    "Prefill": (lambda: cl.Prefill(cl.Dense(3), cl.Fn("Join", lambda p, x: jnp.concatenate([p, x], axis=1))),
+                (S(2, 4, 5), S(2, 2, 3))),
+    "Prefill_predict": (lambda: cl.Prefill(cl.Dense(3), cl.Serial(
+        cl.Fn("AddPooled", lambda p, x: x + jnp.sum(p, axis=1, keepdims=True)), cl.Dense(2)), mode="predict"),
+                        (S(2, 4, 5), S(2, 2, 3))),
     # Attention and positions.
     "PaddingMask": (cl.PaddingMask, S(2, 5, dtype=I)),
     "EncoderDecoderMask": (cl.EncoderDecoderMask, (S(2, 3, 4), S(2, 1, 1, 5, dtype=B))),

@@ -1,4 +1,4 @@
-"""Attention, masks, positions, Repeat and Cache: exact values, causality, padding, and the KV cache."""
+"""Attention, masks, positions, Repeat, Cache and Prefill: exact values, causality, padding, and the KV cache."""
 
 import jax
 import jax.numpy as jnp
@@ -170,6 +170,26 @@ def test_cache_runs_its_layer_once_in_predict_mode():
   np.testing.assert_array_equal(first, again)
   plain = cl.Cache(cl.Dense(2))
   assert not np.allclose(plain.apply(params, {}, jnp.zeros((1, 3)))[0], first)
+
+
+def test_a_prefill_runs_its_prefix_once_and_refuses_outputs_that_grow_with_the_prefix():
+  sig = (cx.ShapeDtype((2, 4, 5)), cx.ShapeDtype((2, 2, 3)))
+  pooled = cl.Prefill(cl.Dense(3), cl.Fn("AddPooled", lambda p, x: x + jnp.sum(p, axis=1, keepdims=True)),
+                      mode="predict")
+  params, state = pooled.init(KEY, sig)
+  prefix, x = normal(2, 4, 5), normal(2, 2, 3, seed=1)
+  first, state = pooled.apply(params, state, (prefix, x))
+  later, _ = pooled.apply(params, state, (prefix, x))
+  dense = params["Dense_0"]
+  expected = x + np.sum(np.asarray(prefix) @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"]), axis=1,
+                        keepdims=True)
+  np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(later, x)   # the prefix is not computed again: later calls get an empty one
+  np.testing.assert_array_equal(cl.Prefill(cl.Dense(3), pooled.layer).apply(params, {}, (prefix, x))[0], first)
+  joined = cl.Prefill(cl.Dense(3), cl.Fn("Join", lambda p, x: jnp.concatenate([p, x], axis=1)), mode="predict")
+  params, state = joined.init(KEY, sig)
+  with pytest.raises(cx.LayerError, match=r"must not depend on the prefix's length(.|\n)*float32\[2,2,3\]"):
+    joined.apply(params, state, (prefix, x))
 
 
 def test_tied_logits_use_the_embedding_table():

@@ -59,7 +59,7 @@ MODELS = {
     "ImagePrefixLM": (lambda mode: models.ImagePrefixLM(
         models.ViT(None, 8, patch_size=2, d_ff=16, n_layers=1, n_heads=2, pool="none"), 12,
         models.TransformerOptions(8, 16, 2, max_len=32, dropout=0.5), n_layers=1, mode=mode),
-        (S((2, 4, 4, 1)), IDS, S((2,), jnp.int32)), False),
+        (S((2, 4, 4, 1)), S((2,), jnp.int32), IDS), True),
     "ViT": (lambda mode: models.ViT(None, 8, patch_size=2, d_ff=16, n_layers=1, n_heads=2, dropout=0.5, mode=mode),
             S((2, 4, 4, 1)), False),   # (features: the zero-initialised head would hide dropout)
     "TextGenRNN": (lambda mode: models.TextGenRNN(12, 4, 8, mode=mode), IDS, False),
