@@ -23,6 +23,7 @@ from jax.experimental import io_callback
 
 from combinax import shapes
 from combinax.layers.base import Layer, walk
+from combinax.layers.control import Prefill
 
 
 def check_model(model: Layer, n_positions: int, inputs=None):
@@ -46,6 +47,16 @@ def check_model(model: Layer, n_positions: int, inputs=None):
 def max_positions(model: Layer) -> int | None:
   """The most positions `model` can decode: the smallest `max_positions` among its layers, or None if unbounded."""
   return min((layer.max_positions for layer in walk(model) if layer.max_positions is not None), default=None)
+
+
+def prefilled_positions(model: Layer, inputs) -> int:
+  """The positions a predict-mode model's first call puts before its tokens (an `ImagePrefixLM`'s image tokens:
+  its `cl.Prefill`, whose prefix reads the model's first input), which its caches must hold too; 0 for others."""
+  prefills = [layer for layer in walk(model) if isinstance(layer, Prefill) and layer.mode == "predict"]
+  if not prefills or inputs is None:
+    return 0
+  first = jax.tree_util.tree_leaves(inputs)[0]
+  return sum(layer.prefix.output_signature(shapes.signature(first)).shape[1] for layer in prefills)
 
 
 def check_sampling(max_length, temperature, top_k, top_p):
@@ -196,7 +207,7 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
     raise ValueError("start_id=None feeds each prompt as it is, so every prompt needs at least one token; got a "
                      f"prompt of length {lengths.min()}")
   total = int(lengths.max()) + max_length
-  check_model(model, total, inputs)
+  check_model(model, total + prefilled_positions(model, inputs), inputs)
   bucket = _bucket(model, width, max_length, start_id)
   if bucket is not None:   # one compilation for every prompt width up to the bucket's
     prompt = jnp.pad(prompt, ((0, 0), (0, bucket - width)), constant_values=pad_id)

@@ -49,7 +49,8 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | several hosts | sources read the host's shard, `Batch` sizes are global; `as_host`, `SimulatedHosts` (see `hosts`) |
 | tokenizers | `CharTokenizer`, `SentencePieceTokenizer`, `BPETokenizer`, `WordPieceTokenizer` |
 | vocabularies | `load_tokenizer(path)`, `tokenizer_for(corpus, kind, vocab_size)` (trained once, cached) |
-| recipes | `lm_pipeline`, `classification_pipeline`, `translation_pipeline`, `image_pipeline`, `image_text_pipeline` |
+| recipes | `lm_pipeline`, `classification_pipeline`, `translation_pipeline` |
+| image recipes | `image_pipeline`, `image_text_pipeline`, `image_prompt_pipeline` (an image-prefix LM's) |
 """
 
 from combinax.configurable import register as _register
@@ -62,7 +63,8 @@ from combinax.data.hf_tokenizers import BPETokenizer, WordPieceTokenizer
 from combinax.data.lm import MLM, ConcatenateToLMInput, PackLM
 from combinax.data.prefetch import Prefetch
 from combinax.data.recipes import (caption_ids, caption_tokenizer, classification_pipeline, corpus_tokenizer,
-                                   image_pipeline, image_text_pipeline, lm_pipeline, translation_pipeline)
+                                   image_pipeline, image_prompt_pipeline, image_text_pipeline, lm_pipeline,
+                                   prompt_and_answer, prompt_ids, translation_pipeline)
 from combinax.data.files import CSV, JSONL, TSV, TextLines, read_text
 from combinax.data.sources import TFDS, Corpus, FromList, Source
 from combinax.data.state import dumps_state, loads_state
@@ -80,6 +82,7 @@ __all__ = [
     "tokenizer_for", "corpora", "lm_pipeline", "classification_pipeline", "translation_pipeline", "corpus_tokenizer",
     "image_pipeline", "SimulatedHosts", "as_host", "current_host", "RandomShift",
     "Rendered", "RenderedSpec", "write_rendered", "image_text_pipeline", "caption_tokenizer", "caption_ids",
+    "image_prompt_pipeline", "prompt_and_answer", "prompt_ids",
 ]
 
 # gin: every stage and recipe (`TrainTask.data = @train/lm_pipeline()`), here in one place.
@@ -88,7 +91,7 @@ _register(globals(), "combinax.data", [
     "FilterByLength", "TruncateToLength", "PadToLength", "AddLossWeights", "Shuffle", "Batch", "BucketByLength",
     "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch", "lm_pipeline", "classification_pipeline",
     "translation_pipeline", "corpus_tokenizer", "image_pipeline", "SimulatedHosts", "RandomShift", "Rendered",
-    "image_text_pipeline", "caption_tokenizer"])
+    "image_text_pipeline", "caption_tokenizer", "image_prompt_pipeline"])
 
 
 def __getattr__(name):

@@ -148,3 +148,51 @@ def image_text_pipeline(kind: str = "words", split: str = "train", size: int = 1
       Map(to_arrays),
       Shuffle(shuffle_buffer, seed=seed) if group == 1 else [],
       Batch(batch_size, drop_remainder=True))
+
+
+READ_PROMPT = "what does it say?"   # the prompt of a rendered phrase (its answer is the phrase): caption characters only
+
+
+def prompt_and_answer(example: tuple) -> tuple[str, str]:
+  """A rendered example's (prompt, answer) for an image-prefix LM: the question and its answer for a scene,
+  `READ_PROMPT` and the phrase for words."""
+  return (example[2], example[3]) if len(example) == 4 else (READ_PROMPT, example[1])
+
+
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> np.ndarray:
+  """The ids an image-prefix LM reads before its answer (the answer follows after a space)."""
+  return np.asarray(tokenizer.encode(prompt), np.int32)
+
+
+def image_prompt_pipeline(kind: str = "words", split: str = "train", tokenizer: Tokenizer | None = None,
+                          size: int = 10_000, batch_size: int = 16, text_length: int = 24, seed: int = 0,
+                          data_seed: int = 0, repeat: bool = True, shuffle_buffer: int = 512, height: int = 32,
+                          width: int = 128) -> Serial:
+  """(images float32 (batch, height, width, 3) in [0, 1], prompt lengths int32 (batch,), token ids (batch,
+  text_length), the same ids as targets, weights) from rendered words or scenes (`data.Rendered`): an
+  `ImagePrefixLM`'s batches. Each text is the prompt (`prompt_and_answer`), then " " + the answer and an EOS,
+  padded with 0; the weights are 1 on the answer and its EOS only, so the loss is the answer's. A longer text
+  raises a DataError naming it. `tokenizer` defaults to `caption_tokenizer()` (characters)."""
+  tokenizer = tokenizer or caption_tokenizer()
+  eos = getattr(tokenizer, "eos_id", None)
+
+  def to_arrays(example):
+    prompt, answer = prompt_and_answer(example)
+    asked = prompt_ids(tokenizer, prompt)
+    told = np.concatenate([np.asarray(tokenizer.encode(" " + answer), np.int32),
+                           np.asarray([] if eos is None else [eos], np.int32)])
+    ids = np.concatenate([asked, told])
+    if len(ids) > text_length:
+      raise DataError(f"image_prompt_pipeline: {prompt!r} and its answer {answer!r} take {len(ids)} tokens, more "
+                      f"than text_length={text_length}")
+    weights = np.zeros(text_length, np.float32)
+    weights[len(asked):len(ids)] = 1
+    ids = np.pad(ids, (0, text_length - len(ids)))
+    return np.asarray(example[0], np.float32) / np.float32(255), np.int32(len(asked)), ids, ids, weights
+
+  return Serial(
+      Rendered(kind, split, size, data_seed=data_seed, height=height, width=width, shuffle=True, seed=seed,
+               repeat=repeat),
+      Map(to_arrays),
+      Shuffle(shuffle_buffer, seed=seed),
+      Batch(batch_size, drop_remainder=True))

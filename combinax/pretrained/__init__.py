@@ -14,9 +14,9 @@ your own files too: `bert.import_files(folder)` (BERT-family safetensors + confi
 
 from combinax.configurable import register as _register
 from combinax.pretrained.families import Imported, PretrainedError
-from combinax.pretrained.registry import (ENTRIES, cache_path, checkpoint, config, describe, download_command, info,
-                                          list_models, load, model, tokenizer)
+from combinax.pretrained.registry import (ENTRIES, cache_path, checkpoint, config, describe, download_command,
+                                          image_prefix_model, info, list_models, load, model, tokenizer)
 
 list = list_models  # noqa: A001 -- `cx.pretrained.list()`, as the registry's public name
 
-_register(globals(), "combinax.pretrained", ["model", "tokenizer", "checkpoint"])  # @pretrained.model in gin
+_register(globals(), "combinax.pretrained", ["model", "tokenizer", "checkpoint", "image_prefix_model"])  # @pretrained.model in gin

@@ -15,6 +15,7 @@ is `<|endoftext|>`, the document separator the model was trained with.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -22,7 +23,8 @@ import numpy as np
 
 from combinax import layers as cl, quant
 from combinax.data.hf_tokenizers import BPETokenizer, tokenizers_package
-from combinax.models.transformer import TransformerLM
+from combinax.models.image_prefix import ImagePrefixLM
+from combinax.models.transformer import TransformerLM, TransformerOptions
 from combinax.paths import unflatten
 from combinax.pretrained.families import Imported, PretrainedError, check_params, stack_layers
 from combinax.shapes import ShapeDtype
@@ -54,17 +56,36 @@ def _gguf():
   return gguf
 
 
+def options_from_config(config: dict, *, max_len: int | None = None, dropout: float = 0.0, scan_layers: bool = True,
+                        remat: bool | str = False) -> TransformerOptions:
+  """The blocks a GGUF file's `llama.*` metadata describes (`max_len`: the KV cache's positions when decoding,
+  default the model's context length)."""
+  return TransformerOptions(
+      d_model=config["d_model"], d_ff=config["d_ff"], n_heads=config["n_heads"], n_kv_heads=config["n_kv_heads"],
+      dropout=dropout, max_len=int(max_len or config["context_length"]), ff_activation=cl.Silu,
+      positions="rotary_interleaved", rotary_base=config["rope_base"], norm="rms", norm_epsilon=config["rms_epsilon"],
+      gated_ff=True, use_bias=False, scan_layers=scan_layers, remat=remat)
+
+
 def model_from_config(config: dict, *, mode: str = "eval", max_len: int | None = None, dropout: float = 0.0,
                       scan_layers: bool = True, remat: bool = False, n_layers: int | None = None) -> cl.Layer:
   """The decoder-only LM a GGUF file's `llama.*` metadata describes. `max_len` bounds predict mode's KV cache
   (default: the model's context length); `n_layers` builds the same model with fewer (or more) blocks: a student
   of it (`combinax.distill.take_layers` cuts its params)."""
-  return TransformerLM(
-      config["vocab_size"], d_model=config["d_model"], d_ff=config["d_ff"], n_layers=n_layers or config["n_layers"],
-      n_heads=config["n_heads"], dropout=dropout, max_len=int(max_len or config["context_length"]), mode=mode,
-      ff_activation=cl.Silu, tie_embeddings=config["tie_embeddings"], n_kv_heads=config["n_kv_heads"],
-      positions="rotary_interleaved", rotary_base=config["rope_base"], norm="rms", norm_epsilon=config["rms_epsilon"],
-      gated_ff=True, use_bias=False, scan_layers=scan_layers, remat=remat)
+  o = options_from_config(config, max_len=max_len, dropout=dropout, scan_layers=scan_layers, remat=remat)
+  return TransformerLM(config["vocab_size"], n_layers=n_layers or config["n_layers"], mode=mode,
+                       tie_embeddings=config["tie_embeddings"],
+                       **{field.name: getattr(o, field.name) for field in dataclasses.fields(o)})
+
+
+def image_prefix_model_from_config(config: dict, vision: cl.Layer, *, mode: str = "eval", max_len: int | None = None,
+                                   dropout: float = 0.0, scan_layers: bool = True,
+                                   remat: bool | str = False) -> cl.Layer:
+  """The LM with `vision`'s tokens projected before its text (`models.ImagePrefixLM`): its paths are the LM's own,
+  so the pretrained checkpoint loads into it, and `image/...`. `max_len` counts the image's tokens too."""
+  o = options_from_config(config, max_len=max_len, dropout=dropout, scan_layers=scan_layers, remat=remat)
+  return ImagePrefixLM(vision, config["vocab_size"], o, n_layers=config["n_layers"],
+                       tie_embeddings=config["tie_embeddings"], mode=mode)
 
 
 def start_id(config: dict) -> int | None:

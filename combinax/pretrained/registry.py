@@ -207,6 +207,17 @@ def model(name: str = gin.REQUIRED, **options) -> Layer:
   return family(name).model_from_config(config(name), **options)
 
 
+def image_prefix_model(name: str = gin.REQUIRED, vision: Layer = gin.REQUIRED, **options) -> Layer:
+  """The bundled LM `name` with `vision`'s image tokens projected before its text (`models.ImagePrefixLM`): its
+  LM's paths are `model(name)`'s, so `checkpoint(name)` starts it (`Trainer.init_checkpoint`), and the image's are
+  `image/...`. `options` as `model`'s (mode, max_len, dropout, ...)."""
+  module = family(name)
+  if not hasattr(module, "image_prefix_model_from_config"):
+    raise PretrainedError(f"pretrained model {name!r} ({module.FAMILY}) is not a decoder-only LM: no image-prefix "
+                          "model is built on it")
+  return module.image_prefix_model_from_config(config(name), vision, **options)
+
+
 def load(name: str, rng: jax.Array | None = None, *, packed: bool = False, **options) -> tuple[Layer, dict, object]:
   """`(model, params, tokenizer)` of a bundled pretrained model, offline.
 
