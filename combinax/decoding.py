@@ -23,13 +23,13 @@ from jax.experimental import io_callback
 
 from combinax import shapes
 from combinax.layers.base import Layer, walk
-from combinax.layers.control import Prefill
 
 
 def check_model(model: Layer, n_positions: int, inputs=None):
-  """A ValueError unless `model` can decode `n_positions` positions: built with mode="predict", every layer's
-  `max_positions` at least `n_positions`, and taking (inputs, ids) if `inputs` are given (an encoder-decoder; a tuple
-  of n_in - 1 inputs for a model of more), ids alone if not."""
+  """A ValueError unless `model` can decode `n_positions` positions (and those its first call fills before them:
+  `prefilled_positions`): built with mode="predict", every layer's `max_positions` at least that, and taking
+  (inputs, ids) if `inputs` are given (an encoder-decoder; a tuple of n_in - 1 inputs for a model of more), ids
+  alone if not."""
   given = 0 if inputs is None else 1 if model.n_in <= 2 or not isinstance(inputs, (tuple, list)) else len(inputs)
   if model.n_in != given + 1:
     needs = ("no inputs= (decoder-only)" if model.n_in == 1 else "inputs= (an encoder-decoder)" if model.n_in == 2
@@ -38,6 +38,7 @@ def check_model(model: Layer, n_positions: int, inputs=None):
     raise ValueError(f"{model.name}: a model with n_in={model.n_in} needs {needs}; got {got}")
   if not model.decodes:
     raise ValueError(f"{model.name}: decoding needs the model built with mode='predict' (it keeps no decoding state)")
+  n_positions += prefilled_positions(model, inputs)   # an image before the text takes positions too
   for layer in walk(model):
     if layer.max_positions is not None and layer.max_positions < n_positions:
       raise ValueError(f"{model.name}: decoding {n_positions} positions needs max_len >= {n_positions}, "
@@ -50,13 +51,12 @@ def max_positions(model: Layer) -> int | None:
 
 
 def prefilled_positions(model: Layer, inputs) -> int:
-  """The positions a predict-mode model's first call puts before its tokens (an `ImagePrefixLM`'s image tokens:
-  its `cl.Prefill`, whose prefix reads the model's first input), which its caches must hold too; 0 for others."""
-  prefills = [layer for layer in walk(model) if isinstance(layer, Prefill) and layer.mode == "predict"]
-  if not prefills or inputs is None:
+  """The positions a predict-mode model's first call puts in its caches before its tokens (an `ImagePrefixLM`'s
+  image: `Layer.prefilled_positions`), which the caches must hold too; 0 for most models."""
+  if inputs is None:
     return 0
-  first = jax.tree_util.tree_leaves(inputs)[0]
-  return sum(layer.prefix.output_signature(shapes.signature(first)).shape[1] for layer in prefills)
+  sig = _state_signature(model, 1, inputs)
+  return sum(layer.prefilled_positions(sig) for layer in walk(model))
 
 
 def check_sampling(max_length, temperature, top_k, top_p):
@@ -207,7 +207,7 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
     raise ValueError("start_id=None feeds each prompt as it is, so every prompt needs at least one token; got a "
                      f"prompt of length {lengths.min()}")
   total = int(lengths.max()) + max_length
-  check_model(model, total + prefilled_positions(model, inputs), inputs)
+  check_model(model, total, inputs)
   bucket = _bucket(model, width, max_length, start_id)
   if bucket is not None:   # one compilation for every prompt width up to the bucket's
     prompt = jnp.pad(prompt, ((0, 0), (0, bucket - width)), constant_values=pad_id)

@@ -25,6 +25,9 @@ A run's model and tokenizer are built from the configuration its newest checkpoi
 model was trained with (--allow_longer goes past it, where the positional encoding allows). A pretrained model's
 prompt is put in its chat template (--template='{prompt}' gives the text as it is) and it makes up to 256 tokens.
 
+--image=FILE (a run of an image-prefix LM, e.g. configs/vlm_smollm2_rendered.gin): the image the model reads
+  before the prompt, one per --prompt; it must have the size and channels the model was trained on (named if not),
+  and its answer is printed.
 --quantize: int8 (kernels and embedding tables in int8, groups of 32 as llama.cpp's Q8_0: ~1.8x faster than float32
   on a CPU at ~0.27x the memory, perplexity within 1%), q4 or q4_1 (kernels in 4 bits, tables int8: ~0.18x the
   memory, less accurate), gguf (a GGUF model's own blocks kept packed, as llama.cpp runs them).
@@ -53,6 +56,8 @@ def define(values: flags.FlagValues):
                     "has not learned to use them, and text degrades; a learned position table has no rows for them "
                     "at all, so it is refused even then", flag_values=values)
   flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=values)
+  flags.DEFINE_multi_string("image", [], "an image file the model reads before the prompt (an image-prefix LM's "
+                            "run), one per --prompt", flag_values=values)
   flags.DEFINE_string("pretrained", None, "a bundled pretrained LM to decode instead of a run's (python -m "
                       "combinax.pretrained list)", flag_values=values)
   flags.DEFINE_string("quantize", None, "int8, q4 or q4_1 weights (quantized at load), or gguf (a GGUF model's own "
@@ -94,6 +99,7 @@ class LM(NamedTuple):
   default_length: int | None      # --max_length when not given; None: fill the positions the model was trained for
   roomy: bool                     # its caches may hold more positions than a call needs (no learned position table):
                                   # room for decoding's prompt buckets, so that prompts share compilations
+  image: tuple | None = None      # (height, width, channels) of the images an image-prefix LM reads; None: text only
 
 
 def decode(args):
@@ -119,6 +125,8 @@ def decode(args):
     raise ConfigError(f"combinax-decode: --template must contain {{prompt}}, got {template!r}")
   lm = lm._replace(template=template)
   draft = None if args.draft is None else _draft(Path(args.draft), lm)
+  if lm.image is not None or args.image:
+    return _decode_images(args, lm, draft)
   retrieve = _retriever(args)
   if args.interactive:
     _interactive(args, lm, draft, retrieve)
@@ -192,8 +200,15 @@ def load_run(output_dir: Path, bindings=()) -> LM:
   # A KV cache holds max_len positions: just enough for this run. Models without one (RNNs) take no max_len.
   parameters = inspect.signature(model_fn).parameters
   takes_max_len = "max_len" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-  template = jax.eval_shape(lambda: eval_model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 1), jnp.int32))[0])
-  params, _ = checkpoints.restore(latest, template, prefix="params")
+  image = _image_input(eval_model, output_dir)
+  example = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+  if image is not None:   # an image-prefix LM: (images, prompt lengths, ids)
+    example = (jax.ShapeDtypeStruct((1, *image), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32), example)
+  template = jax.eval_shape(lambda: eval_model.init(jax.random.key(0), example)[0])
+  try:
+    params, _ = checkpoints.restore(latest, template, prefix="params")
+  except checkpoints.CheckpointMismatchError as e:
+    raise ConfigError(f"combinax-decode: {_projector_mismatch(latest, template) or e}") from None
   eos = getattr(tokenizer, "eos_id", None)
   def build(max_len: int):
     model_fn, _ = configured()
@@ -202,8 +217,36 @@ def load_run(output_dir: Path, bindings=()) -> LM:
   return LM(build=build,
              eval_model=eval_model, params=params, tokenizer=tokenizer,
              # Training texts follow an EOS in the packed stream, so a prompt starts after one too.
-             prefix=(eos,) if eos is not None else (), start_id=0, template="{prompt}", default_length=None,
-             roomy=False)
+             # (An image-prefix LM's texts start after its image and a start token.)
+             prefix=(eos,) if eos is not None and image is None else (), start_id=0, template="{prompt}",
+             default_length=None, roomy=False, image=image)
+
+
+def _projector_mismatch(checkpoint: Path, template) -> str | None:
+  """What is wrong when an image projector was trained for an LM of another width than the one configured now (the
+  checkpoint's image/projector/kernel against the model's), or None."""
+  from combinax.store import checkpoints
+  stored = {e["path"]: e["shape"] for e in checkpoints.read_manifest(checkpoint)["leaves"]}
+  trained = stored.get("params/image/projector/kernel")
+  wanted = template.get("image", {}).get("projector", {}).get("kernel") if isinstance(template, dict) else None
+  if trained is None or wanted is None or trained[-1] == wanted.shape[-1]:
+    return None
+  return (f"{checkpoint}: its image projector was trained for an LM of width {trained[-1]} "
+          f"(image/projector/kernel {list(trained)}), but the configured LM's width is {wanted.shape[-1]}: decode "
+          "with the LM it was trained with, or train the projector for this one")
+
+
+def _image_input(model, output_dir: Path) -> tuple | None:
+  """(height, width, channels) of the images `model` reads (its `CheckImages`), or None for a text-only LM."""
+  from combinax.layers.base import walk
+  from combinax.layers.vision import CheckImages
+  if model.n_in != 3:
+    return None
+  checks = [layer for layer in walk(model) if isinstance(layer, CheckImages)]
+  if not checks or checks[0].size is None or checks[0].channels is None:
+    raise ConfigError(f"combinax-decode: the model of {output_dir} takes 3 inputs but names no image size and "
+                      "channels (ViT.image_size, ViT.channels), so its images cannot be checked")
+  return (*checks[0].size, checks[0].channels)
 
 
 def refuse_code(config: str, source: str):
@@ -247,7 +290,7 @@ def _encode(lm: LM, text: str) -> list[int]:
   return list(lm.prefix) + [int(i) for i in lm.tokenizer.encode(lm.template.replace("{prompt}", text))]
 
 
-def _text(lm: LM, ids) -> str:
+def text_of(lm: LM, ids) -> str:
   """Generated ids as text, up to the EOS (and without the padding after it)."""
   import numpy as np
   eos = getattr(lm.tokenizer, "eos_id", None)
@@ -340,9 +383,65 @@ def _decode_prompts(args, lm: LM, draft: LM | None, prompts: list[str]):
   for given, ids in zip(encoded, out):
     if lm.template == "{prompt}":   # the prompt's text and its continuation, decoded together
       eos = getattr(lm.tokenizer, "eos_id", None)
-      print(_text(lm, [i for i in given if i != eos] + _until_eos(lm, ids)))
+      print(text_of(lm, [i for i in given if i != eos] + _until_eos(lm, ids)))
     else:   # a chat turn: the answer
-      print(_text(lm, ids))
+      print(text_of(lm, ids))
+
+
+def read_image(path: str, expected: tuple):
+  """The image file `path` as float32 (height, width, channels) in [0, 1] (as the pipelines give them), or a
+  ConfigError of one line: a missing or unreadable file, or a size or channels other than `expected`'s."""
+  import numpy as np
+
+  try:
+    from PIL import Image
+  except ImportError:
+    raise ConfigError("combinax-decode: --image needs Pillow: pip install combinax[vision]") from None
+  height, width, channels = expected
+  if not Path(path).is_file():
+    raise ConfigError(f"combinax-decode: --image={path}: no such file")
+  try:
+    with Image.open(path) as opened:
+      image = opened.convert("RGB") if opened.mode == "P" else opened.copy()   # a palette is storage, not channels
+  except OSError as e:
+    raise ConfigError(f"combinax-decode: --image={path}: not an image this machine can read ({e})") from None
+  bands = len(image.getbands())
+  if image.size != (width, height) or bands != channels:
+    raise ConfigError(f"combinax-decode: --image={path} is {image.size[0]} x {image.size[1]} pixels with {bands} "
+                      f"channel(s) ({image.mode}); the model reads {width} x {height} with {channels}: resize or "
+                      "convert it first")
+  array = np.asarray(image, np.float32).reshape(height, width, channels)
+  return array / np.float32(255)
+
+
+def _decode_images(args, lm: LM, draft: LM | None):
+  """Each --image with its --prompt through an image-prefix LM; prints each answer."""
+  import numpy as np
+
+  from combinax import decoding
+  if lm.image is None:
+    raise ConfigError("combinax-decode: --image: this model reads no images (a text LM); an image-prefix LM's run "
+                      "does, e.g. configs/vlm_smollm2_rendered.gin")
+  if not args.image:
+    raise ConfigError("combinax-decode: this model reads an image before its prompt: give --image=FILE")
+  for flag, given in (("--draft", draft is not None), ("--knowledge_base", args.knowledge_base is not None),
+                      ("--samples", args.samples is not None), ("--interactive", args.interactive)):
+    if given:
+      raise ConfigError(f"combinax-decode: {flag} with --image is not supported")
+  prompts = args.prompt or [""]
+  if len(prompts) != len(args.image):
+    raise ConfigError(f"combinax-decode: one --prompt per --image: got {len(args.image)} image(s) and "
+                      f"{len(prompts)} prompt(s)")
+  images = [read_image(path, lm.image) for path in args.image]
+  for image, text in zip(images, prompts):   # one at a time: each prompt is its own prefix, of its own length
+    ids = _encode(lm, text)
+    inputs = (image[None], np.asarray([len(ids)], np.int32))
+    # The image's tokens take positions before the text, in the caches and among those the model was trained for.
+    fed = decoding.prefilled_positions(lm.build(1), inputs) + len(ids)
+    max_length = max_length_for(args, lm.eval_model, fed, args.max_length)
+    out = decoding.autoregressive_sample(lm.build(fed + max_length), lm.params, np.asarray([ids], np.int32),
+                                         max_length=max_length, inputs=inputs, **_sampling(args, lm))
+    print(text_of(lm, np.asarray(out)[0]).strip())
 
 
 def _synthesize(args, lm: LM, draft: LM | None, prompts: list[str]):
@@ -356,7 +455,7 @@ def _synthesize(args, lm: LM, draft: LM | None, prompts: list[str]):
   def generate(batch: list[str], index: int) -> list[str]:
     out = _sample_ids(args, lm, draft, [_encode(lm, p) for p in batch], jax.random.fold_in(jax.random.key(args.seed),
                                                                                      index))
-    return [_text(lm, ids) for ids in out]
+    return [text_of(lm, ids) for ids in out]
 
   provenance = {"model": args.pretrained or str(Path(args.output_dir).resolve()), "quantize": args.quantize,
                 "template": lm.template, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
@@ -436,7 +535,7 @@ class _Printer:
       answer["ended"] = True
       return
     answer["ids"].append(token)
-    text = _text(self.lm, answer["ids"])
+    text = text_of(self.lm, answer["ids"])
     if text.endswith("\ufffd"):
       return
     sys.stdout.write(text[len(answer["shown"]):])

@@ -154,6 +154,12 @@ class Layer(metaclass=_Immutable):
     or None where it sets no bound; decoding checks a model's layers against it."""
     return None
 
+  def prefilled_positions(self, model_inputs) -> int:
+    """The positions this layer's first predict-mode call puts in the caches before the tokens' own, for a model
+    whose inputs have the signature `model_inputs` (an `ImagePrefixLM`'s image tokens: its `Prefill`); 0 for
+    layers that add none. Decoding sums them over a model's layers, beside `max_positions`."""
+    return 0
+
   def rewind_state(self, state, index):
     """This layer's `state` as it was when `index` positions had been fed (see `rewind`). The default keeps the
     state of a rewindable layer as it is: it holds no decoding state (batch-norm statistics are not: decoding leaves

@@ -340,6 +340,14 @@ class Prefill(Combinator):
                        expected="a decoder without a prefilled prefix", actual="a predict-mode Prefill")
     return super().rewind_state(state, index)
 
+  def prefilled_positions(self, model_inputs) -> int:
+    """The prefix's positions (its output's axis 1), for a `Prefill` whose prefix reads the model's first inputs
+    (as an `ImagePrefixLM`'s does)."""
+    if self.mode != "predict":
+      return 0
+    head, _ = self._split(shapes.signature(model_inputs))
+    return self.prefix.output_signature(head).shape[1]
+
   def _split(self, items):
     stack = to_stack(items, self.n_in)
     k = self.prefix.n_in

@@ -17,6 +17,6 @@ from combinax.models.vision import ViT
 
 _register(globals(), "combinax.models", ["MLP", "ResNet", "Resnet50", "WideResnet", "DigitsCNN", "RNNLM", "GRULM",
                                           "LSTMSeq2SeqAttn", "TextGenRNN", "TransformerLM", "TransformerEncoder",
-                                          "Transformer", "ViT", "DualEncoder", "TextTower"])
+                                          "Transformer", "ViT", "DualEncoder", "TextTower", "ImagePrefixLM"])
 _gin.external_configurable(TransformerOptions, module="combinax.models")  # gin-made options; models build their own
 _gin.external_configurable(RetroOptions, module="combinax.models")        # TransformerLM.retro = @RetroOptions()

@@ -79,12 +79,13 @@ def model_from_config(config: dict, *, mode: str = "eval", max_len: int | None =
 
 
 def image_prefix_model_from_config(config: dict, vision: cl.Layer, *, mode: str = "eval", max_len: int | None = None,
-                                   dropout: float = 0.0, scan_layers: bool = True,
-                                   remat: bool | str = False) -> cl.Layer:
+                                   dropout: float = 0.0, scan_layers: bool = True, remat: bool | str = False,
+                                   n_layers: int | None = None) -> cl.Layer:
   """The LM with `vision`'s tokens projected before its text (`models.ImagePrefixLM`): its paths are the LM's own,
-  so the pretrained checkpoint loads into it, and `image/...`. `max_len` counts the image's tokens too."""
+  so the pretrained checkpoint loads into it, and `image/...`. `max_len` counts the image's tokens too; `n_layers`
+  as `model_from_config`'s."""
   o = options_from_config(config, max_len=max_len, dropout=dropout, scan_layers=scan_layers, remat=remat)
-  return ImagePrefixLM(vision, config["vocab_size"], o, n_layers=config["n_layers"],
+  return ImagePrefixLM(vision, config["vocab_size"], o, n_layers=n_layers or config["n_layers"],
                        tie_embeddings=config["tie_embeddings"], mode=mode)
 
 
