@@ -208,6 +208,9 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
                      f"prompt of length {lengths.min()}")
   total = int(lengths.max()) + max_length
   check_model(model, total, inputs)
+  if lengths.min() != width and prefilled_positions(model, inputs):
+    raise ValueError(f"{model.name} fills its prefix (an image, the start token and the prompt) in its first call, "
+                     f"so its prompts must be of one length in a batch; got prompt_lengths {lengths.tolist()}")
   bucket = _bucket(model, width, max_length, start_id)
   if bucket is not None:   # one compilation for every prompt width up to the bucket's
     prompt = jnp.pad(prompt, ((0, 0), (0, bucket - width)), constant_values=pad_id)

@@ -95,11 +95,14 @@ def main():
   parser.add_argument("--run", default=None, help="a finished run directory (else one is trained)")
   parser.add_argument("--config", action="append", default=[], help="extra bindings for training")
   parser.add_argument("--test_size", type=int, default=512)
+  parser.add_argument("--decode_config", action="append", default=[],
+                      help="bindings added to the run's configuration when loading it (e.g. 'image/ViT.channels = 3' "
+                           "for a run trained before the recipe named its channels)")
   args = parser.parse_args()
   run = args.run or f"runs/vlm_{args.kind}"
   seconds = None if args.run and Path(run, "config.gin").exists() else train(args.kind, run, args.config)
   from combinax.cli.decode import load_run
-  lm = load_run(Path(run))
+  lm = load_run(Path(run), args.decode_config)
   height, width = lm.image[:2]
   result = {"kind": args.kind, "run": run, "train_seconds": seconds}
   for split, size in (("test", 1024), ("train", 20000)):

@@ -150,7 +150,7 @@ def image_text_pipeline(kind: str = "words", split: str = "train", size: int = 1
       Batch(batch_size, drop_remainder=True))
 
 
-READ_PROMPT = "what does it say?"   # the prompt of a rendered phrase (its answer is the phrase): caption characters only
+READ_PROMPT = "what does it say?"   # a rendered phrase's prompt (its answer is the phrase), in caption characters
 
 
 def prompt_and_answer(example: tuple) -> tuple[str, str]:

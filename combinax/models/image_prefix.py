@@ -6,7 +6,8 @@ answer).
 the text positions' next-token logits (batch, length, vocab). Its LM keeps a `TransformerLM`'s paths and shapes
 (`embed/embedding`, `blocks/...`, `final_norm/...`, `logits/...`), so a trained or bundled LM's checkpoint loads
 into it as it is; the new parts are `image/...` (the vision encoder) and `image/projector/...`. Training only the
-projector (`TrainTask.trainable = ["image/projector/*"]`) is the first stage of nanoVLM's recipe.
+projector (`TrainTask.trainable = ["image/projector/*"]`) is the first stage of nanoVLM's recipe (with a pretrained
+vision encoder; without one, `["image/*"]` trains the encoder too).
 
 The text is shifted right inside, as `TransformerLM`'s: position t of the text predicts token t from the image, a
 start token (0) and tokens < t. The prefix of a sequence is its image tokens, the start token and its prompt (the

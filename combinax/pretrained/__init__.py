@@ -19,4 +19,5 @@ from combinax.pretrained.registry import (ENTRIES, cache_path, checkpoint, confi
 
 list = list_models  # noqa: A001 -- `cx.pretrained.list()`, as the registry's public name
 
-_register(globals(), "combinax.pretrained", ["model", "tokenizer", "checkpoint", "image_prefix_model"])  # @pretrained.model in gin
+# @pretrained.model in gin
+_register(globals(), "combinax.pretrained", ["model", "tokenizer", "checkpoint", "image_prefix_model"])

@@ -1,6 +1,8 @@
 """`combinax-train` on configs/grow_lm_kjv.gin: small run -> operator steps -> large run, each phase resumable, the
 small params untouched by the operator steps, and the materialised large params a plain checkpoint."""
 
+import contextlib
+import io
 import shutil
 from pathlib import Path
 
@@ -51,9 +53,21 @@ def leaves(checkpoint, prefix="params"):
   return checkpoints.read_arrays(checkpoint, prefix)
 
 
-def test_the_recipe_trains_small_then_the_operator_then_large(tmp_path, capsys):
-  train(tmp_path)
-  lines = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+  """(the folder of one whole run of the recipe, what it printed): trained once for the tests that only read it."""
+  folder = tmp_path_factory.mktemp("grow")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("COMBINAX_CACHE", str(folder / "cache"))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+      train(folder)
+  gin.clear_config()
+  return folder, printed.getvalue()
+
+
+def test_the_recipe_trains_small_then_the_operator_then_large(whole_run):
+  tmp_path, lines = whole_run
   assert lines.index("phase 1/3") < lines.index("phase 2/3") < lines.index("phase 3/3")
   small = leaves(checkpoints.latest(tmp_path / "small"))
   operator_run = leaves(checkpoints.latest(tmp_path / "growth"))
@@ -98,11 +112,11 @@ def test_a_net2net_baseline_materialises_the_small_models_function(tmp_path):
                              atol=2e-5, rtol=1e-5)
 
 
-def test_decode_samples_from_the_grown_and_trained_model(tmp_path, capsys):
-  train(tmp_path)
-  capsys.readouterr()
+def test_decode_samples_from_the_grown_and_trained_model(whole_run, capsys, monkeypatch):
+  folder, _ = whole_run
+  monkeypatch.setenv("COMBINAX_CACHE", str(folder / "cache"))   # the run's tokenizer
   gin.clear_config()
-  decode_command.COMMAND.run([f"--output_dir={tmp_path / 'large'}", "--prompt=And God", "--max_length=4"])
+  decode_command.COMMAND.run([f"--output_dir={folder / 'large'}", "--prompt=And God", "--max_length=4"])
   assert capsys.readouterr().out.startswith("And God")
 
 

@@ -95,6 +95,9 @@ def test_decoding_names_the_inputs_it_needs_and_refuses_to_rewind_the_image():
   with pytest.raises(ValueError, match=r"needs inputs= a tuple of the 2 inputs before its ids; got 1"):
     decoding.autoregressive_sample(model(mode="predict"), params, ids, max_length=2, temperature=0, inputs=images)
   assert decoding.rewind_blocker(model(mode="predict")).name == "Prefill"
+  with pytest.raises(ValueError, match=r"prompts must be of one length in a batch; got prompt_lengths \[3, 2\]"):
+    decoding.autoregressive_sample(model(mode="predict"), params, ids[:, :3], max_length=2, temperature=0,
+                                   inputs=(images, jnp.array([3, 3])), prompt_lengths=[3, 2])
   # The image's 4 tokens take cache positions too: 64 hold them, the start token, 3 prompt tokens and 57 more
   # (the last one is never fed), not 58.
   decoding.autoregressive_sample(model(mode="predict"), params, ids[:, :3], max_length=57, temperature=0,
