@@ -75,6 +75,7 @@ def test_the_recipe_trains_small_then_the_operator_then_large(whole_run):
   assert {p for p in operator_run if not p.startswith("growth/")} == set(small)
   for path, value in small.items():
     np.testing.assert_array_equal(operator_run[path], value, err_msg=path)
+  parse_config([str(RECIPE)], TINY)   # the run's configuration (the run itself was in the fixture)
   model = growth.Grown(configured("small"), configured("large"), growth.METHODS["ligo"])
   params, _ = model.init(jax.random.key(0), jax.ShapeDtypeStruct((8, 16), jnp.int32))
   assert {f"growth/{p}" for p in paths(params["growth"])} == {p for p in operator_run if p.startswith("growth/")}
