@@ -37,6 +37,8 @@ setup(
         # Images the project draws itself (combinax.data.rendered): Pillow, and the TrueType fonts matplotlib's wheel
         # ships (DejaVu, STIX); nothing is downloaded at run time.
         "vision": ["pillow>=10.1", "matplotlib>=3.8"],
+        # Words the project says itself (combinax.data.spoken): eSpeak NG's library and voices, inside a wheel.
+        "audio": ["espeakng-loader==0.2.4"],
         # The Flower adapter (combinax.federated.flower): a federated recipe run as separate processes.
         "federated": ["flwr>=1.13"],
         # The peers of benchmarks/compare.py (run by hand, never by CI). Trax 1.4.1 pins old JAX and TensorFlow, so

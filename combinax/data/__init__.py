@@ -41,6 +41,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | --- | --- |
 | sources | `TFDS` (needs `combinax[tfds]`; no TensorFlow), `TextLines`, `CSV`, `TSV`, `JSONL`, `Corpus`, `FromList` |
 | images | `RandomShift` (seeded translation), `Rendered` (words and scenes drawn offline, `combinax.data.rendered`) |
+| sound | `Spoken` (words and phrases said offline by eSpeak NG, as log-mel frames: `combinax.data.spoken`) |
 | transforms | `Map`, `Tokenize`, `Detokenize`, `FilterByLength`, `TruncateToLength`, `PadToLength`, `AddLossWeights` |
 | order | `Shuffle` (seeded buffer), sources' `shuffle=True` (a permutation per epoch), `shard=(i, n)` |
 | batching | `Batch`, `BucketByLength`, `stack_examples` |
@@ -51,6 +52,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | vocabularies | `load_tokenizer(path)`, `tokenizer_for(corpus, kind, vocab_size)` (trained once, cached) |
 | recipes | `lm_pipeline`, `classification_pipeline`, `translation_pipeline` |
 | image recipes | `image_pipeline`, `image_text_pipeline`, `image_prompt_pipeline` (an image-prefix LM's) |
+| sound recipes | `spoken_pipeline` (keyword classification), `spoken_prompt_pipeline` (an audio-prefix LM's) |
 """
 
 from combinax.configurable import register as _register
@@ -59,12 +61,14 @@ from combinax.data.batching import Batch, BucketByLength, stack_examples
 from combinax.data.hosts import SimulatedHosts, as_host, current_host
 from combinax.data.images import RandomShift
 from combinax.data.rendered import Rendered, RenderedSpec, write_rendered
+from combinax.data.spoken import Spoken, SpokenSpec, write_spoken
 from combinax.data.hf_tokenizers import BPETokenizer, WordPieceTokenizer
 from combinax.data.lm import MLM, ConcatenateToLMInput, PackLM
 from combinax.data.prefetch import Prefetch
 from combinax.data.recipes import (caption_ids, caption_tokenizer, classification_pipeline, corpus_tokenizer,
                                    image_pipeline, image_prompt_pipeline, image_text_pipeline, lm_pipeline,
-                                   prompt_and_answer, prompt_ids, translation_pipeline)
+                                   prompt_and_answer, prompt_ids, spoken_pipeline, spoken_prompt_pipeline,
+                                   translation_pipeline)
 from combinax.data.files import CSV, JSONL, TSV, TextLines, read_text
 from combinax.data.sources import TFDS, Corpus, FromList, Source
 from combinax.data.state import dumps_state, loads_state
@@ -82,7 +86,8 @@ __all__ = [
     "tokenizer_for", "corpora", "lm_pipeline", "classification_pipeline", "translation_pipeline", "corpus_tokenizer",
     "image_pipeline", "SimulatedHosts", "as_host", "current_host", "RandomShift",
     "Rendered", "RenderedSpec", "write_rendered", "image_text_pipeline", "caption_tokenizer", "caption_ids",
-    "image_prompt_pipeline", "prompt_and_answer", "prompt_ids",
+    "image_prompt_pipeline", "prompt_and_answer", "prompt_ids", "Spoken", "SpokenSpec", "write_spoken",
+    "spoken_pipeline", "spoken_prompt_pipeline",
 ]
 
 # gin: every stage and recipe (`TrainTask.data = @train/lm_pipeline()`), here in one place.
@@ -91,7 +96,8 @@ _register(globals(), "combinax.data", [
     "FilterByLength", "TruncateToLength", "PadToLength", "AddLossWeights", "Shuffle", "Batch", "BucketByLength",
     "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch", "lm_pipeline", "classification_pipeline",
     "translation_pipeline", "corpus_tokenizer", "image_pipeline", "SimulatedHosts", "RandomShift", "Rendered",
-    "image_text_pipeline", "caption_tokenizer", "image_prompt_pipeline"])
+    "image_text_pipeline", "caption_tokenizer", "image_prompt_pipeline", "Spoken", "spoken_pipeline",
+    "spoken_prompt_pipeline"])
 
 
 def __getattr__(name):

@@ -16,6 +16,7 @@ from combinax.data.images import RandomShift
 from combinax.data.lm import PackLM
 from combinax.data.sources import Corpus, FromList, check_corpus
 from combinax.data.rendered import Rendered
+from combinax.data.spoken import Spoken
 from combinax.data.tokenizers import CharTokenizer, Tokenizer, tokenizer_for
 from combinax.data.transforms import AddLossWeights, Map, Shuffle, Tokenize, TruncateToLength
 
@@ -164,6 +165,22 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> np.ndarray:
   return np.asarray(tokenizer.encode(prompt), np.int32)
 
 
+def _prompt_and_answer_ids(tokenizer: Tokenizer, prompt: str, answer: str, text_length: int, where: str) -> tuple:
+  """(prompt length, ids, weights): the prompt's ids, then " " + the answer's and an EOS, padded with 0 to
+  `text_length`; the weights are 1 on the answer and its EOS only. A longer text raises a DataError naming it."""
+  asked = prompt_ids(tokenizer, prompt)
+  eos = getattr(tokenizer, "eos_id", None)
+  told = np.concatenate([np.asarray(tokenizer.encode(" " + answer), np.int32),
+                         np.asarray([] if eos is None else [eos], np.int32)])
+  ids = np.concatenate([asked, told])
+  if len(ids) > text_length:
+    raise DataError(f"{where}: {prompt!r} and its answer {answer!r} take {len(ids)} tokens, more than "
+                    f"text_length={text_length}")
+  weights = np.zeros(text_length, np.float32)
+  weights[len(asked):len(ids)] = 1
+  return np.int32(len(asked)), np.pad(ids, (0, text_length - len(ids))), weights
+
+
 def image_prompt_pipeline(kind: str = "words", split: str = "train", tokenizer: Tokenizer | None = None,
                           size: int = 10_000, batch_size: int = 16, text_length: int = 24, seed: int = 0,
                           data_seed: int = 0, repeat: bool = True, shuffle_buffer: int = 512, height: int = 32,
@@ -174,25 +191,60 @@ def image_prompt_pipeline(kind: str = "words", split: str = "train", tokenizer: 
   padded with 0; the weights are 1 on the answer and its EOS only, so the loss is the answer's. A longer text
   raises a DataError naming it. `tokenizer` defaults to `caption_tokenizer()` (characters)."""
   tokenizer = tokenizer or caption_tokenizer()
-  eos = getattr(tokenizer, "eos_id", None)
 
   def to_arrays(example):
-    prompt, answer = prompt_and_answer(example)
-    asked = prompt_ids(tokenizer, prompt)
-    told = np.concatenate([np.asarray(tokenizer.encode(" " + answer), np.int32),
-                           np.asarray([] if eos is None else [eos], np.int32)])
-    ids = np.concatenate([asked, told])
-    if len(ids) > text_length:
-      raise DataError(f"image_prompt_pipeline: {prompt!r} and its answer {answer!r} take {len(ids)} tokens, more "
-                      f"than text_length={text_length}")
-    weights = np.zeros(text_length, np.float32)
-    weights[len(asked):len(ids)] = 1
-    ids = np.pad(ids, (0, text_length - len(ids)))
-    return np.asarray(example[0], np.float32) / np.float32(255), np.int32(len(asked)), ids, ids, weights
+    length, ids, weights = _prompt_and_answer_ids(tokenizer, *prompt_and_answer(example), text_length,
+                                                  "image_prompt_pipeline")
+    return np.asarray(example[0], np.float32) / np.float32(255), length, ids, ids, weights
 
   return Serial(
       Rendered(kind, split, size, data_seed=data_seed, height=height, width=width, shuffle=True, seed=seed,
                repeat=repeat),
+      Map(to_arrays),
+      Shuffle(shuffle_buffer, seed=seed),
+      Batch(batch_size, drop_remainder=True))
+
+
+def spoken_pipeline(kind: str = "words", split: str = "train", size: int = 10_000, batch_size: int = 64,
+                    seed: int = 0, data_seed: int = 0, repeat: bool = True, shuffle_buffer: int = 512,
+                    frames: int = 100, n_mels: int = 40, vocabulary: int = 30) -> Serial:
+  """(log-mel frames float32 (batch, frames, n_mels), labels int32 (batch,)) of spoken words (`data.Spoken`,
+  written first if missing): keyword classification among the `vocabulary` most frequent KJV words; the test
+  split speaks with voices the training split never has."""
+  if kind != "words":
+    raise DataError(f"spoken_pipeline: labels exist for kind 'words' (keyword classification); got {kind!r}")
+
+  def to_arrays(example):
+    return np.asarray(example[0], np.float32), np.int32(example[2])
+
+  return Serial(
+      Spoken(kind, split, size, data_seed=data_seed, frames=frames, n_mels=n_mels, vocabulary=vocabulary,
+             shuffle=True, seed=seed, repeat=repeat),
+      Map(to_arrays),
+      Shuffle(shuffle_buffer, seed=seed),
+      Batch(batch_size, drop_remainder=True))
+
+
+HEAR_PROMPT = "what is said?"   # a spoken phrase's prompt (its answer is the phrase)
+
+
+def spoken_prompt_pipeline(kind: str = "phrases", split: str = "train", tokenizer: Tokenizer | None = None,
+                           size: int = 10_000, batch_size: int = 16, text_length: int = 24, seed: int = 0,
+                           data_seed: int = 0, repeat: bool = True, shuffle_buffer: int = 512, frames: int = 300,
+                           n_mels: int = 40, vocabulary: int = 2_000) -> Serial:
+  """(log-mel frames float32 (batch, frames, n_mels), prompt lengths, token ids, the same ids as targets, weights)
+  of spoken phrases (`data.Spoken`): an audio-prefix LM's batches (`ImagePrefixLM` with an `AudioEncoder`), as
+  `image_prompt_pipeline`'s: the prompt `HEAR_PROMPT`, then " " + the phrase and an EOS, the loss on the phrase."""
+  tokenizer = tokenizer or caption_tokenizer()
+
+  def to_arrays(example):
+    length, ids, weights = _prompt_and_answer_ids(tokenizer, HEAR_PROMPT, example[1], text_length,
+                                                  "spoken_prompt_pipeline")
+    return np.asarray(example[0], np.float32), length, ids, ids, weights
+
+  return Serial(
+      Spoken(kind, split, size, data_seed=data_seed, frames=frames, n_mels=n_mels, vocabulary=vocabulary,
+             shuffle=True, seed=seed, repeat=repeat),
       Map(to_arrays),
       Shuffle(shuffle_buffer, seed=seed),
       Batch(batch_size, drop_remainder=True))

@@ -11,9 +11,9 @@ caption and a question that has one answer. Real enough to learn from, made offl
   blue square?" "no"). The "test" split holds out a fifth of the colour pairs.
 
 Example i of a split is drawn from its own generator, seeded by (seed, split, i), so any example can be made again
-alone: `write_rendered` writes shards of `SHARD` examples (images as .npy, texts as .json, each file replaced whole)
-under the folder's lock, resumes after the longest prefix of shards that read back whole, and finishes with a
-manifest of every file's sha256. `Rendered(...)` is the pipeline source (writing the folder first if it is missing).
+alone: `write_rendered` writes shards of `SHARD` examples (images as .npy, texts as .json, each file replaced whole;
+`data.shards`) under the folder's lock, resumes after the longest prefix of shards that read back whole, and
+finishes with a manifest of every file's sha256. `Rendered(...)` is the pipeline source (writing the folder first if it is missing).
 
 Needs Pillow and matplotlib's fonts: `pip install combinax[vision]`.
 """
@@ -29,11 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from combinax.data import shards
 from combinax.data.base import DataError
+from combinax.data.shards import SHARD
 from combinax.data.sources import Source
-from combinax.store import rundir
-
-SHARD = 512
 KINDS = ("words", "scenes")
 SPLITS = ("train", "test")
 FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSansMono.ttf",
@@ -171,11 +170,13 @@ def _seen_and_unseen(vocabulary: int) -> tuple[tuple, tuple]:
   return tuple(w for w in words if not held_out(w)), tuple(w for w in words if held_out(w))
 
 
-def _phrase(spec: RenderedSpec, rng) -> str:
-  seen, unseen = _seen_and_unseen(spec.vocabulary)
-  n = int(rng.integers(1, spec.max_words + 1))
+def draw_phrase(rng: np.random.Generator, split: str, vocabulary: int, max_words: int) -> str:
+  """One to `max_words` words of `kjv_words(vocabulary)`; in the test split at least one of them `held_out` (a
+  word the training split never has), in the training split none."""
+  seen, unseen = _seen_and_unseen(vocabulary)
+  n = int(rng.integers(1, max_words + 1))
   chosen = [seen[rng.integers(len(seen))] for _ in range(n)]
-  if spec.split == "test":   # at least one word the training split never shows
+  if split == "test":
     chosen[int(rng.integers(n))] = unseen[rng.integers(len(unseen))]
   return " ".join(chosen)
 
@@ -264,24 +265,8 @@ def make_example(spec: RenderedSpec, index: int) -> tuple:
   rng = _generator(spec, index)
   if spec.kind == "scenes":
     return render_scene(spec, rng, index)
-  text = _phrase(spec, rng)
+  text = draw_phrase(rng, spec.split, spec.vocabulary, spec.max_words)
   return render_text(text, rng, spec.height, spec.width), text
-
-
-def _shard_names(k: int) -> tuple[str, str]:
-  return f"shard-{k:05d}.npy", f"shard-{k:05d}.json"
-
-
-def _shard_reads_back(folder: Path, spec: RenderedSpec, k: int) -> bool:
-  images, texts = (folder / name for name in _shard_names(k))
-  try:
-    record = json.loads(texts.read_text())
-    array = np.load(images, mmap_mode="r")
-  except (OSError, ValueError):
-    return False
-  count = min(SHARD, spec.size - k * SHARD)
-  return (record.get("spec") == spec.key() and len(record.get("examples", [])) == count
-          and array.shape == (count, spec.height, spec.width, 3) and array.dtype == np.uint8)
 
 
 def default_folder(spec: RenderedSpec) -> Path:
@@ -294,54 +279,12 @@ def write_rendered(spec: RenderedSpec, folder: str | Path | None = None, *, log=
   longest prefix of shards that read back whole; returns the folder. Two writers of one folder: the second is
   refused, naming the first (the folder's lock)."""
   folder = Path(folder) if folder is not None else default_folder(spec)
-  if (folder / "manifest.json").exists():
-    return folder
-  n_shards = -(-spec.size // SHARD)
-  with rundir.locked(folder, ".rendered.lock"):
-    start = 0
-    while start < n_shards and _shard_reads_back(folder, spec, start):
-      start += 1
-    for k in range(start, n_shards):
-      indices = range(k * SHARD, min((k + 1) * SHARD, spec.size))
-      examples = [make_example(spec, i) for i in indices]
-      images = np.stack([e[0] for e in examples])
-      images_name, texts_name = _shard_names(k)
-      with rundir.replaced_atomically(folder / images_name) as tmp:
-        with open(tmp, "wb") as f:
-          np.save(f, images)
-      record = {"spec": spec.key(), "examples": [list(e[1:]) for e in examples]}
-      rundir.write_atomically(folder / texts_name, json.dumps(record))
-      if log:
-        log(f"rendered {indices.stop} of {spec.size} {spec.kind} ({spec.split})")
-    digests = {}
-    for k in range(n_shards):
-      for name in _shard_names(k):
-        digests[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-    manifest = {"spec": dataclasses.asdict(spec), "key": spec.key(), "version": VERSION, "shard": SHARD,
-                "files": digests}
-    rundir.write_atomically(folder / "manifest.json", json.dumps(manifest, indent=1))
-  return folder
-
-
-class _Examples:
-  """The examples of a written folder, read by index: images memory-mapped, shard by shard."""
-
-  def __init__(self, folder: Path, spec: RenderedSpec):
-    self.folder, self.spec = folder, spec
-    self._images, self._texts = {}, {}
-
-  def __len__(self):
-    return self.spec.size
-
-  def __getitem__(self, index: int):
-    if not 0 <= index < self.spec.size:
-      raise IndexError(index)
-    k, i = divmod(index, SHARD)
-    if k not in self._images:
-      images_name, texts_name = _shard_names(k)
-      self._images[k] = np.load(self.folder / images_name, mmap_mode="r")
-      self._texts[k] = json.loads((self.folder / texts_name).read_text())["examples"]
-    return (np.asarray(self._images[k][i]),) + tuple(self._texts[k][i])
+  manifest = {"spec": dataclasses.asdict(spec), "key": spec.key(), "version": VERSION, "shard": SHARD}
+  return shards.write_shards(folder, key=spec.key(), size=spec.size,
+                             make=lambda indices: [make_example(spec, i) for i in indices],
+                             shape=(spec.height, spec.width, 3), dtype=np.uint8, manifest=manifest,
+                             lock_name=".rendered.lock", log=log,
+                             progress=lambda n: f"rendered {n} of {spec.size} {spec.kind} ({spec.split})")
 
 
 class Rendered(Source):
@@ -365,4 +308,4 @@ class Rendered(Source):
 
   def load(self):
     folder = write_rendered(self.spec, self.folder)
-    return _Examples(folder, self.spec)
+    return shards.ShardedExamples(folder, self.spec.size)

@@ -5,6 +5,7 @@ combinators and control flow (`Serial`, `Scan`, `Repeat`, ...) are structure and
 from combinax.layers import initializers
 from combinax.layers.activations import (Elu, FastGelu, Gelu, Glu, LeakyRelu, Relu, Selu, Sigmoid, Silu, Softplus,
                                          Swish, Tanh)
+from combinax.layers.audio import CheckFrames
 from combinax.layers.attention import (Attention, AttentionQKV, CausalAttention, DotProductAttention,
                                        EncoderDecoderMask, PaddingMask, ShiftRight, attend)
 from combinax.layers.base import Layer, LayerError, check_mode, child_rng, init_and_signature, walk

@@ -48,8 +48,8 @@ def AttentionPool(o: TransformerOptions, name: str = "map") -> cl.Layer:
       name=name)
 
 
-def _head(pool: str, o: TransformerOptions) -> list:
-  """(x, mask) -> the pooled (batch, d), or with "none" the tokens (batch, n, d)."""
+def PooledHead(pool: str, o: TransformerOptions) -> list:
+  """(x, mask) -> the pooled (batch, d) (pool "cls", "mean" or "map"), or with "none" the tokens (batch, n, d)."""
   if pool == "map":
     return [AttentionPool(o)]
   if pool == "none":
@@ -101,7 +101,7 @@ def ViT(n_classes: int | None = 1000, d_model: int = 768, *, patch_size: int = 1
       NoPadding(),                                                                  # x, mask
       Blocks(EncoderBlock(o), n_layers, o),                                         # x, mask
       PreNorm(o, "final_norm"),                                                     # x, mask
-      _head(pool, o),                                                               # features
+      PooledHead(pool, o),                                                          # features
       [cl.Dense(n_classes, kernel_initializer="zeros", name="head")] if n_classes else [])  # logits
   cl.check_mode(model, mode, decodes=False)
   return model

@@ -154,6 +154,7 @@ CATALOGUE = {
     "PairAccuracy": (cl.PairAccuracy, (S(4, 3), S(4, 3), S(2))),
     # Vision.
     "CheckImages": (lambda: cl.CheckImages(size=(4, 6), channels=3, multiple_of=2), S(2, 4, 6, 3)),
+    "CheckFrames": (lambda: cl.CheckFrames(5, max_frames=10), S(2, 7, 5)),
     "PositionalEncoding2D": (cl.PositionalEncoding2D, S(2, 3, 4, 5)),
     "PositionalEncoding2D_sincos": (lambda: cl.PositionalEncoding2D("sincos"), S(2, 3, 4, 8)),
     "LearnedToken": (lambda: cl.LearnedToken("glorot_uniform"), S(2, 3, 4, 5)),

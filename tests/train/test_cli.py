@@ -40,6 +40,9 @@ TINY = {
                         "train/image_text_pipeline.size = 64", "train/image_text_pipeline.batch_size = 16",
                         "eval/image_text_pipeline.size = 32", "eval/image_text_pipeline.batch_size = 16",
                         "EvalTask.n_batches = 1"],
+    "kws_spoken": ["AudioEncoder.d_model = 16", "AudioEncoder.d_ff = 32", "AudioEncoder.n_layers = 1",
+                   "AudioEncoder.n_heads = 2", "train/spoken_pipeline.size = 32", "train/spoken_pipeline.batch_size = 8",
+                   "eval/spoken_pipeline.size = 16", "eval/spoken_pipeline.batch_size = 8", "EvalTask.n_batches = 1"],
     "vit_digits": ["ViT.d_model = 16", "ViT.d_ff = 32", "ViT.n_layers = 1", "ViT.n_heads = 2",
                    "train/image_pipeline.batch_size = 16", "eval/image_pipeline.batch_size = 16"],
     "transformer_lm_kjv": ["TransformerLM.d_model = 16", "TransformerLM.d_ff = 32", "TransformerLM.n_layers = 1",
@@ -91,6 +94,15 @@ TINY = {
                              "train/image_prompt_pipeline.size = 32", "train/image_prompt_pipeline.batch_size = 8",
                              "eval/image_prompt_pipeline.size = 16", "eval/image_prompt_pipeline.batch_size = 8",
                              "EvalTask.n_batches = 1"],
+    # The same with sound: SmolLM2 cut to 2 blocks under a 1-block AudioEncoder, 60 frames (30 tokens).
+    "alm_smollm2_spoken": ["pretrained.image_prefix_model.n_layers = 2",
+                           "Trainer.init_checkpoint = @distill.student_checkpoint()",
+                           "distill.student_checkpoint.teacher_checkpoint = @pretrained.checkpoint()",
+                           "distill.student_checkpoint.layers = [0, 29]", "audio/AudioEncoder.d_model = 16",
+                           "audio/AudioEncoder.d_ff = 32", "audio/AudioEncoder.n_layers = 1",
+                           "audio/AudioEncoder.n_heads = 2", "FRAMES = 60", "train/spoken_prompt_pipeline.size = 16",
+                           "train/spoken_prompt_pipeline.batch_size = 8", "eval/spoken_prompt_pipeline.size = 8",
+                           "eval/spoken_prompt_pipeline.batch_size = 8", "EvalTask.n_batches = 1"],
     "retro_facts": ["facts_knowledge_base.people = 20", "facts_corpus.people = 20", "TransformerLM.d_model = 16",
                     "TransformerLM.d_ff = 32", "TransformerLM.n_layers = 2", "TransformerLM.n_heads = 2",
                     "RetroOptions.every = 1", "retro_pipeline.batch_size = 8"],
@@ -118,7 +130,8 @@ def test_every_recipe_has_tiny_settings():
 PRETRAINED = {"finetune_minilm_sentiment": "all-minilm-l6-v2",  # recipes that start from bundled weights
               "student_smollm2_kjv": "smollm2-135m-instruct", "distill_smollm2_kjv": "smollm2-135m-instruct",
               "teacher_smollm2_kjv": "smollm2-135m-instruct", "retro_facts": "all-minilm-l6-v2",
-              "rag_smollm2": "smollm2-135m-instruct", "vlm_smollm2_rendered": "smollm2-135m-instruct"}
+              "rag_smollm2": "smollm2-135m-instruct", "vlm_smollm2_rendered": "smollm2-135m-instruct",
+              "alm_smollm2_spoken": "smollm2-135m-instruct"}
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +146,7 @@ def pretrained_cache(tmp_path_factory):
 # recipes alike, whichever came first) and left the worker 2.6 GB bigger; fine-tuning MiniLM, 9.7 GB. Alone on one
 # device: 1.1-2.4 GB.
 ISOLATED = {"distill_smollm2_kjv", "student_smollm2_kjv", "teacher_smollm2_kjv", "finetune_minilm_sentiment",
-            "rag_smollm2", "vlm_smollm2_rendered"}
+            "rag_smollm2", "vlm_smollm2_rendered", "alm_smollm2_spoken"}
 
 
 @pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.isolated(devices=1)) if c.stem in ISOLATED
