@@ -34,6 +34,45 @@ def test_attend_matches_reference_with_grouped_heads(fast):
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("max_len, block", [(11, 4), (12, 4), (11, 16), (9, 1)])
+@pytest.mark.parametrize("start, tq", [(0, 1), (0, 5), (3, 1), (4, 4), (7, 2), (8, 1)])
+@pytest.mark.parametrize("prefix", [False, True])
+def test_decoding_attention_reads_the_caches_filled_blocks_and_equals_attention_over_the_whole_cache(
+    max_len, block, start, tq, prefix):
+  # Whatever the cache holds past the filled positions (here: noise) must not matter; the last block may overlap
+  # the one before it (max_len not a multiple of block), and the overlap is counted once.
+  from combinax.layers.attention import attend_cached
+  if start + tq > max_len:
+    pytest.skip("the positions do not fit the cache")
+  q, k, v = normal(2, tq, 4, 8, seed=1), normal(2, max_len, 2, 8, seed=2), normal(2, max_len, 2, 8, seed=3)
+  lengths = jnp.array([2, 6]) if prefix else None
+  got = jax.jit(lambda q, k, v, s: attend_cached(q, k, v, s, prefix_lengths=lengths, block=block))(q, k, v, start)
+  query_pos, key_pos = start + np.arange(tq)[:, None], np.arange(max_len)[None]
+  mask = np.broadcast_to(key_pos <= query_pos, (2, 1, tq, max_len))
+  if prefix:
+    mask = mask | ((key_pos < np.asarray(lengths)[:, None, None, None]) & (key_pos < start + tq))
+  expected = _reference_attention(q, jnp.repeat(k, 2, axis=2), jnp.repeat(v, 2, axis=2), mask)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_decoding_step_reads_a_number_of_cache_blocks_bounded_by_the_index():
+  # The loop over the cache's blocks runs (index + tq) / block times, not max_len / block: count its trips.
+  from combinax.layers import attention
+  trips = []
+  original = attention.lax.fori_loop
+
+  def counting(lower, upper, body, init):
+    trips.append(int(upper))
+    return original(lower, upper, body, init)
+
+  q, k, v = normal(1, 1, 2, 4), normal(1, 64, 2, 4), normal(1, 64, 2, 4)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(attention.lax, "fori_loop", counting)
+    for start in (0, 7, 8, 40, 63):
+      attention.attend_cached(q, k, v, start, block=8)
+  assert trips == [1, 1, 2, 6, 8]
+
+
 def test_attention_dropout_needs_rng_and_changes_output():
   layer = cl.CausalAttention(8, n_heads=2, dropout=0.5)
   x = normal(1, 4, 8)

@@ -1,0 +1,71 @@
+"""What a decoding step costs against the KV cache's capacity: SmolLM2-135M (float32, batch 1, greedy) with caches
+of `--max_lens` positions, reading only the cache's filled blocks (`attention.attend_cached`, blocks of
+`CACHE_BLOCK`) against reading the whole cache (the blocks made as large as the cache: what every step did before),
+interleaved in one run.
+
+    python benchmarks/decode_cache_length.py [--max_lens 160 512 8192] [--repeats 5]
+
+The same 22-token chat prompt for all; a token's time is (time for --long tokens - time for --short tokens) /
+(long - short), so the prefill cancels; each figure is the median of --repeats after a warm-up, with the runs'
+spread. (Issue 32, item 0: decoding speed should not depend on max_len.)
+"""
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from combinax import decoding, pretrained
+from combinax.layers import attention
+
+NAME = "smollm2-135m-instruct"
+PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+WHOLE = 1 << 30   # a block as large as any cache: one read of all of it
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--max_lens", type=int, nargs="+", default=[160, 512, 8192])
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--short", type=int, default=16)
+  parser.add_argument("--long", type=int, default=80)
+  args = parser.parse_args()
+  _, params, tokenizer = pretrained.load(NAME)
+  prompt = np.asarray(tokenizer.encode(PROMPT), np.int32)[None]
+  runs = {}
+  for max_len in args.max_lens:
+    for read, block in (("filled blocks", attention.CACHE_BLOCK), ("whole cache", WHOLE)):
+      model = pretrained.model(NAME, mode="predict", max_len=max_len)   # (a model object of its own: its own jit)
+      for n in (args.short, args.long):
+        def run(model=model, n=n):
+          return decoding.autoregressive_sample(model, params, prompt, max_length=n, temperature=0)
+        saved, attention.CACHE_BLOCK = attention.CACHE_BLOCK, block   # read when the step is traced: now
+        try:
+          jax.block_until_ready(run())                                 # compile and warm up
+        finally:
+          attention.CACHE_BLOCK = saved
+        runs[(max_len, read, n)] = run
+  times = {key: [] for key in runs}
+  for _ in range(args.repeats):   # interleaved
+    for key, fn in runs.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[key].append(time.perf_counter() - start)
+  steps = args.long - args.short
+  print(f"SmolLM2-135M float32, batch 1, {prompt.shape[1]}-token prompt, ms a token after the prefill (median of "
+        f"{args.repeats}; runs' spread), {jax.devices()[0].platform}, block {attention.CACHE_BLOCK}")
+  for max_len in args.max_lens:
+    line = [f"max_len {max_len:6d}"]
+    for read in ("filled blocks", "whole cache"):
+      per = [(b - a) / steps for a, b in zip(times[(max_len, read, args.short)], times[(max_len, read, args.long)])]
+      median = (statistics.median(times[(max_len, read, args.long)]) -
+                statistics.median(times[(max_len, read, args.short)])) / steps
+      line.append(f"{read}: {1e3 * median:7.2f} ms ({1e3 * min(per):.2f}-{1e3 * max(per):.2f}), "
+                  f"{1 / median:5.1f} tokens/s")
+    print("  ".join(line))
+
+
+if __name__ == "__main__":
+  main()
