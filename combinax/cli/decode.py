@@ -239,10 +239,15 @@ def _projector_mismatch(checkpoint: Path, template) -> str | None:
 def _image_input(model, output_dir: Path) -> tuple | None:
   """(height, width, channels) of the images `model` reads (its `CheckImages`), or None for a text-only LM."""
   from combinax.layers.base import walk
+  from combinax.layers.audio import CheckFrames
   from combinax.layers.vision import CheckImages
   if model.n_in != 3:
     return None
   checks = [layer for layer in walk(model) if isinstance(layer, CheckImages)]
+  if not checks and any(isinstance(layer, CheckFrames) for layer in walk(model)):
+    raise ConfigError(f"combinax-decode: the model of {output_dir} hears spoken frames before its prompt (an "
+                      "audio-prefix LM); combinax-decode reads images only: decode it from Python, "
+                      "decoding.autoregressive_sample(model, params, prompt, inputs=(frames, prompt lengths))")
   if not checks or checks[0].size is None or checks[0].channels is None:
     raise ConfigError(f"combinax-decode: the model of {output_dir} takes 3 inputs but names no image size and "
                       "channels (ViT.image_size, ViT.channels), so its images cannot be checked")

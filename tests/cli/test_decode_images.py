@@ -119,3 +119,30 @@ def test_an_image_model_without_an_image_and_a_projector_for_another_width_are_r
                                         r"kernel \[8, 16\]\), but the configured LM's width is 32"):
     decode.COMMAND.run([f"--output_dir={folder}", f"--image={tmp_path / 'a.png'}", "--prompt=x",
                         "--config=TransformerOptions.d_model = 32"])
+
+
+AUDIO = "\n".join(line for line in CONFIG.splitlines() if "ViT" not in line) + """
+ImagePrefixLM.vision = @AudioEncoder()
+AudioEncoder.n_classes = None
+AudioEncoder.pool = "none"
+AudioEncoder.d_model = 8
+AudioEncoder.d_ff = 16
+AudioEncoder.n_layers = 1
+AudioEncoder.n_heads = 2
+AudioEncoder.n_mels = 4
+AudioEncoder.max_frames = 8
+"""
+
+
+def test_an_audio_prefix_run_is_refused_saying_how_to_decode_it(tmp_path):
+  with gin.unlock_config():
+    gin.parse_config(AUDIO)
+    model = gin.get_configurable("combinax.models.ImagePrefixLM")(mode="eval")
+    gin.clear_config()
+  sig = (jax.ShapeDtypeStruct((1, 8, 4), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32),
+         jax.ShapeDtypeStruct((1, 4), jnp.int32))
+  params, _ = model.init(jax.random.key(3), sig)
+  checkpoints.save(tmp_path / "run", 7, {"params": params}, {"run": {"config": AUDIO}})
+  with pytest.raises(ConfigError, match=r"hears spoken frames before its prompt \(an audio-prefix LM\); "
+                                        r"combinax-decode reads images only: decode it from Python"):
+    decode.COMMAND.run([f"--output_dir={tmp_path / 'run'}", "--prompt=x"])
