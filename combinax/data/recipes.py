@@ -165,6 +165,11 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> np.ndarray:
   return np.asarray(tokenizer.encode(prompt), np.int32)
 
 
+def _shuffled_batches(source, to_arrays, shuffle_buffer: int, seed: int, batch_size: int) -> Serial:
+  """A made dataset's examples (a shuffled source), as arrays, shuffled again in a buffer, batched."""
+  return Serial(source, Map(to_arrays), Shuffle(shuffle_buffer, seed=seed), Batch(batch_size, drop_remainder=True))
+
+
 def _prompt_and_answer_ids(tokenizer: Tokenizer, prompt: str, answer: str, text_length: int, where: str) -> tuple:
   """(prompt length, ids, weights): the prompt's ids, then " " + the answer's and an EOS, padded with 0 to
   `text_length`; the weights are 1 on the answer and its EOS only. A longer text raises a DataError naming it."""
@@ -197,12 +202,9 @@ def image_prompt_pipeline(kind: str = "words", split: str = "train", tokenizer: 
                                                   "image_prompt_pipeline")
     return np.asarray(example[0], np.float32) / np.float32(255), length, ids, ids, weights
 
-  return Serial(
-      Rendered(kind, split, size, data_seed=data_seed, height=height, width=width, shuffle=True, seed=seed,
-               repeat=repeat),
-      Map(to_arrays),
-      Shuffle(shuffle_buffer, seed=seed),
-      Batch(batch_size, drop_remainder=True))
+  return _shuffled_batches(Rendered(kind, split, size, data_seed=data_seed, height=height, width=width,
+                                    shuffle=True, seed=seed, repeat=repeat),
+                           to_arrays, shuffle_buffer, seed, batch_size)
 
 
 def spoken_pipeline(kind: str = "words", split: str = "train", size: int = 10_000, batch_size: int = 64,
@@ -217,12 +219,9 @@ def spoken_pipeline(kind: str = "words", split: str = "train", size: int = 10_00
   def to_arrays(example):
     return np.asarray(example[0], np.float32), np.int32(example[2])
 
-  return Serial(
-      Spoken(kind, split, size, data_seed=data_seed, frames=frames, n_mels=n_mels, vocabulary=vocabulary,
-             shuffle=True, seed=seed, repeat=repeat),
-      Map(to_arrays),
-      Shuffle(shuffle_buffer, seed=seed),
-      Batch(batch_size, drop_remainder=True))
+  return _shuffled_batches(Spoken(kind, split, size, data_seed=data_seed, frames=frames, n_mels=n_mels,
+                                  vocabulary=vocabulary, shuffle=True, seed=seed, repeat=repeat),
+                           to_arrays, shuffle_buffer, seed, batch_size)
 
 
 HEAR_PROMPT = "what is said?"   # a spoken phrase's prompt (its answer is the phrase)
@@ -242,9 +241,6 @@ def spoken_prompt_pipeline(kind: str = "phrases", split: str = "train", tokenize
                                                   "spoken_prompt_pipeline")
     return np.asarray(example[0], np.float32), length, ids, ids, weights
 
-  return Serial(
-      Spoken(kind, split, size, data_seed=data_seed, frames=frames, n_mels=n_mels, vocabulary=vocabulary,
-             shuffle=True, seed=seed, repeat=repeat),
-      Map(to_arrays),
-      Shuffle(shuffle_buffer, seed=seed),
-      Batch(batch_size, drop_remainder=True))
+  return _shuffled_batches(Spoken(kind, split, size, data_seed=data_seed, frames=frames, n_mels=n_mels,
+                                  vocabulary=vocabulary, shuffle=True, seed=seed, repeat=repeat),
+                           to_arrays, shuffle_buffer, seed, batch_size)

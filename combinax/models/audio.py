@@ -15,7 +15,7 @@ from typing import Callable
 
 from combinax import layers as cl
 from combinax.models.transformer import Blocks, EncoderBlock, Embedded, NamedModel, PreNorm, TransformerOptions
-from combinax.models.vision import POOLS, ClassToken, NoPadding, PooledHead
+from combinax.models.vision import ClassToken, NoPadding, PooledHead, check_pool
 
 
 def AudioEncoder(n_classes: int | None = 30, d_model: int = 384, *, n_mels: int = 80, d_ff: int = 1536,
@@ -40,11 +40,7 @@ def AudioEncoder(n_classes: int | None = 30, d_model: int = 384, *, n_mels: int 
   """
   if positions not in ("sinusoidal", "learned"):
     raise ValueError(f"AudioEncoder.positions: expected 'sinusoidal' or 'learned', got {positions!r}")
-  if pool not in POOLS:
-    raise ValueError(f"AudioEncoder.pool: expected one of {POOLS}, got {pool!r}")
-  if pool == "none" and n_classes is not None:
-    raise ValueError(f"AudioEncoder.pool: 'none' returns the frames, which take no classifier; expected "
-                     f"n_classes=None, got {n_classes!r}")
+  check_pool("AudioEncoder", pool, n_classes, "frames")
   o = TransformerOptions(d_model=d_model, d_ff=d_ff, n_heads=n_heads, n_kv_heads=n_kv_heads, dropout=dropout,
                          max_len=-(-max_frames // 2), ff_activation=ff_activation, positions=positions, norm=norm,
                          norm_epsilon=norm_epsilon, use_bias=use_bias, scan_layers=scan_layers, remat=remat,

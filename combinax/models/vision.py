@@ -48,6 +48,16 @@ def AttentionPool(o: TransformerOptions, name: str = "map") -> cl.Layer:
       name=name)
 
 
+def check_pool(model: str, pool: str, n_classes: int | None, what: str):
+  """A ValueError naming `model`'s pool when it is not one of POOLS, or is "none" (the `what` themselves) with a
+  classifier."""
+  if pool not in POOLS:
+    raise ValueError(f"{model}.pool: expected one of {POOLS}, got {pool!r}")
+  if pool == "none" and n_classes is not None:
+    raise ValueError(f"{model}.pool: 'none' returns the {what}, which take no classifier; expected n_classes=None, "
+                     f"got {n_classes!r}")
+
+
 def PooledHead(pool: str, o: TransformerOptions) -> list:
   """(x, mask) -> the pooled (batch, d) (pool "cls", "mean" or "map"), or with "none" the tokens (batch, n, d)."""
   if pool == "map":
@@ -80,11 +90,7 @@ def ViT(n_classes: int | None = 1000, d_model: int = 768, *, patch_size: int = 1
   """
   if positions not in POSITIONS_2D:
     raise ValueError(f"ViT.positions: expected one of {POSITIONS_2D}, got {positions!r}")
-  if pool not in POOLS:
-    raise ValueError(f"ViT.pool: expected one of {POOLS}, got {pool!r}")
-  if pool == "none" and n_classes is not None:
-    raise ValueError(f"ViT.pool: 'none' returns the tokens, which take no classifier; expected n_classes=None, got "
-                     f"{n_classes!r}")
+  check_pool("ViT", pool, n_classes, "tokens")
   o = TransformerOptions(d_model=d_model, d_ff=d_ff, n_heads=n_heads, n_kv_heads=n_kv_heads, dropout=dropout,
                          ff_activation=ff_activation, positions="none", norm=norm, norm_epsilon=norm_epsilon,
                          gated_ff=gated_ff, use_bias=use_bias, scan_layers=scan_layers, remat=remat,
