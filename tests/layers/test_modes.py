@@ -64,6 +64,9 @@ MODELS = {
             S((2, 4, 4, 1)), False),   # (features: the zero-initialised head would hide dropout)
     "AudioEncoder": (lambda mode: models.AudioEncoder(None, 8, n_mels=4, d_ff=16, n_layers=1, n_heads=2, dropout=0.5,
                                                       mode=mode), S((2, 6, 4)), False),
+    "LoRAModel": (lambda mode: models.LoRAModel(lambda mode: models.TransformerLM(12, 8, 16, n_layers=1, n_heads=2,
+                                                                                  max_len=8, mode=mode),
+                                                targets="blocks/ff/*/kernel", rank=2, mode=mode), IDS, True),
     "TextGenRNN": (lambda mode: models.TextGenRNN(12, 4, 8, mode=mode), IDS, False),
     "TransformerEncoder": (lambda mode: models.TransformerEncoder(12, 3, 8, d_ff=16, n_layers=1, n_heads=2,
                                                                   mode=mode), IDS, False),

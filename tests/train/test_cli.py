@@ -94,6 +94,15 @@ TINY = {
                              "train/image_prompt_pipeline.size = 32", "train/image_prompt_pipeline.batch_size = 8",
                              "eval/image_prompt_pipeline.size = 16", "eval/image_prompt_pipeline.batch_size = 8",
                              "EvalTask.n_batches = 1"],
+    # The second stage: LoRA on the 2 blocks, from the bundled weights (the test has no first stage's run).
+    "vlm_smollm2_rendered_lora": ["pretrained.image_prefix_model.n_layers = 2",
+                                  "Trainer.init_checkpoint = @distill.student_checkpoint()",
+                                  "distill.student_checkpoint.teacher_checkpoint = @pretrained.checkpoint()",
+                                  "distill.student_checkpoint.layers = [0, 29]", "image/ViT.d_model = 16",
+                                  "image/ViT.d_ff = 32", "image/ViT.n_layers = 1", "image/ViT.n_heads = 2",
+                                  "train/image_prompt_pipeline.size = 32", "train/image_prompt_pipeline.batch_size = 8",
+                                  "eval/image_prompt_pipeline.size = 16", "eval/image_prompt_pipeline.batch_size = 8",
+                                  "EvalTask.n_batches = 1"],
     # The same with sound: SmolLM2 cut to 2 blocks under a 1-block AudioEncoder, 60 frames (30 tokens).
     "alm_smollm2_spoken": ["pretrained.image_prefix_model.n_layers = 2",
                            "Trainer.init_checkpoint = @distill.student_checkpoint()",
@@ -131,7 +140,7 @@ PRETRAINED = {"finetune_minilm_sentiment": "all-minilm-l6-v2",  # recipes that s
               "student_smollm2_kjv": "smollm2-135m-instruct", "distill_smollm2_kjv": "smollm2-135m-instruct",
               "teacher_smollm2_kjv": "smollm2-135m-instruct", "retro_facts": "all-minilm-l6-v2",
               "rag_smollm2": "smollm2-135m-instruct", "vlm_smollm2_rendered": "smollm2-135m-instruct",
-              "alm_smollm2_spoken": "smollm2-135m-instruct"}
+              "alm_smollm2_spoken": "smollm2-135m-instruct", "vlm_smollm2_rendered_lora": "smollm2-135m-instruct"}
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +155,7 @@ def pretrained_cache(tmp_path_factory):
 # recipes alike, whichever came first) and left the worker 2.6 GB bigger; fine-tuning MiniLM, 9.7 GB. Alone on one
 # device: 1.1-2.4 GB.
 ISOLATED = {"distill_smollm2_kjv", "student_smollm2_kjv", "teacher_smollm2_kjv", "finetune_minilm_sentiment",
-            "rag_smollm2", "vlm_smollm2_rendered", "alm_smollm2_spoken"}
+            "rag_smollm2", "vlm_smollm2_rendered", "alm_smollm2_spoken", "vlm_smollm2_rendered_lora"}
 
 
 @pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.isolated(devices=1)) if c.stem in ISOLATED
