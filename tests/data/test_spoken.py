@@ -105,8 +105,22 @@ def test_keyword_batches_are_float_frames_and_labels(tmp_path, monkeypatch):
   frames, labels = next(data.spoken_pipeline(size=8, batch_size=4, vocabulary=5)())
   assert frames.shape == (4, 100, 40) and frames.dtype == np.float32
   assert labels.dtype == np.int32 and set(labels.tolist()) <= set(range(5))
-  with pytest.raises(data.DataError, match="labels exist for kind 'words'"):
-    data.spoken_pipeline(kind="phrases")
+
+
+def test_an_audio_prefix_lms_batches_are_frames_the_prompt_and_the_phrase_with_its_loss_alone(tmp_path, monkeypatch):
+  monkeypatch.setenv("COMBINAX_CACHE", str(tmp_path))
+  monkeypatch.setattr(shards, "SHARD", 8)
+  tokenizer = data.caption_tokenizer()
+  batch = next(data.spoken_prompt_pipeline(size=8, batch_size=4, frames=300, text_length=48)())
+  frames, lengths, ids, targets, weights = batch
+  assert frames.shape == (4, 300, 40) and frames.dtype == np.float32 and np.array_equal(ids, targets)
+  prompt = tokenizer.encode(data.recipes.HEAR_PROMPT)
+  assert lengths.tolist() == [len(prompt)] * 4
+  for row, w in zip(ids, weights):
+    assert row[:len(prompt)].tolist() == list(prompt)
+    answer = row[w > 0]
+    assert answer[-1] == tokenizer.eos_id and tokenizer.decode(answer[:-1]).startswith(" ")
+    assert w[:len(prompt)].sum() == 0 and not row[len(prompt) + len(answer):].any()
 
 
 def test_bad_specs_and_a_missing_speech_engine_are_named(monkeypatch):
