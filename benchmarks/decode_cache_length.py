@@ -5,7 +5,7 @@ interleaved in one run.
 
     python benchmarks/decode_cache_length.py [--max_lens 160 512 8192] [--repeats 5]
 
-The same 22-token chat prompt for all; a token's time is (time for --long tokens - time for --short tokens) /
+The same chat prompt for all (16 tokens); a token's time is (time for --long tokens - time for --short tokens) /
 (long - short), so the prefill cancels; each figure is the median of --repeats after a warm-up, with the runs'
 spread. (Issue 32, item 0: decoding speed should not depend on max_len.)
 """
