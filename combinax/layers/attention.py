@@ -99,46 +99,58 @@ def attend(q, k, v, mask, *, dropout: float = 0.0, rng=None, fast: bool = True):
 CACHE_BLOCK = 256   # positions of a KV cache read at a time when decoding
 
 
+def _read_block(q, k_cache, v_cache, i, carry, *, block: int, start, prefix_lengths):
+  """One block of `attend_cached`'s loop: the keys and values of positions i * block .. (i + 1) * block - 1 folded
+  into the running (maximum, sum, weighted values) of q (batch, tq, kv_heads, group, d_head)."""
+  top, total, acc = carry                          # (b, kv, g, tq), the same, (b, kv, g, tq, d): float32
+  tq, d, max_len = q.shape[1], q.shape[-1], k_cache.shape[1]
+  first = i * block
+  at = jnp.minimum(first, max_len - block)         # the last block may start earlier: its repeats are masked
+  k = lax.dynamic_slice_in_dim(k_cache, at, block, axis=1)
+  v = lax.dynamic_slice_in_dim(v_cache, at, block, axis=1)
+  key_pos = at + jnp.arange(block)
+  new = (key_pos >= first)[None]                                              # (1, block)
+  allowed = ((key_pos[None] <= start + jnp.arange(tq)[:, None]) & new)[None]  # (1, tq, block)
+  if prefix_lengths is not None:
+    seen = (key_pos[None] < prefix_lengths[:, None]) & (key_pos < start + tq)[None] & new   # (b, block)
+    allowed = allowed | seen[:, None]                                         # (b, tq, block)
+  allowed = allowed[:, None, None]                                            # (b | 1, 1, 1, tq, block)
+  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(float(d))
+  logits = jnp.where(allowed, logits, _NEG)
+  new_top = jnp.maximum(top, logits.max(axis=-1))
+  weights = jnp.where(allowed, jnp.exp(logits - new_top[..., None]), 0.0)
+  correction = jnp.exp(top - new_top)
+  acc = acc * correction[..., None] + jnp.einsum("bkgts,bskd->bkgtd", weights.astype(v.dtype), v,
+                                                 preferred_element_type=jnp.float32)
+  return new_top, total * correction + weights.sum(axis=-1), acc
+
+
 def attend_cached(q, k_cache, v_cache, start, *, prefix_lengths=None, block: int = CACHE_BLOCK):
   """Causal attention of q (batch, tq, heads, d_head), the positions start .. start + tq - 1, over a KV cache
   (batch, max_len, kv_heads, d_head) that holds them and every earlier position, reading only the cache's filled
-  part: blocks of `block` positions up to start + tq, in a loop bounded by the index, with the softmax taken online
-  (running maximum and sum, as flash-decoding does). So a decoding step costs what the positions filled cost, not
-  what `max_len` does. `prefix_lengths` (batch,): a prefix LM's, each position also sees its sequence's first
-  `prefix` positions (those written). Equals `attend` over the whole cache under the causal mask (tested).
+  part: blocks of `block` positions, those past start + tq skipped (a `lax.cond` in a scan over the blocks, so the
+  work is bounded by the index and the loop stays differentiable), the softmax taken online (running maximum and
+  sum, as flash-decoding does). So a decoding step's attention costs what the positions filled cost, not what
+  `max_len` does. `prefix_lengths` (batch,): a prefix LM's, each position also sees its sequence's first `prefix`
+  positions (those written). Equals `attend` over the whole cache under the causal mask (tested).
   """
   b, tq, h, d = q.shape
   max_len, kv_heads = k_cache.shape[1], k_cache.shape[2]
   block = min(block, max_len)
   q = q.reshape(b, tq, kv_heads, h // kv_heads, d)
-  query_pos = start + jnp.arange(tq)
-  end = start + tq
-
-  def read_block(i, carry):
-    top, total, acc = carry                        # (b, kv, g, tq), the same, (b, kv, g, tq, d): float32
-    first = i * block
-    at = jnp.minimum(first, max_len - block)       # the last block may start earlier: its repeats are masked
-    k = lax.dynamic_slice_in_dim(k_cache, at, block, axis=1)
-    v = lax.dynamic_slice_in_dim(v_cache, at, block, axis=1)
-    key_pos = at + jnp.arange(block)
-    new = (key_pos >= first)[None]                                            # (1, block)
-    allowed = ((key_pos[None] <= query_pos[:, None]) & new)[None]             # (1, tq, block)
-    if prefix_lengths is not None:
-      seen = (key_pos[None] < prefix_lengths[:, None]) & (key_pos < end)[None] & new   # (b, block)
-      allowed = allowed | seen[:, None]                                       # (b, tq, block)
-    allowed = allowed[:, None, None]                                          # (b | 1, 1, 1, tq, block)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(float(d))
-    logits = jnp.where(allowed, logits, _NEG)
-    new_top = jnp.maximum(top, logits.max(axis=-1))
-    weights = jnp.where(allowed, jnp.exp(logits - new_top[..., None]), 0.0)
-    correction = jnp.exp(top - new_top)
-    acc = acc * correction[..., None] + jnp.einsum("bkgts,bskd->bkgtd", weights.astype(v.dtype), v,
-                                                   preferred_element_type=jnp.float32)
-    return new_top, total * correction + weights.sum(axis=-1), acc
-
   shape = (b, kv_heads, h // kv_heads, tq)
-  init = (jnp.full(shape, _NEG, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros(shape + (d,), jnp.float32))
-  _, total, acc = lax.fori_loop(0, (end + block - 1) // block, read_block, init)
+  carry = (jnp.full(shape, _NEG, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros(shape + (d,), jnp.float32))
+
+  def read(i, carry):
+    return _read_block(q, k_cache, v_cache, i, carry, block=block, start=start, prefix_lengths=prefix_lengths)
+
+  n_blocks = -(-max_len // block)
+  if n_blocks == 1:   # (a cache of one block: no loop to compile)
+    carry = read(0, carry)
+  else:
+    carry, _ = lax.scan(lambda c, i: (lax.cond(i * block < start + tq, read, lambda i, c: c, i, c), None), carry,
+                        jnp.arange(n_blocks))
+  _, total, acc = carry
   out = acc / total[..., None]                     # (every position sees itself: total > 0)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, tq, h, d).astype(v_cache.dtype)
 

@@ -55,22 +55,30 @@ def test_decoding_attention_reads_the_caches_filled_blocks_and_equals_attention_
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_decoding_step_reads_a_number_of_cache_blocks_bounded_by_the_index():
-  # The loop over the cache's blocks runs (index + tq) / block times, not max_len / block: count its trips.
+def test_a_decoding_step_reads_only_the_cache_blocks_up_to_the_index_and_is_differentiable():
+  # Record which blocks the compiled step reads (a callback in the block's function: it runs only where the
+  # block's branch is taken): (index + tq) / block of them, not max_len / block.
   from combinax.layers import attention
-  trips = []
-  original = attention.lax.fori_loop
+  read = []
+  original = attention._read_block
 
-  def counting(lower, upper, body, init):
-    trips.append(int(upper))
-    return original(lower, upper, body, init)
+  def recording(q, k_cache, v_cache, i, carry, **kw):
+    jax.debug.callback(lambda i: read.append(int(i)), i)
+    return original(q, k_cache, v_cache, i, carry, **kw)
 
   q, k, v = normal(1, 1, 2, 4), normal(1, 64, 2, 4), normal(1, 64, 2, 4)
+  step = jax.jit(lambda q, k, v, start: attention.attend_cached(q, k, v, start, block=8))
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(attention.lax, "fori_loop", counting)
+    patch.setattr(attention, "_read_block", recording)
+    counts = []
     for start in (0, 7, 8, 40, 63):
-      attention.attend_cached(q, k, v, start, block=8)
-  assert trips == [1, 1, 2, 6, 8]
+      read.clear()
+      jax.block_until_ready(step(q, k, v, start))
+      jax.effects_barrier()
+      counts.append(sorted(read))
+  assert counts == [[0], [0], [0, 1], list(range(6)), list(range(8))]
+  gradient = jax.grad(lambda q: attention.attend_cached(q, k, v, 9, block=8).sum())(q)
+  assert np.all(np.isfinite(gradient)) and np.any(gradient)
 
 
 def test_attention_dropout_needs_rng_and_changes_output():
