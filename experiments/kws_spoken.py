@@ -28,7 +28,8 @@ import numpy as np
 
 def train(run: str, seed: int):
   subprocess.run([sys.executable, "-m", "combinax.cli.train", "--config_file=configs/kws_spoken.gin",
-                  f"--output_dir={run}", f"--config=Trainer.seed={seed}", f"--config=train/spoken_pipeline.seed={seed}"],
+                  f"--output_dir={run}", f"--config=Trainer.seed={seed}",
+                  f"--config=train/spoken_pipeline.seed={seed}"],
                  check=True)
 
 
