@@ -31,6 +31,14 @@ SMOLLM2_STUDENT = ["train/lm_pipeline.length = 16", "eval/lm_pipeline.length = 1
                    "student/pretrained.model.n_layers = 2", "distill.student_checkpoint.layers = [0, 29]"]
 SMOLLM2_TEACHER = ["teacher/pretrained.model.n_layers = 2",
                    "TrainTask.teacher_checkpoint = @distill.student_checkpoint()"]
+# An image- or audio-prefix LM on SmolLM2 cut to 2 of its blocks, from the bundled weights.
+SMOLLM2_CUT = ["pretrained.image_prefix_model.n_layers = 2", "Trainer.init_checkpoint = @distill.student_checkpoint()",
+               "distill.student_checkpoint.teacher_checkpoint = @pretrained.checkpoint()",
+               "distill.student_checkpoint.layers = [0, 29]"]
+TINY_VIT_PREFIX = ["image/ViT.d_model = 16", "image/ViT.d_ff = 32", "image/ViT.n_layers = 1", "image/ViT.n_heads = 2",
+                   "train/image_prompt_pipeline.size = 32", "train/image_prompt_pipeline.batch_size = 8",
+                   "eval/image_prompt_pipeline.size = 16", "eval/image_prompt_pipeline.batch_size = 8",
+                   "EvalTask.n_batches = 1"]
 TINY = {
     "digits_cnn": ["train/image_pipeline.batch_size = 16", "eval/image_pipeline.batch_size = 16"],
     "siglip_rendered": ["image/ViT.d_model = 16", "image/ViT.d_ff = 32", "image/ViT.n_layers = 1",
@@ -87,32 +95,15 @@ TINY = {
                     "distill.student_checkpoint.teacher_checkpoint = @pretrained.checkpoint()",
                     "distill.student_checkpoint.layers = [0, 29]"],
     # SmolLM2 cut to 2 of its blocks (as for the teacher) under a 1-block ViT.
-    "vlm_smollm2_rendered": ["pretrained.image_prefix_model.n_layers = 2",
-                             "Trainer.init_checkpoint = @distill.student_checkpoint()",
-                             "distill.student_checkpoint.teacher_checkpoint = @pretrained.checkpoint()",
-                             "distill.student_checkpoint.layers = [0, 29]", "image/ViT.d_model = 16",
-                             "image/ViT.d_ff = 32", "image/ViT.n_layers = 1", "image/ViT.n_heads = 2",
-                             "train/image_prompt_pipeline.size = 32", "train/image_prompt_pipeline.batch_size = 8",
-                             "eval/image_prompt_pipeline.size = 16", "eval/image_prompt_pipeline.batch_size = 8",
-                             "EvalTask.n_batches = 1"],
+    "vlm_smollm2_rendered": SMOLLM2_CUT + TINY_VIT_PREFIX,
     # The second stage: LoRA on the 2 blocks, from the bundled weights (the test has no first stage's run).
-    "vlm_smollm2_rendered_lora": ["pretrained.image_prefix_model.n_layers = 2",
-                                  "Trainer.init_checkpoint = @distill.student_checkpoint()",
-                                  "distill.student_checkpoint.teacher_checkpoint = @pretrained.checkpoint()",
-                                  "distill.student_checkpoint.layers = [0, 29]", "image/ViT.d_model = 16",
-                                  "image/ViT.d_ff = 32", "image/ViT.n_layers = 1", "image/ViT.n_heads = 2",
-                                  "train/image_prompt_pipeline.size = 32", "train/image_prompt_pipeline.batch_size = 8",
-                                  "eval/image_prompt_pipeline.size = 16", "eval/image_prompt_pipeline.batch_size = 8",
-                                  "EvalTask.n_batches = 1"],
+    "vlm_smollm2_rendered_lora": SMOLLM2_CUT + TINY_VIT_PREFIX,
     # The same with sound: SmolLM2 cut to 2 blocks under a 1-block AudioEncoder, 60 frames (30 tokens).
-    "alm_smollm2_spoken": ["pretrained.image_prefix_model.n_layers = 2",
-                           "Trainer.init_checkpoint = @distill.student_checkpoint()",
-                           "distill.student_checkpoint.teacher_checkpoint = @pretrained.checkpoint()",
-                           "distill.student_checkpoint.layers = [0, 29]", "audio/AudioEncoder.d_model = 16",
-                           "audio/AudioEncoder.d_ff = 32", "audio/AudioEncoder.n_layers = 1",
-                           "audio/AudioEncoder.n_heads = 2", "FRAMES = 60", "train/spoken_prompt_pipeline.size = 16",
-                           "train/spoken_prompt_pipeline.batch_size = 8", "eval/spoken_prompt_pipeline.size = 8",
-                           "eval/spoken_prompt_pipeline.batch_size = 8", "EvalTask.n_batches = 1"],
+    "alm_smollm2_spoken": SMOLLM2_CUT + [
+        "audio/AudioEncoder.d_model = 16", "audio/AudioEncoder.d_ff = 32", "audio/AudioEncoder.n_layers = 1",
+        "audio/AudioEncoder.n_heads = 2", "FRAMES = 60", "train/spoken_prompt_pipeline.size = 16",
+        "train/spoken_prompt_pipeline.batch_size = 8", "eval/spoken_prompt_pipeline.size = 8",
+        "eval/spoken_prompt_pipeline.batch_size = 8", "EvalTask.n_batches = 1"],
     "retro_facts": ["facts_knowledge_base.people = 20", "facts_corpus.people = 20", "TransformerLM.d_model = 16",
                     "TransformerLM.d_ff = 32", "TransformerLM.n_layers = 2", "TransformerLM.n_heads = 2",
                     "RetroOptions.every = 1", "retro_pipeline.batch_size = 8"],
