@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import re
 from pathlib import Path
 
@@ -31,13 +30,13 @@ import numpy as np
 
 from combinax.data import shards
 from combinax.data.base import DataError
-from combinax.data.shards import SHARD
 from combinax.data.sources import Source
 KINDS = ("words", "scenes")
 SPLITS = ("train", "test")
 FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSansMono.ttf",
          "DejaVuSansMono-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf",
          "STIXGeneral.ttf", "STIXGeneralItalic.ttf", "pillow")   # "pillow": Pillow's own font (Aileron)
+SHARD = shards.SHARD   # examples a shard holds
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (215, 40, 40), "green": (40, 160, 60), "blue": (45, 80, 215), "yellow": (235, 205, 35),
            "purple": (135, 55, 165), "orange": (240, 130, 25)}
@@ -69,8 +68,7 @@ class RenderedSpec:
     check(self.height >= 16 and self.width >= 16, "height", "images of at least 16 x 16 pixels")
 
   def key(self) -> str:
-    text = json.dumps({**dataclasses.asdict(self), "version": VERSION, "shard": SHARD}, sort_keys=True)
-    return f"{self.kind}-{self.split}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return shards.spec_key(self, VERSION)
 
 
 def _pil():
@@ -279,7 +277,7 @@ def write_rendered(spec: RenderedSpec, folder: str | Path | None = None, *, log=
   longest prefix of shards that read back whole; returns the folder. Two writers of one folder: the second is
   refused, naming the first (the folder's lock)."""
   folder = Path(folder) if folder is not None else default_folder(spec)
-  manifest = {"spec": dataclasses.asdict(spec), "key": spec.key(), "version": VERSION, "shard": SHARD}
+  manifest = shards.spec_manifest(spec, VERSION)
   return shards.write_shards(folder, key=spec.key(), size=spec.size,
                              make=lambda indices: [make_example(spec, i) for i in indices],
                              shape=(spec.height, spec.width, 3), dtype=np.uint8, manifest=manifest,

@@ -9,6 +9,7 @@ folder without one is unfinished). `ShardedExamples` reads a finished folder by 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -19,6 +20,18 @@ import numpy as np
 from combinax.store import rundir
 
 SHARD = 512
+
+
+def spec_key(spec, version: int) -> str:
+  """A made dataset's folder name: `<kind>-<split>-<hash>` of its spec (a dataclass), the version of how examples are
+  made and the shard size, so another spec, drawing or shard size never reads this one's folder."""
+  text = json.dumps({**dataclasses.asdict(spec), "version": version, "shard": SHARD}, sort_keys=True)
+  return f"{spec.kind}-{spec.split}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def spec_manifest(spec, version: int) -> dict:
+  """What a folder's manifest says of its spec (the files' digests are added when the last shard is written)."""
+  return {"spec": dataclasses.asdict(spec), "key": spec_key(spec, version), "version": version, "shard": SHARD}
 
 
 def shard_names(k: int) -> tuple[str, str]:

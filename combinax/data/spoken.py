@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import pickle
 import subprocess
@@ -38,7 +37,6 @@ import numpy as np
 
 from combinax.data import shards
 from combinax.data.base import DataError
-from combinax.data.shards import SHARD
 from combinax.data.sources import Source
 
 KINDS = ("words", "phrases")
@@ -79,8 +77,7 @@ class SpokenSpec:
     check(self.n_mels <= 128, "n_mels", "at most 128 (the 257 bins of a 512-sample window)")
 
   def key(self) -> str:
-    text = json.dumps({**dataclasses.asdict(self), "version": VERSION, "shard": SHARD}, sort_keys=True)
-    return f"{self.kind}-{self.split}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return shards.spec_key(self, VERSION)
 
   @property
   def samples(self) -> int:
@@ -232,7 +229,7 @@ def write_spoken(spec: SpokenSpec, folder: str | Path | None = None, *, log=None
   longest prefix of shards that read back whole; returns the folder. A second writer of one folder is refused,
   naming the first (the folder's lock)."""
   folder = Path(folder) if folder is not None else default_folder(spec)
-  manifest = {"spec": dataclasses.asdict(spec), "key": spec.key(), "version": VERSION, "shard": SHARD}
+  manifest = shards.spec_manifest(spec, VERSION)
   return shards.write_shards(folder, key=spec.key(), size=spec.size, make=lambda indices: make_shard(spec, indices),
                              shape=(spec.frames, spec.n_mels), dtype=np.float16, manifest=manifest,
                              lock_name=".spoken.lock", log=log,
