@@ -92,6 +92,17 @@ def test_checksums_do_not_depend_on_the_sharding():
     assert integrity.checksums([changed.view(np.float32)]) != integrity.checksums([values])
 
 
+@pytest.mark.parametrize("dtype", ["bool", "int8", "uint8", "int16", "float16", "bfloat16", "int32", "uint32",
+                                   "float32", "int64", "float64", "complex64"])
+def test_a_host_arrays_checksum_is_the_definitions_whichever_engine_computes_it(dtype):
+  # (XLA computes it for the dtypes JAX holds as they are, numpy for the rest; both must give the numbers of the
+  # module's definition, written once, in numpy.)
+  values = np.random.default_rng(0).normal(size=(3, 1000)) * 1000
+  x = (values.astype(np.complex64) * 1j + values if dtype == "complex64" else values > 0 if dtype == "bool"
+       else values.astype(jnp.bfloat16 if dtype == "bfloat16" else dtype))
+  assert integrity.checksums([x]) == [[int(v) for v in integrity._checksum(x, np)]]
+
+
 def test_mismatched_template_is_a_clear_error(tmp_path):
   path = ckpt.save(tmp_path, 1, tree())
   with pytest.raises(ckpt.CheckpointError, match="missing.*params/extra"):
