@@ -21,6 +21,11 @@ _MADE_COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _MADE_COMPILATION_CACHE:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="combinax-tests-xla-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The same for the bundled pretrained models imported into a cache (tests that want one use `shared_pretrained_cache`
+# below): an isolated test's process would otherwise import SmolLM2 again, ~6 s each time.
+_MADE_PRETRAINED_CACHE = "COMBINAX_TEST_PRETRAINED_CACHE" not in os.environ
+if _MADE_PRETRAINED_CACHE:
+  os.environ["COMBINAX_TEST_PRETRAINED_CACHE"] = tempfile.mkdtemp(prefix="combinax-tests-pretrained-")
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
@@ -100,6 +105,17 @@ _ISOLATED_CHILD = "COMBINAX_TEST_DEVICES"
 def pytest_unconfigure(config):
   if _MADE_COMPILATION_CACHE:
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+  if _MADE_PRETRAINED_CACHE:
+    shutil.rmtree(os.environ["COMBINAX_TEST_PRETRAINED_CACHE"], ignore_errors=True)
+
+
+@pytest.fixture
+def shared_pretrained_cache():
+  """A pretrained-model cache (`COMBINAX_CACHE`) shared by this worker's tests and the processes of its isolated
+  ones, so each bundled model is imported once per worker (one folder per worker: two never import into one)."""
+  folder = os.path.join(os.environ["COMBINAX_TEST_PRETRAINED_CACHE"], os.environ.get("PYTEST_XDIST_WORKER", "main"))
+  os.makedirs(folder, exist_ok=True)
+  return folder
 
 
 def pytest_configure(config):

@@ -135,13 +135,6 @@ PRETRAINED = {"finetune_minilm_sentiment": "all-minilm-l6-v2",  # recipes that s
               "alm_smollm2_spoken": "smollm2-135m-instruct", "vlm_smollm2_rendered_lora": "smollm2-135m-instruct"}
 
 
-@pytest.fixture(scope="module")
-def pretrained_cache(tmp_path_factory):
-  """The cache of a recipe that starts from bundled weights. (It was one cache for all of them, which saved ~12 s an
-  import of SmolLM2; each now runs isolated, in a process of its own, so each imports once into its own.)"""
-  return tmp_path_factory.mktemp("pretrained_cache")
-
-
 # The recipes that start from bundled weights run in a process of their own on one device (tests/conftest.py): on 8
 # devices in the worker, importing and replicating SmolLM2 peaked at 14.2 GB (the distillation, student and teacher
 # recipes alike, whichever came first) and left the worker 2.6 GB bigger; fine-tuning MiniLM, 9.7 GB. Alone on one
@@ -152,11 +145,11 @@ ISOLATED = {"distill_smollm2_kjv", "student_smollm2_kjv", "teacher_smollm2_kjv",
 
 @pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.isolated(devices=1)) if c.stem in ISOLATED
                                     else c for c in CONFIGS], ids=lambda c: c.stem)
-def test_recipe_trains_a_few_steps(config, tmp_path, pretrained_cache, monkeypatch):
+def test_recipe_trains_a_few_steps(config, tmp_path, shared_pretrained_cache, monkeypatch):
   if config.stem in PRETRAINED and registry.source_files(PRETRAINED[config.stem]) is None:
     pytest.skip(f"weights of {PRETRAINED[config.stem]} not installed (python -m combinax.pretrained download ...)")
   if config.stem in PRETRAINED:
-    monkeypatch.setenv("COMBINAX_CACHE", str(pretrained_cache))
+    monkeypatch.setenv("COMBINAX_CACHE", shared_pretrained_cache)   # (imported once for all these recipes)
   output = tmp_path / "run"
   bindings = [f"--config={b}" for b in COMMON + TINY[config.stem]]
   run(train, f"--config_file={config}", f"--output_dir={output}", *bindings)
