@@ -1,7 +1,8 @@
-"""What a decoding step costs against the KV cache's capacity: SmolLM2-135M (float32, batch 1, greedy) with caches
-of `--max_lens` positions, reading only the cache's filled blocks (`attention.attend_cached`, blocks of
-`CACHE_BLOCK`) against reading the whole cache (the blocks made as large as the cache: what every step did before),
-interleaved in one run.
+"""What a decoding step costs against the model's `max_len`: SmolLM2-135M (float32, batch 1, greedy) built with
+`--max_lens` positions, decoding as combinax does (the caches sized to what the call feeds, rounded up to
+`CACHE_BLOCK`s: `decoding.cache_positions`; the attention reading only their filled blocks: `attention.attend_cached`)
+against what every step did before (`CACHE_BLOCK` made larger than any cache: the caches keep `max_len` positions and
+are read whole), interleaved in one run.
 
     python benchmarks/decode_cache_length.py [--max_lens 160 512 8192] [--repeats 5]
 
@@ -22,7 +23,7 @@ from combinax.layers import attention
 
 NAME = "smollm2-135m-instruct"
 PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-WHOLE = 1 << 30   # a block as large as any cache: one read of all of it
+WHOLE = 1 << 30   # a block larger than any cache: caches of max_len positions, each read whole
 
 
 def main():
@@ -36,29 +37,30 @@ def main():
   prompt = np.asarray(tokenizer.encode(PROMPT), np.int32)[None]
   runs = {}
   for max_len in args.max_lens:
-    for read, block in (("filled blocks", attention.CACHE_BLOCK), ("whole cache", WHOLE)):
+    for read, block in (("sized, blocks", attention.CACHE_BLOCK), ("max_len, whole", WHOLE)):
       model = pretrained.model(NAME, mode="predict", max_len=max_len)   # (a model object of its own: its own jit)
       for n in (args.short, args.long):
-        def run(model=model, n=n):
-          return decoding.autoregressive_sample(model, params, prompt, max_length=n, temperature=0)
-        saved, attention.CACHE_BLOCK = attention.CACHE_BLOCK, block   # read when the step is traced: now
-        try:
-          jax.block_until_ready(run())                                 # compile and warm up
-        finally:
-          attention.CACHE_BLOCK = saved
+        def run(model=model, n=n, block=block):
+          saved, attention.CACHE_BLOCK = attention.CACHE_BLOCK, block   # read by the call and by its trace
+          try:
+            return jax.block_until_ready(decoding.autoregressive_sample(model, params, prompt, max_length=n,
+                                                                        temperature=0))
+          finally:
+            attention.CACHE_BLOCK = saved
+        run()                                                           # compile and warm up
         runs[(max_len, read, n)] = run
   times = {key: [] for key in runs}
   for _ in range(args.repeats):   # interleaved
     for key, fn in runs.items():
       start = time.perf_counter()
-      jax.block_until_ready(fn())
+      fn()
       times[key].append(time.perf_counter() - start)
   steps = args.long - args.short
   print(f"SmolLM2-135M float32, batch 1, {prompt.shape[1]}-token prompt, ms a token after the prefill (median of "
         f"{args.repeats}; runs' spread), {jax.devices()[0].platform}, block {attention.CACHE_BLOCK}")
   for max_len in args.max_lens:
     line = [f"max_len {max_len:6d}"]
-    for read in ("filled blocks", "whole cache"):
+    for read in ("sized, blocks", "max_len, whole"):
       per = [(b - a) / steps for a, b in zip(times[(max_len, read, args.short)], times[(max_len, read, args.long)])]
       median = (statistics.median(times[(max_len, read, args.long)]) -
                 statistics.median(times[(max_len, read, args.short)])) / steps

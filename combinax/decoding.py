@@ -22,6 +22,7 @@ from jax import lax
 from jax.experimental import io_callback
 
 from combinax import shapes
+from combinax.layers import attention
 from combinax.layers.base import Layer, walk
 
 
@@ -98,19 +99,39 @@ def _state_signature(model: Layer, batch: int, inputs):
   return _with_ids(model, shapes.signature(resized), ids)
 
 
-def init_state(model: Layer, batch: int, inputs=None):
+def init_state(model: Layer, batch: int, inputs=None, positions: int | None = None):
   """`model`'s decoding state before its first call, for `batch` sequences (and an encoder-decoder's `inputs`, of
-  any batch: only their shapes count). Compiled once per model and shapes; the params are not computed."""
+  any batch: only their shapes count), its KV caches holding `positions` positions (None: each its `max_len`; see
+  `cache_positions`). Compiled once per model and shapes; the params are not computed."""
   sig = _state_signature(model, batch, inputs)
   leaves, tree = jax.tree_util.tree_flatten(sig)
-  return _zero_state(model, tree, tuple(leaves))
+  return _zero_state(model, tree, tuple(leaves), positions)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _zero_state(model: Layer, tree, leaves):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _zero_state(model: Layer, tree, leaves, positions):
   # Compiled once per model and signature: a fresh `jax.jit(lambda: ...)` at each call traced and compiled the
-  # model's init every time, 160 ms of SmolLM2's 216 ms to its first token.
-  return model.init(jax.random.key(0), jax.tree_util.tree_unflatten(tree, leaves))[1]
+  # model's init every time, 160 ms of SmolLM2's 216 ms to its first token. (Shortened inside: the full-length
+  # zeros are never made.)
+  state = model.init(jax.random.key(0), jax.tree_util.tree_unflatten(tree, leaves))[1]
+  return state if positions is None else model.shorten(state, positions)
+
+
+def cache_positions(model: Layer, n_positions: int, inputs=None) -> int | None:
+  """The KV cache length a call that feeds `n_positions` positions (after those its first call fills: an image's)
+  decodes with: that many rounded up to a whole number of `attention.CACHE_BLOCK`s, at most the model's
+  `max_positions`; None for a model with no bounded cache (an RNN's carry).
+
+  A step reads and writes its caches whole outside the attention (the scan over the layers passes each layer's
+  cache in and out: three copies of it a step, read on the compiled HLO), so a cache of `max_len` = 8,192 made
+  SmolLM2's steps 4.5x slower than one of 160 with the same tokens in it; sized to what the call fills, a step costs
+  what its positions do, whatever `max_len` the model was built with."""
+  capacity = max_positions(model)
+  if capacity is None:
+    return None
+  needed = n_positions + prefilled_positions(model, inputs)
+  block = attention.CACHE_BLOCK
+  return min(capacity, -(-needed // block) * block)
 
 
 def next_token_logits(model: Layer, params, state, inputs, ids):
@@ -214,7 +235,7 @@ def autoregressive_sample(model: Layer, params, prompt=None, *, max_length: int 
   bucket = _bucket(model, width, max_length, start_id)
   if bucket is not None:   # one compilation for every prompt width up to the bucket's
     prompt = jnp.pad(prompt, ((0, 0), (0, bucket - width)), constant_values=pad_id)
-  state = init_state(model, batch, inputs)
+  state = init_state(model, batch, inputs, cache_positions(model, prompt.shape[1] + max_length + 1, inputs))
   rng = jax.random.key(0) if rng is None else rng
   settings = _Sampling(None if bucket is not None else int(lengths.min()), prompt.shape[1] + max_length, max_length,
                        float(temperature), top_k, top_p, eos_id, start_id, pad_id, on_token)
@@ -332,7 +353,8 @@ def beam_search(model: Layer, params, prompt=None, *, max_length: int = 100, bea
   check_model(model, prompt.shape[1] + max_length, inputs)
   wide_inputs = None if inputs is None else jax.tree_util.tree_map(lambda x: jnp.repeat(x, beam_size, axis=0),
                                                                    inputs)
-  state = init_state(model, batch * beam_size, wide_inputs)
+  state = init_state(model, batch * beam_size, wide_inputs,
+                     cache_positions(model, prompt.shape[1] + max_length + 1, wide_inputs))
   axes = _batch_axes(model, batch * beam_size, wide_inputs)
   settings = _Beams(axes, batch, beam_size, max_length, eos_id, float(length_penalty), start_id, pad_id)
   return _beam(model, settings, params, state, jnp.repeat(prompt, beam_size, axis=0), wide_inputs)

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from combinax.decoding import (check_model, check_sampling, init_state, next_token_logits, rewind_blocker,
-                               sampled_logits)
+from combinax.decoding import (cache_positions, check_model, check_sampling, init_state, next_token_logits,
+                               rewind_blocker, sampled_logits)
 from combinax.layers.base import Layer
 from combinax.shapes import ShapeDtype
 
@@ -70,7 +70,8 @@ def speculative_sample(target: Layer, target_params, draft: Layer, draft_params,
   batch = prompt.shape[0]
   settings = _Speculation(int(k), int(max_length), float(temperature), top_k, top_p, start_id, pad_id)
   tokens, rounds, accepted = _speculate(target, draft, settings, target_params, draft_params,
-                                        init_state(target, batch, None), init_state(draft, batch, None), prompt,
+                                        *(init_state(m, batch, None, cache_positions(m, fed + max_length + k))
+                                          for m in (target, draft)), prompt,
                                         jax.random.key(0) if rng is None else rng)
   if eos_id is not None:   # as the plain sampler: the EOS is kept, then padding
     after = jnp.cumsum(tokens == eos_id, axis=1) - (tokens == eos_id) > 0

@@ -10,6 +10,7 @@ import pytest
 
 from combinax import decoding
 from combinax import layers as cl
+from combinax.layers import attention
 from combinax.models.rnn import RNNLM
 from combinax.models.transformer import Transformer, TransformerLM
 
@@ -59,6 +60,23 @@ def test_prompts_of_nearby_widths_share_one_compilation_and_decode_as_without_pa
                                                                       temperature=0.0, start_id=start_id))
   snug = TransformerLM(20, **{**LM, "max_len": 9 + 5 + 1}, mode="predict")
   assert decoding._bucket(snug, 9, 5, 0) is None and decoding._bucket(roomy, 9, 5, 0) == 16
+
+
+def test_the_caches_hold_what_a_call_feeds_whatever_max_len_the_model_was_built_with(lm, monkeypatch):
+  model, _, params, prompt = lm
+  roomy = TransformerLM(20, **{**LM, "max_len": 4096}, mode="predict")
+  assert attention.CACHE_BLOCK == 256
+  assert [decoding.cache_positions(roomy, n) for n in (1, 256, 257, 4000)] == [256, 256, 512, 4096]
+  assert decoding.cache_positions(TransformerLM(20, **LM, mode="predict"), 11) == 24   # at most its max_len
+  assert decoding.cache_positions(RNNLM(20, d_model=8, n_layers=1, mode="predict"), 11) is None
+  made = []
+  init_state = decoding.init_state
+  monkeypatch.setattr(decoding, "init_state", lambda *a: made.append(init_state(*a)) or made[-1])
+  out = decoding.autoregressive_sample(roomy, params, prompt, max_length=6, temperature=0.0)
+  np.testing.assert_array_equal(out, greedy_by_recomputation(model, params, prompt, 6))
+  caches = [leaf.shape for path, leaf in jax.tree_util.tree_flatten_with_path(made)[0]
+            if path[-1].key in ("k", "v")]
+  assert caches and all(shape[-3] == 256 for shape in caches)   # (layers, batch, positions, heads, d_head)
 
 
 def test_only_states_made_of_caches_and_positions_can_be_rewound(lm):

@@ -200,6 +200,16 @@ class DotProductAttention(Layer):
       return state
     return {**state, "index": jnp.full_like(state["index"], index)}
 
+  def shorten_state(self, state, positions: int):
+    """The cache's first `positions` entries (its position axis is the third from the end, whatever stacks it)."""
+    if not state:
+      return state
+    length = state["k"].shape[-3]
+    if not 0 < positions <= length:
+      raise LayerError(self, "a cache can only be shortened", expected=f"1 <= positions <= {length}",
+                       actual=positions)
+    return {**state, "k": state["k"][..., :positions, :, :], "v": state["v"][..., :positions, :, :]}
+
   def _prefix_lengths(self, lengths, batch: int):
     if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
       raise LayerError(self, "a prefix LM's fourth input is each sequence's prefix length",

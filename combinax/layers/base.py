@@ -171,6 +171,12 @@ class Layer(metaclass=_Immutable):
                        "positional encodings do)", actual=f"{type(self).__name__} keeping {', '.join(kept)}")
     return state
 
+  def shorten_state(self, state, positions: int):
+    """This layer's decoding `state` with room for only its first `positions` positions (see `shorten`). The default
+    keeps the state as it is: it holds nothing sized by the positions (an index, a carry, no state at all)."""
+    del positions
+    return state
+
   def init_params_and_state(self, rng: jax.Array, input_signature) -> tuple[Any, Any]:
     """Returns `(params, state)` for this signature; leaves without parameters keep the default `({}, {})`."""
     del rng, input_signature
@@ -228,12 +234,32 @@ class Layer(metaclass=_Immutable):
     >>> int(state["index"]), int(encoding.rewind(state, 2)["index"])
     (5, 2)
     """
+    return self._map_state(state, lambda layer_state: self.rewind_state(layer_state, index))
+
+  def shorten(self, state, positions: int):
+    """The decoding `state` before its first call (from `init`) with room for only the first `positions` positions:
+    each KV cache keeps `positions` of its `max_len` entries, so a decoding step reads and writes that many
+    (decoding sizes the caches to what a call will fill this way: its speed then depends on that, not on
+    `max_len`). `positions` is a Python int, at most each cache's length; the caller feeds no more positions than
+    that (their writes past the end would be dropped).
+
+    >>> from combinax import layers as cl
+    >>> attention = cl.DotProductAttention(2, causal=True, mode="predict", max_len=64)
+    >>> _, state = attention.init(jax.random.key(0), (shapes.ShapeDtype((1, 1, 8)),) * 3)
+    >>> attention.shorten(state, 16)["k"].shape
+    (1, 16, 2, 4)
+    """
+    return self._map_state(state, lambda layer_state: self.shorten_state(layer_state, positions))
+
+  def _map_state(self, state, fn):
+    """`fn` of this layer's state, framed like `apply`: at the root, shared layers' state is lent out to each user
+    first and folded back after."""
     with _frame(self, state) as is_root:
-      if is_root and self.sublayers:  # as in `apply`: shared layers' state is lent out, then folded back
+      if is_root and self.sublayers:
         from combinax.layers import scopes
         aliases = scopes.plan(self)
         state = scopes.unfold(aliases, state)
-      state = self.rewind_state(state, index)
+      state = fn(state)
       if is_root and self.sublayers:
         state = scopes.fold_state(aliases, state)
     return state

@@ -64,6 +64,12 @@ class Repeat(Combinator):
       return state
     return jax.vmap(lambda layer_state: self.block.rewind(layer_state, index))(state)
 
+  def shorten_state(self, state, positions: int):
+    """Each copy's state, stacked as it is, shortened as the block shortens its own."""
+    if not jax.tree_util.tree_leaves(state):
+      return state
+    return jax.vmap(lambda layer_state: self.block.shorten(layer_state, positions))(state)
+
   def rematerialised(self, fn, *, prevent_cse: bool):
     """`fn` under `jax.checkpoint` with this layer's `remat` policy; `fn` itself when `remat` is False."""
     if not self.remat:

@@ -47,6 +47,13 @@ class Combinator(Layer):
       self.store_child(state, i, child.rewind(self.child_view(state, i), index), overwrite=True)
     return state
 
+  def shorten_state(self, state, positions: int):
+    """Each child's state shortened where it lives in ours."""
+    state = dict(state)
+    for i, child in enumerate(self.sublayers):
+      self.store_child(state, i, child.shorten(self.child_view(state, i), positions), overwrite=True)
+    return state
+
   def child_view(self, tree: dict, index: int):
     """The params (or state) of child `index`, taken from this combinator's params (or state)."""
     slot = self.child_slots[index]

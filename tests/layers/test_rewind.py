@@ -99,6 +99,39 @@ def test_rewinding_restores_the_state_after_that_many_positions_and_decoding_goe
     np.testing.assert_array_equal(a, b)
 
 
+def _first_positions(state, like):
+  """`state` with each KV cache (..., max_len, heads, d_head) cut to the length of its counterpart in `like`."""
+  def cut(path, a, b):
+    return a[..., :b.shape[-3], :, :] if getattr(path[-1], "key", None) in ("k", "v") else a
+  return jax.tree_util.tree_map_with_path(cut, state, like)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_shortened_state_holds_its_first_positions_and_decodes_them_as_the_whole_one(case):
+  make, inputs, _ = CASES[case]
+  layer, x = make(), inputs(N)
+  params, whole = layer.init(KEY, _span(case, x, 0, 1))
+  short = layer.shorten(whole, N)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(short)[0]:
+    assert getattr(path[-1], "key", None) not in ("k", "v") or leaf.shape[-3] == N, jax.tree_util.keystr(path)
+  _assert_same_state(short, _first_positions(whole, short))
+  # Decoded, equal up to float32 rounding: the attention's dots sum over fewer masked (zero-weight) positions, in
+  # another order (4e-6 relative, measured).
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+  after_short, outputs_short = _decoded(case, layer, params, short, x, 0, N, 2)
+  after_whole, outputs_whole = _decoded(case, layer, params, whole, x, 0, N, 2)
+  jax.tree_util.tree_map(close, after_short, _first_positions(after_whole, after_short))
+  jax.tree_util.tree_map(close, outputs_short, outputs_whole)
+
+
+def test_a_cache_is_not_lengthened_and_the_error_names_it():
+  model = TransformerLM(12, **LM)
+  _, state = model.init(KEY, _ids(1))
+  with pytest.raises(cl.LayerError, match=r"(?s)blocks.*DotProductAttention.*can only be shortened.*"
+                                          r"expected: 1 <= positions <= 16\n  actual: +17"):
+    model.shorten(state, 17)
+
+
 def test_an_rnn_model_is_named_as_not_rewindable():
   model = RNNLM(12, d_model=8, n_layers=1, mode="predict")
   assert not model.rewindable
