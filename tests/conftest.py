@@ -7,9 +7,13 @@ import os
 # programs are small and run a few times, so compiling them is most of their time (the growth recipe's test: 21.6 of
 # its 37 s); without them, its test and those of test_transformer.py took 81 s instead of 100 s (measured). XLA's
 # own passes (fusion, layout, buffer sharing), which the tests of compiled HLO read, run as they do for users.
-os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
-                                    "--xla_force_host_platform_device_count="
-                                    + os.environ.get("COMBINAX_TEST_DEVICES", "8")]).strip()
+# A test whose numbers must match ones computed with them on (a run stored by an older version, resumed bit for bit)
+# runs in a process of its own with them on: `@pytest.mark.isolated(optimised=True)`.
+_USERS_XLA_FLAGS = os.environ.setdefault("COMBINAX_TEST_USERS_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+os.environ["XLA_FLAGS"] = " ".join(
+    [_USERS_XLA_FLAGS] + ([] if os.environ.get("COMBINAX_TEST_OPTIMISED") == "1" else
+                          ["--xla_backend_optimization_level=0"])
+    + ["--xla_force_host_platform_device_count=" + os.environ.get("COMBINAX_TEST_DEVICES", "8")]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # One persistent compilation cache for the session, shared by the workers and every process a test starts (they
@@ -123,7 +127,8 @@ def shared_pretrained_cache():
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "isolated(devices=1): run the test in a fresh process on that many CPU devices")
+  config.addinivalue_line("markers", "isolated(devices=1, optimised=False): run the test in a fresh process on that "
+                                     "many CPU devices (with LLVM's optimisations on, if optimised)")
 
 
 def _report(item, when: str, outcome: str, longrepr=None, duration: float = 0.0) -> TestReport:
@@ -139,8 +144,9 @@ def pytest_runtest_protocol(item, nextitem):
   devices = marker.kwargs.get("devices", 1)
   item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
   start = time.time()
+  optimised = {"COMBINAX_TEST_OPTIMISED": "1"} if marker.kwargs.get("optimised") else {}
   child = subprocess.run([sys.executable, "-m", "pytest", item.nodeid, "-q", "-rs", "-p", "no:faulthandler"],
-                         cwd=item.config.rootpath, env={**os.environ, _ISOLATED_CHILD: str(devices)},
+                         cwd=item.config.rootpath, env={**os.environ, _ISOLATED_CHILD: str(devices), **optimised},
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   skipped = re.search(r"^SKIPPED \[\d+\] (.+?):(\d+): (.*)$", child.stdout, re.MULTILINE)
   if child.returncode == 0 and skipped:
