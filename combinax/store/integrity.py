@@ -66,7 +66,8 @@ def _host_checksum(x: np.ndarray):
   weights, each time they were imported or restored to the host, against 0.9 s fused (measured on 2 cores)."""
   if x.dtype.itemsize == 8 or x.dtype == object or x.dtype not in _JAX_EXACT:   # (64-bit: JAX would narrow it)
     return _checksum(x, np)
-  return _device_checksums([jax.device_put(np.ascontiguousarray(x).reshape(-1), jax.devices("cpu")[0])])[0]
+  here = jax.local_devices(backend="cpu")[0]   # (this process's own: in a multi-host run, jax.devices() are all)
+  return _device_checksums([jax.device_put(np.ascontiguousarray(x).reshape(-1), here)])[0]
 
 
 _JAX_EXACT = tuple(np.dtype(d) for d in ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "float16",
