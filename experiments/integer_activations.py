@@ -1,0 +1,120 @@
+"""Prototype for issue 32, item 1: what multiplying int8 activations by int8 weights (XLA's s8 x s8 -> s32 dot) would
+cost SmolLM2-135M in perplexity and buy in decoding speed, before it is built into `combinax.quant`.
+
+    python experiments/integer_activations.py [--tokens 2048] [--repeats 3]
+
+Three integer contractions stand in for `QuantizedArray._contract_rows` (the one place a quantized weight meets its
+inputs), swapped in for a measurement and put back after it (a prototype's shortcut: the built feature will be an
+option the user names):
+- per channel: weights int8 with one scale per output, each input row quantized to int8 with one scale, one dot;
+- per channel, 2 rows: the same with a single decoding row padded to two (XLA sends a one-row s8 dot to its own
+  loop after converting the weight, two rows to a library kernel: benchmarks/int8_dots.py);
+- groups of 32 (llama.cpp's Q8_0 x Q8_0): scales per 32 inputs on both sides, a dot batched over the groups.
+Perplexity over the first --tokens KJV test tokens as `benchmarks/quant_fidelity.py` scores it; ms a token of greedy
+decoding after a 16-token prompt ((80 - 16 tokens) / 64, median of --repeats, interleaved).
+"""
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import quant_fidelity  # noqa: E402
+
+from combinax import decoding, pretrained, quant  # noqa: E402
+from combinax.quant.weights import QuantizedArray  # noqa: E402
+
+NAME = quant_fidelity.NAME
+PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+DEQUANTIZED = QuantizedArray._contract_rows
+
+
+def _int8_rows(x):
+  """x (..., k) float32 -> (int8 values, float32 scale (..., 1)): one scale over the last axis."""
+  scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True) / 127.0
+  return jnp.round(x / jnp.where(scale == 0, 1.0, scale)).astype(jnp.int8), scale
+
+
+def per_channel(pad_to: int):
+  def contract(weight, rows):
+    n, n_groups, group = weight.values.shape
+    if weight.kind != "int8" or n_groups != 1:
+      return DEQUANTIZED(weight, rows)
+    b = rows.shape[0]
+    xq, xs = _int8_rows(jnp.pad(rows, ((0, max(0, pad_to - b)), (0, 0))))
+    acc = lax.dot_general(xq, weight.values.reshape(n, group), (((1,), (1,)), ((), ())),
+                          preferred_element_type=jnp.int32)
+    return (acc.astype(jnp.float32) * xs * weight.scale.astype(jnp.float32).reshape(1, n))[:b]
+  return contract
+
+
+def groups_of_32(weight, rows):
+  n, n_groups, group = weight.values.shape
+  if weight.kind != "int8" or group != 32:
+    return DEQUANTIZED(weight, rows)
+  xq, xs = _int8_rows(rows.reshape(rows.shape[0], n_groups, group))
+  acc = lax.dot_general(xq, weight.values, (((2,), (2,)), ((1,), (1,))), preferred_element_type=jnp.int32)
+  return jnp.einsum("gbn,bg,ng->bn", acc.astype(jnp.float32), xs[..., 0], weight.scale.astype(jnp.float32))
+
+
+@contextlib.contextmanager
+def contracting_with(fn):
+  QuantizedArray._contract_rows = fn
+  try:
+    yield
+  finally:
+    QuantizedArray._contract_rows = DEQUANTIZED
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--tokens", type=int, default=2048)
+  parser.add_argument("--repeats", type=int, default=3)
+  args = parser.parse_args()
+  model, params, tokenizer = pretrained.load(NAME)
+  ids = quant_fidelity.kjv_tokens(tokenizer, args.tokens)
+  per_channel_weights = quant.quantize(params, [("blocks/*kernel", "int8"), quant_fidelity.EMBED8])
+  q8_0_weights = quant.quantize(params, [("blocks/*kernel", quant.QuantSpec("int8", 32)), quant_fidelity.EMBED8])
+  ways = {"float32": (params, DEQUANTIZED),
+          "int8 per channel, dequantized (today)": (per_channel_weights, DEQUANTIZED),
+          "int8 per channel, s8 x s8": (per_channel_weights, per_channel(1)),
+          "int8 per channel, s8 x s8, rows padded to 2": (per_channel_weights, per_channel(2)),
+          "int8/32 (Q8_0), dequantized (today)": (q8_0_weights, DEQUANTIZED),
+          "int8/32 (Q8_0), s8 x s8 per 32": (q8_0_weights, groups_of_32)}
+  prompt = np.asarray(tokenizer.encode(PROMPT), np.int32)[None]
+  perplexity, runs = {}, {}
+  for way, (weights, fn) in ways.items():
+    with contracting_with(fn):
+      perplexity[way], _ = quant_fidelity.score(pretrained.model(NAME), weights, ids)   # a model object: its own jit
+      decoder = pretrained.model(NAME, mode="predict", max_len=160)
+      for n in (16, 80):
+        def run(decoder=decoder, weights=weights, n=n, fn=fn):
+          with contracting_with(fn):
+            return jax.block_until_ready(decoding.autoregressive_sample(decoder, weights, prompt, max_length=n,
+                                                                        temperature=0.0, start_id=None))
+        run()
+        runs[(way, n)] = run
+  times = {key: [] for key in runs}
+  for _ in range(args.repeats):   # interleaved
+    for key, run in runs.items():
+      start = time.perf_counter()
+      run()
+      times[key].append(time.perf_counter() - start)
+  base = perplexity["float32"]
+  print(f"SmolLM2-135M, {args.tokens} KJV test tokens; greedy decoding, batch 1, median of {args.repeats}")
+  for way in ways:
+    ms = 1e3 * (statistics.median(times[(way, 80)]) - statistics.median(times[(way, 16)])) / 64
+    print(f"{way:45s} perplexity {perplexity[way]:.3f} ({100 * (perplexity[way] / base - 1):+.2f}%)  "
+          f"{ms:6.2f} ms a token")
+
+
+if __name__ == "__main__":
+  main()
