@@ -42,16 +42,17 @@ class Combinator(Layer):
 
   def rewind_state(self, state, index):
     """Each child's state rewound where it lives in ours; a combinator with state of its own rewinds that too."""
-    state = dict(state)
-    for i, child in enumerate(self.sublayers):
-      self.store_child(state, i, child.rewind(self.child_view(state, i), index), overwrite=True)
-    return state
+    return self._each_childs_state(state, lambda child, child_state: child.rewind(child_state, index))
 
   def shorten_state(self, state, positions: int):
     """Each child's state shortened where it lives in ours."""
+    return self._each_childs_state(state, lambda child, child_state: child.shorten(child_state, positions))
+
+  def _each_childs_state(self, state, fn):
+    """`state` with each child's part replaced by `fn(child, that part)`; our own part kept."""
     state = dict(state)
     for i, child in enumerate(self.sublayers):
-      self.store_child(state, i, child.shorten(self.child_view(state, i), positions), overwrite=True)
+      self.store_child(state, i, fn(child, self.child_view(state, i)), overwrite=True)
     return state
 
   def child_view(self, tree: dict, index: int):
