@@ -36,7 +36,9 @@ setup(
         "retrieval": ["faiss-cpu>=1.8", "usearch>=2.12"],
         # Images the project draws itself (combinax.data.rendered): Pillow, and the TrueType fonts matplotlib's wheel
         # ships (DejaVu, STIX); nothing is downloaded at run time.
-        "vision": ["pillow>=10.1", "matplotlib>=3.8"],
+        # PP-OCR's recogniser (pretrained "ppocr-v4-rec") is read from its ONNX file with onnx, and checked against
+        # onnxruntime, the runtime its package uses.
+        "vision": ["pillow>=10.1", "matplotlib>=3.8", "onnx>=1.16", "onnxruntime>=1.18"],
         # Words the project says itself (combinax.data.spoken): eSpeak NG's library and voices, inside a wheel.
         "audio": ["espeakng-loader==0.2.4"],
         # The Flower adapter (combinax.federated.flower): a federated recipe run as separate processes.

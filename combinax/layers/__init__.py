@@ -3,8 +3,8 @@ layer factory is gin-configurable (`Dense.use_bias = False`, `@Gelu`), registere
 combinators and control flow (`Serial`, `Scan`, `Repeat`, ...) are structure and stay plain."""
 
 from combinax.layers import initializers
-from combinax.layers.activations import (Elu, FastGelu, Gelu, Glu, LeakyRelu, Relu, Selu, Sigmoid, Silu, Softplus,
-                                         Swish, Tanh)
+from combinax.layers.activations import (Elu, FastGelu, Gelu, Glu, HardSigmoid, HardSwish, LeakyRelu, Relu, Selu,
+                                         Sigmoid, Silu, Softplus, Swish, Tanh)
 from combinax.layers.audio import CheckFrames
 from combinax.layers.attention import (Attention, AttentionQKV, CausalAttention, DotProductAttention,
                                        EncoderDecoderMask, PaddingMask, ShiftRight, attend)
@@ -14,7 +14,7 @@ from combinax.layers.combinators import (Add, Branch, Concatenate, Drop, Dup, Fn
 from combinax.layers.control import BatchLeadingAxes, Bidirectional, Cache, Chunk, Cond, Prefill, Remat, Scan
 from combinax.layers.convolution import AvgPool, CausalConv, Conv, MaxPool, SumPool
 from combinax.layers.core import (ArgMax, Dense, Dropout, Embedding, Flatten, LogSoftmax, Max, Mean, Softmax,
-                                  StopGradient, Sum, TiedLogits, ToFloat, Weights)
+                                  ScaleAndShift, StopGradient, Sum, TiedLogits, ToFloat, Weights)
 from combinax.layers.contrastive import (PairAccuracy, SigmoidContrastiveLoss, SoftmaxContrastiveLoss,
                                          TemperatureAndBias)
 from combinax.layers.distillation import DistillationLoss

@@ -45,6 +45,20 @@ def Silu() -> Layer:
 Swish = Silu
 
 
+def HardSwish() -> Layer:
+  """x * relu6(x + 3) / 6: Swish in pieces of lines (MobileNetV3's).
+
+  >>> HardSwish().apply({}, {}, jnp.array([-4.0, 1.0, 4.0]))[0]
+  Array([-0.       ,  0.6666667,  4.       ], dtype=float32)
+  """
+  return Fn("HardSwish", jax.nn.hard_swish)
+
+
+def HardSigmoid() -> Layer:
+  """relu6(x + 3) / 6, i.e. clip(x / 6 + 1 / 2, 0, 1): the sigmoid in pieces of lines (MobileNetV3's gates)."""
+  return Fn("HardSigmoid", jax.nn.hard_sigmoid)
+
+
 def Elu(a: float = 1.0) -> Layer:
   return Fn("Elu", lambda x: jax.nn.elu(x, alpha=a))
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from combinax import shapes
 from combinax.layers import initializers
 from combinax.layers.base import Layer, LayerError, check_last_dim, check_rank
 
@@ -35,21 +36,29 @@ def _fold_leading(x, n_spatial: int):
 class Conv(Layer):
   """Convolution with `filters` output channels and a `kernel_size` window (its length fixes 1-, 2- or 3-D).
 
+  `groups` > 1 splits the channels into that many groups convolved apart (`kernel` (window..., channels / groups,
+  filters)); `groups` = channels = filters is a depthwise convolution (MobileNet's).
+
   >>> Conv(8, (3, 3), padding="SAME").output_signature(ShapeDtype((2, 5, 5, 3)))
   ShapeDtype((2, 5, 5, 8), float32)
+  >>> Conv(6, (3, 3), groups=6).init(jax.random.key(0), ShapeDtype((1, 5, 5, 6)))[0]["kernel"].shape
+  (3, 3, 1, 6)
   """
 
   def __init__(self, filters: int, kernel_size: Sequence[int], strides: Sequence[int] | None = None,
                padding="VALID", kernel_dilation: Sequence[int] | None = None,
                kernel_initializer="he_uniform", bias_initializer="zeros", use_bias: bool = True,
-               name: str | None = None):
+               name: str | None = None, *, groups: int = 1):
     super().__init__(1, 1, name)
     self.kernel_size = tuple(kernel_size)
     n = len(self.kernel_size)
     if n not in _LAYOUTS:
       raise LayerError(self, "kernel_size must have 1, 2 or 3 entries", expected="1-D, 2-D or 3-D",
                        actual=kernel_size)
-    self.filters, self.use_bias = int(filters), use_bias
+    self.filters, self.use_bias, self.groups = int(filters), use_bias, int(groups)
+    if self.groups < 1 or self.filters % self.groups:
+      raise LayerError(self, "groups must divide the filters", expected=f"a divisor of {self.filters}",
+                       actual=groups)
     self.strides = _tuple(strides or 1, n, "strides", self)
     self.kernel_dilation = _tuple(kernel_dilation or 1, n, "kernel_dilation", self)
     self.padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
@@ -61,8 +70,12 @@ class Conv(Layer):
 
   def init_params_and_state(self, rng, input_signature):
     check_rank(self, input_signature, len(self.kernel_size) + 2, self._description())
+    channels = input_signature.shape[-1]
+    if channels % self.groups:
+      raise LayerError(self, "groups must divide the input's channels", expected=f"channels a multiple of "
+                       f"groups={self.groups}", actual=shapes.describe(input_signature))
     kernel_rng, bias_rng = jax.random.split(rng)
-    shape = self.kernel_size + (input_signature.shape[-1], self.filters)
+    shape = self.kernel_size + (channels // self.groups, self.filters)
     params = {"kernel": self.kernel_initializer(kernel_rng, shape, jnp.float32)}
     if self.use_bias:
       params["bias"] = self.bias_initializer(bias_rng, (self.filters,), jnp.float32)
@@ -71,10 +84,11 @@ class Conv(Layer):
   def forward(self, params, state, x, *, rng, train):
     n = len(self.kernel_size)
     check_rank(self, x, n + 2, self._description())
-    check_last_dim(self, x, params["kernel"].shape[-2])
+    check_last_dim(self, x, params["kernel"].shape[-2] * self.groups)
     folded, lead = _fold_leading(x, n)
     y = lax.conv_general_dilated(folded, params["kernel"].astype(x.dtype), self.strides, self.padding,
-                                 rhs_dilation=self.kernel_dilation, dimension_numbers=_LAYOUTS[n])
+                                 rhs_dilation=self.kernel_dilation, dimension_numbers=_LAYOUTS[n],
+                                 feature_group_count=self.groups)
     if self.use_bias:
       y = y + params["bias"].astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
     return y.reshape(lead + y.shape[1:]), state

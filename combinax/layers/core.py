@@ -220,6 +220,22 @@ class Weights(Layer):
     return params["weights"], state
 
 
+class ScaleAndShift(Layer):
+  """scale * x + bias with one learned scalar each (`scale` 1 and `bias` 0 at init): PP-LCNetV3's learnable affine
+  block, which lets a re-parameterised convolution's output move as a whole.
+
+  >>> layer = ScaleAndShift()
+  >>> layer.apply({"scale": jnp.array(2.0), "bias": jnp.array(1.0)}, {}, jnp.array([0.0, 3.0]))[0]
+  Array([1., 7.], dtype=float32)
+  """
+
+  def init_params_and_state(self, rng, input_signature):
+    return {"scale": jnp.ones((), jnp.float32), "bias": jnp.zeros((), jnp.float32)}, {}
+
+  def forward(self, params, state, x, *, rng, train):
+    return params["scale"].astype(x.dtype) * x + params["bias"].astype(x.dtype), state
+
+
 def LogSoftmax(axis: int = -1) -> Layer:
   """Log-probabilities along `axis`."""
   return Fn("LogSoftmax", lambda x: jax.nn.log_softmax(x, axis=axis))

@@ -17,8 +17,9 @@ class CheckImages(Layer):
   """The identity on images (batch, height, width, channels) of the shape a vision model was built for; any other
   input raises a LayerError naming the expected and the actual shape (one line, before anything is computed).
 
-  `size` (height, width) or None (any), `channels` or None (any); `multiple_of` (a patch size): both sides must be
-  multiples of it, as a patch embedding would otherwise drop the last rows and columns without a word.
+  `size` (height, width) or None (any; either side may be None), `channels` or None (any); `multiple_of` (a patch
+  size): both sides must be multiples of it, as a patch embedding would otherwise drop the last rows and columns
+  without a word.
 
   >>> CheckImages(size=(8, 8), channels=1).output_signature(ShapeDtype((2, 8, 8, 1)))
   ShapeDtype((2, 8, 8, 1), float32)
@@ -26,21 +27,24 @@ class CheckImages(Layer):
 
   def __init__(self, size=None, channels: int | None = None, multiple_of: int = 1, name: str | None = None):
     super().__init__(1, 1, name)
-    self.size = None if size is None else tuple(int(s) for s in ((size, size) if isinstance(size, int) else size))
+    self.size = None if size is None else tuple(
+        None if s is None else int(s) for s in ((size, size) if isinstance(size, int) else size))
     self.channels = None if channels is None else int(channels)
     self.multiple_of = int(multiple_of)
-    if self.size is not None and any(s % self.multiple_of for s in self.size):
+    if self.size is not None and any(s % self.multiple_of for s in self.size if s is not None):
       raise LayerError(self, "the image size must be a multiple of the patch size",
                        expected=f"multiples of {self.multiple_of}", actual=self.size)
 
   def _expected(self) -> str:
-    size = "height, width" if self.size is None else f"{self.size[0]}, {self.size[1]}"
-    multiple = f" (sides multiples of {self.multiple_of})" if self.size is None and self.multiple_of > 1 else ""
+    size = "height, width" if self.size is None else \
+        f"{self.size[0] or 'height'}, {self.size[1] or 'width'}"
+    free = self.size is None or None in self.size
+    multiple = f" (sides multiples of {self.multiple_of})" if free and self.multiple_of > 1 else ""
     return f"(batch, {size}, {self.channels or 'channels'}){multiple}, float"
 
   def _check(self, x):
     ok = len(x.shape) == 4 and jnp.issubdtype(x.dtype, jnp.floating)
-    ok = ok and (self.size is None or tuple(x.shape[1:3]) == self.size)
+    ok = ok and (self.size is None or all(e is None or a == e for a, e in zip(x.shape[1:3], self.size)))
     ok = ok and (self.channels is None or x.shape[3] == self.channels)
     ok = ok and all(s % self.multiple_of == 0 for s in x.shape[1:3])
     if not ok:

@@ -15,11 +15,12 @@ from combinax.models.contrastive import DualEncoder, L2Normalize, TextTower
 from combinax.models.image_prefix import ImagePrefixLM
 from combinax.models.vision import ViT
 from combinax.models.audio import AudioEncoder
+from combinax.models.ocr import TextRecognizer
 from combinax.models.adapted import LoRAModel
 
 _register(globals(), "combinax.models", ["MLP", "ResNet", "Resnet50", "WideResnet", "DigitsCNN", "RNNLM", "GRULM",
                                           "LSTMSeq2SeqAttn", "TextGenRNN", "TransformerLM", "TransformerEncoder",
                                           "Transformer", "ViT", "DualEncoder", "TextTower", "ImagePrefixLM",
-                                          "AudioEncoder", "LoRAModel"])
+                                          "AudioEncoder", "LoRAModel", "TextRecognizer"])
 _gin.external_configurable(TransformerOptions, module="combinax.models")  # gin-made options; models build their own
 _gin.external_configurable(RetroOptions, module="combinax.models")        # TransformerLM.retro = @RetroOptions()

@@ -2,14 +2,16 @@
 
 >>> import combinax as cx
 >>> cx.pretrained.list()
-['all-minilm-l6-v2', 'smollm2-135m-instruct', 'textgenrnn']
+['all-minilm-l6-v2', 'ppocr-v4-rec', 'smollm2-135m-instruct', 'textgenrnn']
 
 `model, params, tokenizer = cx.pretrained.load("all-minilm-l6-v2")` gives a `TransformerEncoder` whose output is
 normalised sentence embeddings; `load("smollm2-135m-instruct", mode="predict", max_len=256)` a `TransformerLM` for
-`combinax.decoding`. The first load imports the weights from their package (installed by
+`combinax.decoding`; `load("ppocr-v4-rec")` PP-OCRv4's text-line recogniser (`models.TextRecognizer`, CTC over
+6,624 characters; with `n_classes=None` a pretrained vision tower). The first load imports the weights from their package (installed by
 `python -m combinax.pretrained download NAME`) and caches them; later loads read the cache. The importers work on
 your own files too: `bert.import_files(folder)` (BERT-family safetensors + config.json), `llama.import_files(gguf)`,
-`textgenrnn.import_files(folder)` (a textgenrnn weights .hdf5 + vocab .json).
+`textgenrnn.import_files(folder)` (a textgenrnn weights .hdf5 + vocab .json), `ppocr.import_files(onnx)` (a PP-OCR
+recogniser's ONNX file).
 """
 
 from combinax.configurable import register as _register

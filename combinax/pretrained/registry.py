@@ -33,7 +33,7 @@ from combinax.store import checkpoints, rundir
 class Entry:
   """One bundled model: its family importer, the package that carries its files, and what it is."""
   name: str
-  family: str        # a module of combinax.pretrained: bert, llama, textgenrnn
+  family: str        # a module of combinax.pretrained: bert, llama, ppocr, textgenrnn
   package: str       # the pip distribution with the files
   version: str
   module: str        # its import name (a folder of files; never imported)
@@ -52,6 +52,10 @@ ENTRIES = {e.name: e for e in [
           "Apache-2.0", "HuggingFaceTB/SmolLM2-135M-Instruct: Llama-style decoder, 30 layers, d 576, 9/3 heads, "
           "135M params, 4-bit GGUF dequantized to float32",
           prompt_template="<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"),
+    Entry("ppocr-v4-rec", "ppocr", "rapidocr_onnxruntime", "1.4.4", "rapidocr_onnxruntime",
+          "models/ch_PP-OCRv4_rec_infer.onnx", "Apache-2.0",
+          "PaddleOCR's PP-OCRv4 text-line recogniser (SVTR-LCNet, 2.7M params): 48-pixel lines -> CTC over 6,624 "
+          "Chinese and Latin characters; a pretrained vision tower (120-d features per 8 columns)"),
     Entry("textgenrnn", "textgenrnn", "textgenrnn", "2.0.0", "textgenrnn", "", "MIT",
           "minimaxir/textgenrnn: character LSTM LM (2 x LSTM 128, attention pooling), 465 characters"),
 ]}
@@ -61,7 +65,7 @@ def list_models() -> list[str]:
   """The names of the bundled pretrained models.
 
   >>> list_models()
-  ['all-minilm-l6-v2', 'smollm2-135m-instruct', 'textgenrnn']
+  ['all-minilm-l6-v2', 'ppocr-v4-rec', 'smollm2-135m-instruct', 'textgenrnn']
   """
   return sorted(ENTRIES)
 

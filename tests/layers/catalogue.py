@@ -130,10 +130,11 @@ CATALOGUE = {
     "StopGradient": (cl.StopGradient, S(2, 5)),
     "ToFloat": (cl.ToFloat, S(2, 5, dtype=I)),
     "Weights": (lambda: cl.Weights("normal", shape=(3, 4)), ()),
+    "ScaleAndShift": (cl.ScaleAndShift, S(2, 5)),
     # Activations.
     **{name: (getattr(cl, name), S(2, 6)) for name in
        ["Relu", "Gelu", "FastGelu", "Sigmoid", "Tanh", "Silu", "Swish", "Elu", "Selu", "LeakyRelu", "Softplus",
-        "Glu"]},
+        "Glu", "HardSwish", "HardSigmoid"]},
     # Normalization.
     "LayerNorm": (cl.LayerNorm, S(4, 3, 5)),
     "RMSNorm": (cl.RMSNorm, S(4, 3, 5)),
@@ -143,6 +144,8 @@ CATALOGUE = {
     "Conv2D": (lambda: cl.Conv(4, (3, 3), strides=(2, 2), padding="SAME"), S(2, 6, 6, 3)),
     "Conv3D": (lambda: cl.Conv(2, (2, 2, 2), kernel_dilation=(1, 1, 2)), S(1, 4, 4, 4, 2)),
     "Conv2D_leading_axes": (lambda: cl.Conv(2, (2, 2)), S(3, 2, 4, 4, 1)),
+    "Conv2D_depthwise": (lambda: cl.Conv(6, (3, 3), padding="SAME", groups=6), S(2, 5, 5, 6)),
+    "Conv2D_groups": (lambda: cl.Conv(4, (1, 3), groups=2), S(2, 1, 5, 6)),
     "CausalConv": (lambda: cl.CausalConv(4, 3, dilation=2), S(2, 8, 3)),
     "MaxPool": (lambda: cl.MaxPool((2, 2)), S(2, 4, 4, 3)),
     "AvgPool": (lambda: cl.AvgPool((3, 3), strides=(1, 1), padding="SAME"), S(2, 4, 4, 3)),

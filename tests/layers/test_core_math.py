@@ -119,6 +119,8 @@ ERF = np.vectorize(math.erf)
     (cl.Selu(), 1.0507009873554805 * np.where(X > 0, X, 1.6732632423543772 * (np.exp(X) - 1))),
     (cl.LeakyRelu(0.1), np.where(X > 0, X, 0.1 * X)),
     (cl.Softplus(), np.log1p(np.exp(X))),
+    (cl.HardSwish(), X * np.clip(X + 3, 0, 6) / 6),
+    (cl.HardSigmoid(), np.clip(X / 6 + 0.5, 0, 1)),
 ], ids=lambda v: getattr(v, "name", ""))
 def test_activations(layer, expected):
   np.testing.assert_allclose(layer.apply({}, {}, jnp.asarray(X))[0], expected, rtol=1e-5, atol=1e-6)
@@ -171,6 +173,35 @@ def test_conv2d_is_a_cross_correlation():
   for n in range(2):
     np.testing.assert_allclose(y[n], _correlate(x[n], k) + b, rtol=1e-4, atol=1e-5)
   assert cl.Conv(4, (3, 3), strides=(2, 2), padding="SAME").output_signature(x).shape == (2, 3, 3, 4)
+
+
+def test_grouped_conv_convolves_each_group_of_channels_apart():
+  x = np.random.RandomState(3).randn(2, 5, 6, 6).astype(np.float32)
+  params, (y, _) = init_apply(cl.Conv(4, (2, 3), groups=2), jnp.asarray(x))
+  k, b = np.asarray(params["kernel"]), np.asarray(params["bias"])
+  assert k.shape == (2, 3, 3, 4)              # each filter sees its group's 3 channels
+  for n in range(2):
+    first, second = _correlate(x[n, ..., :3], k[..., :2]), _correlate(x[n, ..., 3:], k[..., 2:])
+    np.testing.assert_allclose(y[n], np.concatenate([first, second], -1) + b, rtol=1e-4, atol=1e-5)
+  depthwise = cl.Conv(6, (3, 3), padding="SAME", groups=6)
+  assert depthwise.init(KEY, x)[0]["kernel"].shape == (3, 3, 1, 6)
+
+
+def test_grouped_conv_refuses_groups_that_do_not_divide_the_channels():
+  with pytest.raises(cl.LayerError, match="groups must divide the filters"):
+    cl.Conv(5, (3, 3), groups=2)
+  with pytest.raises(cl.LayerError, match="(?s)groups must divide the input.s channels.*multiple of groups=2"):
+    cl.Conv(4, (3, 3), groups=2).init(KEY, cx.ShapeDtype((1, 5, 5, 3)))
+
+
+def test_scale_and_shift_is_one_learned_affine():
+  layer = cl.ScaleAndShift()
+  params, state = layer.init(KEY, cx.ShapeDtype((2, 3)))
+  assert {k: v.shape for k, v in params.items()} == {"scale": (), "bias": ()}
+  x = jnp.array([[1.0, -2.0, 3.0]])
+  np.testing.assert_array_equal(layer.apply(params, state, x)[0], x)      # the identity at init
+  np.testing.assert_allclose(layer.apply({"scale": jnp.array(-0.5), "bias": jnp.array(2.0)}, {}, x)[0],
+                             [[1.5, 3.0, 0.5]])
 
 
 def test_causal_conv_never_looks_ahead():

