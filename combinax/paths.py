@@ -85,3 +85,27 @@ def unflatten(flat: dict[str, Any]) -> dict:
         raise ValueError(f"unflatten: {path!r} goes through a leaf")
     node[name] = leaf
   return out
+
+
+def subtree(tree: dict, path: str):
+  """The nested dict at `path` ("image" or "image/projector") of a tree of dicts, or None if it has none.
+
+  >>> subtree({"image": {"projector": {"kernel": 1}}}, "image/projector")
+  {'kernel': 1}
+  """
+  node = tree
+  for part in path.split("/"):
+    if not isinstance(node, dict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def with_subtree(tree: dict, path: str, value) -> dict:
+  """A copy of the dicts down to `path` with `value` there (the rest shared, not copied).
+
+  >>> with_subtree({"a": {"b": 1, "c": 2}, "d": 3}, "a/b", 5)
+  {'a': {'b': 5, 'c': 2}, 'd': 3}
+  """
+  part, _, rest = path.partition("/")
+  return {**tree, part: with_subtree(tree[part], rest, value) if rest else value}

@@ -12,6 +12,7 @@ error rate) and answers held-out scene questions (exact match), greedy decoding 
 
     python experiments/vlm_rendered.py --kind scenes --run runs/vlm_scenes [--test_size 512]
     python experiments/vlm_rendered.py --kind words --run runs/vlm_words
+    python experiments/vlm_rendered.py --kind words --run runs/vlm_ppocr --config_file configs/vlm_smollm2_ppocr.gin
 
 Run by hand, not by CI.
 """
@@ -28,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 
-def train(kind: str, run: str, extra: list[str]) -> float:
+def train(kind: str, run: str, extra: list[str], config_file: str) -> float:
   settings = [f'KIND="{kind}"'] + (["HEIGHT=64", "WIDTH=64"] if kind == "scenes" else []) + extra
-  command = [sys.executable, "-m", "combinax.cli.train", "--config_file=configs/vlm_smollm2_rendered.gin",
+  command = [sys.executable, "-m", "combinax.cli.train", f"--config_file={config_file}",
              f"--output_dir={run}"] + [f"--config={s}" for s in settings]
   start = time.time()
   subprocess.run(command, check=True)
@@ -93,6 +94,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--kind", choices=("words", "scenes"), default="scenes")
   parser.add_argument("--run", default=None, help="a finished run directory (else one is trained)")
+  parser.add_argument("--config_file", default="configs/vlm_smollm2_rendered.gin",
+                      help="the recipe to train (configs/vlm_smollm2_ppocr.gin: PP-OCR's pretrained tower, words)")
   parser.add_argument("--config", action="append", default=[], help="extra bindings for training")
   parser.add_argument("--test_size", type=int, default=512)
   parser.add_argument("--decode_config", action="append", default=[],
@@ -100,7 +103,8 @@ def main():
                            "for a run trained before the recipe named its channels)")
   args = parser.parse_args()
   run = args.run or f"runs/vlm_{args.kind}"
-  seconds = None if args.run and Path(run, "config.gin").exists() else train(args.kind, run, args.config)
+  seconds = None if args.run and Path(run, "config.gin").exists() else \
+      train(args.kind, run, args.config, args.config_file)
   from combinax.cli.decode import load_run
   lm = load_run(Path(run), args.decode_config)
   height, width = lm.image[:2]

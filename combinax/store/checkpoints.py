@@ -262,17 +262,19 @@ def restore(checkpoint: str | os.PathLike, template: Any, prefix: str = "") -> t
   return tree, metadata
 
 
-def restore_matching(checkpoint: str | os.PathLike, template: Any, prefix: str = "") -> tuple[Any, list[str]]:
+def restore_matching(checkpoint: str | os.PathLike, template: Any, prefix: str = "", *,
+                     skip_unused: bool = False) -> tuple[Any, list[str]]:
   """Loads the leaves of `template` that the checkpoint has; the others keep the template's (concrete) values.
 
   For fine-tuning: a pretrained body into a model with a new head or adapters. Every saved leaf under `prefix` must
-  exist in the template with its shape and dtype. Returns (tree, the paths that kept their template values).
+  exist in the template with its shape and dtype, unless `skip_unused` (a pretrained tower whose own head the new
+  model does not have). Returns (tree, the paths that kept their template values).
   """
-  tree, _, kept = _restore(checkpoint, template, prefix, partial=True)
+  tree, _, kept = _restore(checkpoint, template, prefix, partial=True, skip_unused=skip_unused)
   return tree, kept
 
 
-def _restore(checkpoint, template, prefix: str, partial: bool):
+def _restore(checkpoint, template, prefix: str, partial: bool, skip_unused: bool = False):
   checkpoint = Path(checkpoint)
   manifest = read_manifest(checkpoint)
   template_leaves = leaves_with_paths(template)
@@ -280,7 +282,7 @@ def _restore(checkpoint, template, prefix: str, partial: bool):
   saved = {e["path"][len(start):]: (i, e) for i, e in enumerate(manifest["leaves"]) if e["path"].startswith(start)}
   wanted_paths = [path for path, _ in template_leaves]
   missing, extra = sorted(set(wanted_paths) - set(saved)), sorted(set(saved) - set(wanted_paths))
-  if extra or (missing and not partial):
+  if (extra and not skip_unused) or (missing and not partial):
     raise CheckpointMismatchError(f"{checkpoint}: the checkpoint does not fit this model/optimizer: missing "
                                   f"{missing[:5]}, unexpected {extra[:5]}")
   wanted = [(path, like) for path, like in template_leaves if path in saved]

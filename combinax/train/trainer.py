@@ -13,7 +13,7 @@ import hashlib
 import inspect
 import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import gin
 import jax
@@ -27,7 +27,7 @@ from combinax import quant, sharding
 from combinax.data.hosts import sharded_position
 from combinax.layers.base import Layer, LayerError
 from combinax.parallel import Pipeline
-from combinax.paths import leaves_with_paths, matches
+from combinax.paths import leaves_with_paths, matches, paths, subtree, with_subtree
 from combinax.store import checkpoints
 from combinax.store.logging import plot_loss_curve
 from combinax.store.session import RunSession
@@ -183,7 +183,10 @@ class Trainer:
       such as a gin-configured `TransformerLM`, is built with them; the mesh gets a `stage` axis of
       `pipeline_stages` device groups, and the stacked blocks (and their optimizer state) are split over it.
     compute_dtype: "bfloat16" for bf16 compute with float32 master params.
-    init_checkpoint: a checkpoint directory whose params start a new run (fine-tuning), when not resuming.
+    init_checkpoint: a checkpoint directory whose params start a new run (fine-tuning), when not resuming; or
+      {params path: checkpoint} to start parts of the model from different runs: "" the whole model, "image" the
+      params under `image/` from a checkpoint of the vision tower alone (its params the model lacks, such as its
+      own head, unused and said so in the log).
     early_stopping_patience: stop after this many evaluations without improving `best_metric`.
   """
 
@@ -192,7 +195,7 @@ class Trainer:
                checkpoint_every: int = 500, keep_checkpoints: int = 3, best_metric: str | None = None,
                best_mode: str = "min", log_every: int = 50, model_parallel: int = 1,
                sharding_rules: str | list = "replicated", compute_dtype: str | None = None,
-               init_checkpoint: str | None = None, early_stopping_patience: int | None = None,
+               init_checkpoint: str | dict | None = None, early_stopping_patience: int | None = None,
                progress: bool | None = None, pipeline_stages: int = 1, microbatches: int = 1):
     if output_dir is None:
       raise ValueError("Trainer: output_dir is required (pass --output_dir to combinax-train)")
@@ -286,16 +289,45 @@ class Trainer:
       if position is not None:
         stream.set_state(cx_data.loads_state(position))
       return resumed.tree, resumed.metadata.get("best_history", []), notes
-    if self.init_checkpoint:  # fine-tuning: the params and model state of another run, nothing else
-      source = checkpoints.checkpoint_or_latest(self.init_checkpoint)
-      if source is None:
-        raise TrainingError(f"init_checkpoint {self.init_checkpoint}: no checkpoint there")
-      params, kept = checkpoints.restore_matching(source, fresh.params, prefix="params")
-      model_state, _ = checkpoints.restore_matching(source, fresh.state, prefix="state")
-      notes = [f"init_checkpoint {source}: {len(kept)} params not in it keep their initialisation: "
-               f"{', '.join(kept[:8])}{' ...' if len(kept) > 8 else ''}"] if kept else []  # a new head, adapters
+    if self.init_checkpoint:  # fine-tuning: the params and model state of other runs, nothing else
+      params, model_state, notes = self._start_from(fresh)
       return fresh._replace(params=params, state=model_state), [], notes
     return fresh, [], []
+
+  def _start_from(self, fresh: TrainState) -> tuple[Any, Any, list]:
+    """(params, model state, notes) of `init_checkpoint`: each checkpoint's params and state at its place in the
+    model; the notes name the params no checkpoint had (a new head, adapters) and those a part's checkpoint has
+    beyond that part (its own head)."""
+    sources = self.init_checkpoint if isinstance(self.init_checkpoint, Mapping) else {"": self.init_checkpoint}
+    params, model_state, notes = fresh.params, fresh.state, []
+    restored = set()
+    for where in sorted(sources, key=len):   # the whole model first, then its parts over it
+      source = checkpoints.checkpoint_or_latest(sources[where])
+      if source is None:
+        raise TrainingError(f"init_checkpoint {sources[where]}: no checkpoint there")
+      if where == "":
+        params, kept = checkpoints.restore_matching(source, params, prefix="params")
+        model_state, _ = checkpoints.restore_matching(source, model_state, prefix="state")
+        restored |= set(paths(params)) - set(kept)
+        continue
+      part = subtree(params, where)
+      if part is None:
+        raise TrainingError(f"init_checkpoint[{where!r}]: the model has no params under {where}/; it has "
+                            f"{sorted(params) if isinstance(params, dict) else type(params).__name__}")
+      loaded, kept = checkpoints.restore_matching(source, part, prefix="params", skip_unused=True)
+      params = with_subtree(params, where, loaded)
+      restored |= {f"{where}/{p}" for p in set(paths(loaded)) - set(kept)}
+      saved = [e["path"][len("params/"):] for e in checkpoints.read_manifest(source)["leaves"]
+               if e["path"].startswith("params/")]
+      unused = sorted(set(saved) - set(paths(part)))
+      if unused:
+        notes.append(f"init_checkpoint[{where!r}] {source}: {len(unused)} of its params are not in the model's "
+                     f"{where}/ and are not used: {', '.join(unused[:8])}{' ...' if len(unused) > 8 else ''}")
+    kept = [p for p in paths(params) if p not in restored]
+    if kept:   # a new head, adapters
+      notes.insert(0, f"init_checkpoint {self.init_checkpoint}: {len(kept)} params not in it keep their "
+                      f"initialisation: {', '.join(kept[:8])}{' ...' if len(kept) > 8 else ''}")
+    return params, model_state, notes
 
   # --- The loop ---------------------------------------------------------------------------------------------
 

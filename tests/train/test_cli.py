@@ -96,6 +96,12 @@ TINY = {
                     "distill.student_checkpoint.layers = [0, 29]"],
     # SmolLM2 cut to 2 of its blocks (as for the teacher) under a 1-block ViT.
     "vlm_smollm2_rendered": SMOLLM2_CUT + TINY_VIT_PREFIX,
+    # SmolLM2 cut to 2 blocks under the bundled PP-OCR recogniser (image/ from its own checkpoint), 48 x 64 lines.
+    "vlm_smollm2_ppocr": [
+        "pretrained.image_prefix_model.n_layers = 2", "distill.student_checkpoint.layers = [0, 29]",
+        "distill.student_checkpoint.teacher_checkpoint = @lm/pretrained.checkpoint()",
+        "Trainer.init_checkpoint = {'': @distill.student_checkpoint(), 'image': @vision/pretrained.checkpoint()}",
+        "WIDTH = 64"] + TINY_VIT_PREFIX[4:],
     # The second stage: LoRA on the 2 blocks, from the bundled weights (the test has no first stage's run).
     "vlm_smollm2_rendered_lora": SMOLLM2_CUT + TINY_VIT_PREFIX,
     # The same with sound: SmolLM2 cut to 2 blocks under a 1-block AudioEncoder, 60 frames (30 tokens).
@@ -131,7 +137,8 @@ PRETRAINED = {"finetune_minilm_sentiment": "all-minilm-l6-v2",  # recipes that s
               "student_smollm2_kjv": "smollm2-135m-instruct", "distill_smollm2_kjv": "smollm2-135m-instruct",
               "teacher_smollm2_kjv": "smollm2-135m-instruct", "retro_facts": "all-minilm-l6-v2",
               "rag_smollm2": "smollm2-135m-instruct", "vlm_smollm2_rendered": "smollm2-135m-instruct",
-              "alm_smollm2_spoken": "smollm2-135m-instruct", "vlm_smollm2_rendered_lora": "smollm2-135m-instruct"}
+              "alm_smollm2_spoken": "smollm2-135m-instruct", "vlm_smollm2_rendered_lora": "smollm2-135m-instruct",
+              "vlm_smollm2_ppocr": "smollm2-135m-instruct ppocr-v4-rec"}
 
 
 # The recipes that start from bundled weights run in a process of their own on one device (tests/conftest.py): on 8
@@ -139,14 +146,16 @@ PRETRAINED = {"finetune_minilm_sentiment": "all-minilm-l6-v2",  # recipes that s
 # recipes alike, whichever came first) and left the worker 2.6 GB bigger; fine-tuning MiniLM, 9.7 GB. Alone on one
 # device: 1.1-2.4 GB.
 ISOLATED = {"distill_smollm2_kjv", "student_smollm2_kjv", "teacher_smollm2_kjv", "finetune_minilm_sentiment",
-            "rag_smollm2", "vlm_smollm2_rendered", "alm_smollm2_spoken", "vlm_smollm2_rendered_lora"}
+            "rag_smollm2", "vlm_smollm2_rendered", "alm_smollm2_spoken", "vlm_smollm2_rendered_lora",
+            "vlm_smollm2_ppocr"}
 
 
 @pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.isolated(devices=1)) if c.stem in ISOLATED
                                     else c for c in CONFIGS if c.stem not in ELSEWHERE], ids=lambda c: c.stem)
 def test_recipe_trains_a_few_steps(config, tmp_path, shared_pretrained_cache, monkeypatch):
-  if config.stem in PRETRAINED and registry.source_files(PRETRAINED[config.stem]) is None:
-    pytest.skip(f"weights of {PRETRAINED[config.stem]} not installed (python -m combinax.pretrained download ...)")
+  for name in PRETRAINED.get(config.stem, "").split():
+    if registry.source_files(name) is None:
+      pytest.skip(f"weights of {name} not installed (python -m combinax.pretrained download {name})")
   if config.stem in PRETRAINED:
     monkeypatch.setenv("COMBINAX_CACHE", shared_pretrained_cache)   # (imported once for all these recipes)
   output = tmp_path / "run"

@@ -141,6 +141,29 @@ def test_fine_tuning_starts_from_another_runs_params(tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, tuned.params, first.params)
 
 
+def test_fine_tuning_starts_each_part_of_the_model_from_its_own_checkpoint(tmp_path, capsys):
+  tower = regression_trainer(tmp_path / "tower", 2).run()          # MLP: Dense_0 (the tower), Dense_1 (its head)
+  model = cl.Serial(cl.Serial(cl.Dense(8), name="image"), cl.Dense(1, name="head"))
+  task = TrainTask(data=regression_data(), loss_layer=cl.L2Loss(), optimizer=optax.sgd, clip_norm=None,
+                   schedule=schedules.constant(0.0))
+  whole = Trainer(model, task, output_dir=str(tmp_path / "whole"), steps=1, progress=False, seed=7).run()
+  started = Trainer(model, task, output_dir=str(tmp_path / "both"), steps=1, progress=False,
+                    init_checkpoint={"": str(tmp_path / "whole"), "image": str(tmp_path / "tower")}).run()
+  # image/ from the tower's run over the whole model's checkpoint; the rest from the whole model's
+  np.testing.assert_array_equal(started.params["image"]["Dense_0"]["kernel"], tower.params["Dense_0"]["kernel"])
+  np.testing.assert_array_equal(started.params["head"]["kernel"], whole.params["head"]["kernel"])
+  assert not np.array_equal(whole.params["image"]["Dense_0"]["kernel"], tower.params["Dense_0"]["kernel"])
+  assert "2 of its params are not in the model's image/ and are not used: Dense_1/bias, Dense_1/kernel" in \
+      capsys.readouterr().out
+  part_only = Trainer(model, task, output_dir=str(tmp_path / "part"), steps=1, progress=False,
+                      init_checkpoint={"image": str(tmp_path / "tower")}).run()
+  np.testing.assert_array_equal(part_only.params["image"]["Dense_0"]["bias"], tower.params["Dense_0"]["bias"])
+  assert "2 params not in it keep their initialisation: head/bias, head/kernel" in capsys.readouterr().out
+  with pytest.raises(TrainingError, match=r"init_checkpoint\['text'\]: the model has no params under text/"):
+    Trainer(model, task, output_dir=str(tmp_path / "bad"), steps=1, progress=False,
+            init_checkpoint={"text": str(tmp_path / "tower")}).run()
+
+
 def test_early_stopping(tmp_path):
   eval_task = EvalTask(data=regression_data(), metrics={"loss": cl.L2Loss()}, eval_every=1, n_batches=1)
   task = TrainTask(data=regression_data(), loss_layer=cl.L2Loss(), optimizer=optax.sgd, clip_norm=None,
