@@ -11,6 +11,7 @@
 
     python experiments/siglip_rendered.py --kind words [--run runs/siglip_words] [--test_size 1024]
     python experiments/siglip_rendered.py --kind scenes
+    python experiments/siglip_rendered.py --kind words --run runs/siglip_ppocr --config_file configs/siglip_ppocr.gin
 
 Run by hand, not by CI. The recipe's hyperparameters were not tuned (one run, one seed).
 """
@@ -27,9 +28,9 @@ import time
 import numpy as np
 
 
-def train(kind: str, run: str, extra: list[str]) -> float:
+def train(kind: str, run: str, extra: list[str], config_file: str) -> float:
   settings = [f'KIND="{kind}"'] + (["HEIGHT=64", "WIDTH=64", "GROUP=4"] if kind == "scenes" else []) + extra
-  command = [sys.executable, "-m", "combinax.cli.train", "--config_file=configs/siglip_rendered.gin",
+  command = [sys.executable, "-m", "combinax.cli.train", f"--config_file={config_file}",
              f"--output_dir={run}"] + [f"--config={s}" for s in settings]
   start = time.time()
   subprocess.run(command, check=True)
@@ -51,14 +52,15 @@ def load(run: str):
     gin.parse_config(open(os.path.join(run, "config.gin")).read(), skip_unknown=True)
   model = gin.query_parameter("Trainer.model").scoped_configurable_fn()
   params = unflatten(checkpoints.read_arrays(checkpoints.latest(run), prefix="params"))
-  return model, params, gin.query_parameter("%TEXT_LENGTH")
+  size = (gin.query_parameter("%HEIGHT"), gin.query_parameter("%WIDTH"))
+  return model, params, gin.query_parameter("%TEXT_LENGTH"), size
 
 
-def nearest_captions(model, params, length: int, kind: str, split: str, size: int, n: int):
+def nearest_captions(model, params, length: int, image_size, kind: str, split: str, size: int, n: int):
   """(the n first images' captions, the candidates, each image's nearest candidate's index, their embeddings)."""
   from combinax import data
   from combinax.models.contrastive import encode_images, encode_texts
-  height, width = (64, 64) if kind == "scenes" else (32, 128)
+  height, width = image_size
   source = data.Rendered(kind, split, size, height=height, width=width)
   examples = [source.data()[i] for i in range(n)]
   images = np.stack([e[0] for e in examples]).astype(np.float32) / 255
@@ -81,14 +83,14 @@ def parts_right(texts, options, nearest) -> dict:
 
 def evaluate(kind: str, run: str, test_size: int) -> dict:
   from combinax.models.contrastive import retrieval_recall
-  model, params, length = load(run)
-  texts, options, nearest, images, captions = nearest_captions(model, params, length, kind, "test", test_size,
-                                                               test_size)
+  model, params, length, size = load(run)
+  texts, options, nearest, images, captions = nearest_captions(model, params, length, size, kind, "test",
+                                                               test_size, test_size)
   record = {"zero_shot_top1": float(np.mean([options[p] == t for p, t in zip(nearest, texts)])),
             "candidates": len(options), "test_images": test_size, **retrieval_recall(images, captions)}
   if kind == "scenes":   # which parts of the caption it gets right, on held-out and on training scenes
     record["test_parts"] = parts_right(texts, options, nearest)
-    texts, options, nearest, _, _ = nearest_captions(model, params, length, kind, "train", 20_000, 512)
+    texts, options, nearest, _, _ = nearest_captions(model, params, length, size, kind, "train", 20_000, 512)
     record["train_top1"] = float(np.mean([options[p] == t for p, t in zip(nearest, texts)]))
     record["train_candidates"] = len(options)
     record["train_parts"] = parts_right(texts, options, nearest)
@@ -100,13 +102,15 @@ def main():
   parser.add_argument("--kind", choices=["words", "scenes"], default="words")
   parser.add_argument("--run", help="a finished run directory (default: train one at runs/siglip_<kind>)")
   parser.add_argument("--test_size", type=int, default=1024)
+  parser.add_argument("--config_file", default="configs/siglip_rendered.gin",
+                      help="the recipe to train (configs/siglip_ppocr.gin: PP-OCR's pretrained image tower, words)")
   parser.add_argument("--config", action="append", default=[], help="extra gin bindings for training")
   parser.add_argument("--json")
   args = parser.parse_args()
   record = {"kind": args.kind}
   run = args.run or f"runs/siglip_{args.kind}"
   if not args.run:
-    record["train_seconds"] = round(train(args.kind, run, args.config), 1)
+    record["train_seconds"] = round(train(args.kind, run, args.config, args.config_file), 1)
   record.update(evaluate(args.kind, run, args.test_size))
   print(json.dumps(record, indent=1))
   if args.json:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from combinax import layers as cl
 from combinax.layers.vision import CheckImages
 from combinax.models.transformer import Blocks, EncoderBlock, NamedModel, TransformerOptions
-from combinax.models.vision import NoPadding
+from combinax.models.vision import NoPadding, PooledHead
 
 # (kernel side, strides, filters, squeeze-and-excitation) of each PP-LCNetV3 block as PP-OCRv4's recogniser has it
 # (scale 0.95): the depthwise convolution keeps the channels and strides, the pointwise one maps to `filters`.
@@ -78,15 +78,21 @@ def ConvSilu(filters: int, kernel: tuple, name: str) -> cl.Layer:
   return cl.Serial(cl.Conv(filters, kernel, padding=_same(kernel), name="conv"), cl.Silu(), name=name)
 
 
-def TextRecognizer(n_classes: int | None = 6625, *, blocks=LCNET_V3_REC, mixer_layers: int = 2,
+def TextRecognizer(n_classes: int | None = 6625, *, pool: str = "none", blocks=LCNET_V3_REC, mixer_layers: int = 2,
                    mode: str = "train") -> cl.Layer:
   """PP-OCRv4's recogniser: text lines, RGB in [0, 1] (batch, 48, width, 3), width a multiple of 8 -> CTC logits
   (batch, width / 8, n_classes), or with `n_classes=None` the features (batch, width / 8, 120) (a vision tower for
-  an image-prefix LM or a dual encoder).
+  an image-prefix LM), pooled to (batch, 120) with `pool` "mean" or "map" (attention pooling, new params at
+  `map/...`: a dual encoder's image tower).
 
   >>> TextRecognizer(10).output_signature(ShapeDtype((2, 48, 64, 3)))
   ShapeDtype((2, 8, 10), float32)
+  >>> TextRecognizer(None, pool="map").output_signature(ShapeDtype((2, 48, 64, 3)))
+  ShapeDtype((2, 120), float32)
   """
+  if pool not in ("none", "mean", "map") or (pool != "none" and n_classes is not None):
+    raise ValueError(f"TextRecognizer.pool: expected 'none', or 'mean' / 'map' with n_classes=None (the CTC head "
+                     f"reads every position), got pool={pool!r} with n_classes={n_classes!r}")
   o = TransformerOptions(d_model=MIXER, d_ff=2 * MIXER, n_heads=8, dropout=0.0, ff_activation=cl.Silu,
                          positions="none", norm_epsilon=1e-5, remat=False)
   stages, channels = [], STEM
@@ -116,6 +122,7 @@ def TextRecognizer(n_classes: int | None = 6625, *, blocks=LCNET_V3_REC, mixer_l
       ConvSilu(MIXER // 2, (1, 3), "fuse"),                                           # y (b, 1, w/8, 60)
       ConvSilu(MIXER, (1, 1), "project"),                                             # y (b, 1, w/8, 120)
       cl.Fn("Row", lambda y: y[:, 0]),                                                # y (b, w/8, 120)
+      [NoPadding(), PooledHead(pool, o)] if pool != "none" else [],                   # [y (b, 120)]
       [cl.Dense(n_classes, name="head")] if n_classes else [])                        # logits (b, w/8, classes)
   cl.check_mode(model, mode, decodes=False)
   return model

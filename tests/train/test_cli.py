@@ -49,6 +49,12 @@ TINY = {
                         "train/image_text_pipeline.size = 64", "train/image_text_pipeline.batch_size = 16",
                         "eval/image_text_pipeline.size = 32", "eval/image_text_pipeline.batch_size = 16",
                         "EvalTask.n_batches = 1"],
+    # The bundled PP-OCR recogniser as the image tower (frozen, from its own checkpoint), 48 x 64 lines.
+    "siglip_ppocr": ["WIDTH = 64", "text/TransformerEncoder.d_model = 16", "text/TransformerEncoder.d_ff = 32",
+                     "text/TransformerEncoder.n_layers = 1", "text/TransformerEncoder.n_heads = 2",
+                     "DualEncoder.d_embed = 8", "train/image_text_pipeline.size = 64",
+                     "train/image_text_pipeline.batch_size = 16", "eval/image_text_pipeline.size = 32",
+                     "eval/image_text_pipeline.batch_size = 16", "EvalTask.n_batches = 1"],
     "kws_spoken": ["AudioEncoder.d_model = 16", "AudioEncoder.d_ff = 32", "AudioEncoder.n_layers = 1",
                    "AudioEncoder.n_heads = 2", "train/spoken_pipeline.size = 32",
                    "train/spoken_pipeline.batch_size = 8",
@@ -138,7 +144,7 @@ PRETRAINED = {"finetune_minilm_sentiment": "all-minilm-l6-v2",  # recipes that s
               "teacher_smollm2_kjv": "smollm2-135m-instruct", "retro_facts": "all-minilm-l6-v2",
               "rag_smollm2": "smollm2-135m-instruct", "vlm_smollm2_rendered": "smollm2-135m-instruct",
               "alm_smollm2_spoken": "smollm2-135m-instruct", "vlm_smollm2_rendered_lora": "smollm2-135m-instruct",
-              "vlm_smollm2_ppocr": "smollm2-135m-instruct ppocr-v4-rec"}
+              "vlm_smollm2_ppocr": "smollm2-135m-instruct ppocr-v4-rec", "siglip_ppocr": "ppocr-v4-rec"}
 
 
 # The recipes that start from bundled weights run in a process of their own on one device (tests/conftest.py): on 8
@@ -147,7 +153,7 @@ PRETRAINED = {"finetune_minilm_sentiment": "all-minilm-l6-v2",  # recipes that s
 # device: 1.1-2.4 GB.
 ISOLATED = {"distill_smollm2_kjv", "student_smollm2_kjv", "teacher_smollm2_kjv", "finetune_minilm_sentiment",
             "rag_smollm2", "vlm_smollm2_rendered", "alm_smollm2_spoken", "vlm_smollm2_rendered_lora",
-            "vlm_smollm2_ppocr"}
+            "vlm_smollm2_ppocr", "siglip_ppocr"}
 
 
 @pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.isolated(devices=1)) if c.stem in ISOLATED
