@@ -248,9 +248,10 @@ def _image_input(model, output_dir: Path) -> tuple | None:
     raise ConfigError(f"combinax-decode: the model of {output_dir} hears spoken frames before its prompt (an "
                       "audio-prefix LM); combinax-decode reads images only: decode it from Python, "
                       "decoding.autoregressive_sample(model, params, prompt, inputs=(frames, prompt lengths))")
-  if not checks or checks[0].size is None or checks[0].channels is None:
+  if not checks or checks[0].size is None or None in checks[0].size or checks[0].channels is None:
     raise ConfigError(f"combinax-decode: the model of {output_dir} takes 3 inputs but names no image size and "
-                      "channels (ViT.image_size, ViT.channels), so its images cannot be checked")
+                      "channels (ViT.image_size, ViT.channels; TextRecognizer.width), so its images cannot be "
+                      "checked")
   return (*checks[0].size, checks[0].channels)
 
 

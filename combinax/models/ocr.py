@@ -78,12 +78,13 @@ def ConvSilu(filters: int, kernel: tuple, name: str) -> cl.Layer:
   return cl.Serial(cl.Conv(filters, kernel, padding=_same(kernel), name="conv"), cl.Silu(), name=name)
 
 
-def TextRecognizer(n_classes: int | None = 6625, *, pool: str = "none", blocks=LCNET_V3_REC, mixer_layers: int = 2,
-                   mode: str = "train") -> cl.Layer:
+def TextRecognizer(n_classes: int | None = 6625, *, pool: str = "none", width: int | None = None,
+                   blocks=LCNET_V3_REC, mixer_layers: int = 2, mode: str = "train") -> cl.Layer:
   """PP-OCRv4's recogniser: text lines, RGB in [0, 1] (batch, 48, width, 3), width a multiple of 8 -> CTC logits
   (batch, width / 8, n_classes), or with `n_classes=None` the features (batch, width / 8, 120) (a vision tower for
   an image-prefix LM), pooled to (batch, 120) with `pool` "mean" or "map" (attention pooling, new params at
-  `map/...`: a dual encoder's image tower).
+  `map/...`: a dual encoder's image tower). `width` fixes the lines' width (any multiple of 8 if None), as an
+  image-prefix LM's decoding must know its images' size.
 
   >>> TextRecognizer(10).output_signature(ShapeDtype((2, 48, 64, 3)))
   ShapeDtype((2, 8, 10), float32)
@@ -101,7 +102,7 @@ def TextRecognizer(n_classes: int | None = 6625, *, pool: str = "none", blocks=L
     channels = filters
   model = NamedModel(
       "TextRecognizer[PP-OCRv4]", o,                                                  # images (b, 48, w, 3), RGB
-      CheckImages((HEIGHT, None), 3, multiple_of=8),                                  # images
+      CheckImages((HEIGHT, width), 3, multiple_of=8),                                 # images
       # PaddleOCR's input: BGR (OpenCV's order), scaled to [-1, 1].
       cl.Fn("PaddleInput", lambda x: (x[..., ::-1] - 0.5) / 0.5),                     # x (b, 48, w, 3)
       cl.Conv(STEM, (3, 3), strides=(2, 2), padding=_same((3, 3)), name="stem"),      # x (b, 24, w/2, 16)

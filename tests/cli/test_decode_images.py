@@ -146,3 +146,15 @@ def test_an_audio_prefix_run_is_refused_saying_how_to_decode_it(tmp_path):
   with pytest.raises(ConfigError, match=r"hears spoken frames before its prompt \(an audio-prefix LM\); "
                                         r"combinax-decode reads images only: decode it from Python"):
     decode.COMMAND.run([f"--output_dir={tmp_path / 'run'}", "--prompt=x"])
+
+
+def test_a_recogniser_of_lines_of_any_width_is_refused_naming_the_width_to_set(tmp_path):
+  config = "\n".join(line for line in CONFIG.splitlines() if "ViT" not in line) + """
+ImagePrefixLM.vision = @image/TextRecognizer()
+image/TextRecognizer.n_classes = None
+"""
+  # (refused before any weight is read: the run's checkpoint need not hold the model's)
+  checkpoints.save(tmp_path / "run", 7, {"params": {"x": np.zeros(1, np.float32)}}, {"run": {"config": config}})
+  with pytest.raises(ConfigError, match=r"names no image size and channels \(ViT.image_size, ViT.channels; "
+                                        r"TextRecognizer.width\)"):
+    decode.COMMAND.run([f"--output_dir={tmp_path / 'run'}", "--prompt=x"])
