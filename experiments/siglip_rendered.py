@@ -11,7 +11,7 @@
 
     python experiments/siglip_rendered.py --kind words [--run runs/siglip_words] [--test_size 1024]
     python experiments/siglip_rendered.py --kind scenes
-    python experiments/siglip_rendered.py --kind words --run runs/siglip_ppocr --config_file configs/siglip_ppocr.gin
+    python experiments/siglip_rendered.py --kind words --config_file configs/siglip_ppocr.gin   # PP-OCR's tower
 
 Run by hand, not by CI. The recipe's hyperparameters were not tuned (one run, one seed).
 """
@@ -100,7 +100,8 @@ def evaluate(kind: str, run: str, test_size: int) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--kind", choices=["words", "scenes"], default="words")
-  parser.add_argument("--run", help="a finished run directory (default: train one at runs/siglip_<kind>)")
+  parser.add_argument("--run", help="a finished run directory (default: train one at runs/siglip_<kind>, or "
+                      "runs/<recipe>_<kind> for another --config_file)")
   parser.add_argument("--test_size", type=int, default=1024)
   parser.add_argument("--config_file", default="configs/siglip_rendered.gin",
                       help="the recipe to train (configs/siglip_ppocr.gin: PP-OCR's pretrained image tower, words)")
@@ -108,7 +109,8 @@ def main():
   parser.add_argument("--json")
   args = parser.parse_args()
   record = {"kind": args.kind}
-  run = args.run or f"runs/siglip_{args.kind}"
+  recipe = os.path.splitext(os.path.basename(args.config_file))[0]
+  run = args.run or ("runs/siglip" if recipe == "siglip_rendered" else f"runs/{recipe}") + f"_{args.kind}"
   if not args.run:
     record["train_seconds"] = round(train(args.kind, run, args.config, args.config_file), 1)
   record.update(evaluate(args.kind, run, args.test_size))
