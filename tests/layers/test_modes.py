@@ -64,6 +64,10 @@ MODELS = {
             S((2, 4, 4, 1)), False),   # (features: the zero-initialised head would hide dropout)
     "AudioEncoder": (lambda mode: models.AudioEncoder(None, 8, n_mels=4, d_ff=16, n_layers=1, n_heads=2, dropout=0.5,
                                                       mode=mode), S((2, 6, 4)), False),
+    # Three strided blocks of 8 channels: 48-pixel lines down to the 3 rows the recogniser pools.
+    "TextRecognizer": (lambda mode: models.TextRecognizer(
+        10, blocks=((3, (2, 1), 8, False), (3, (2, 1), 8, True), (3, (2, 1), 8, False)), mode=mode),
+        S((1, 48, 16, 3)), False),
     "LoRAModel": (lambda mode: models.LoRAModel(lambda mode: models.TransformerLM(12, 8, 16, n_layers=1, n_heads=2,
                                                                                   max_len=8, mode=mode),
                                                 targets="blocks/ff/*/kernel", rank=2, mode=mode), IDS, True),
