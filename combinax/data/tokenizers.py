@@ -107,14 +107,25 @@ class CharTokenizer(Tokenizer):
     return "".join(self.chars[i - 3] for i in ids if i >= 3)
 
   def save(self, path) -> None:
-    write_atomically(path, json.dumps({"type": "char", "chars": self.chars}).encode("utf-8"))
+    save_json(path, "char", chars=self.chars)
 
   @classmethod
   def load(cls, path) -> "CharTokenizer":
-    config = json.loads(Path(path).read_text(encoding="utf-8"))
-    if config.get("type") != "char":
-      raise DataError(f"{path}: not a CharTokenizer file")
-    return cls(config["chars"])
+    return cls(load_json(path, "char", cls.__name__)["chars"])
+
+
+def save_json(path, kind: str, **fields) -> None:
+  """A tokenizer's JSON file (written atomically): {"type": kind, **fields}."""
+  write_atomically(path, json.dumps({"type": kind, **fields}).encode("utf-8"))
+
+
+def load_json(path, kind: str, name: str) -> dict:
+  """The fields of a tokenizer's JSON file written by `save_json(path, kind, ...)`; a DataError naming the file
+  and the tokenizer class `name` if it is of another kind."""
+  config = json.loads(Path(path).read_text(encoding="utf-8"))
+  if config.get("type") != kind:
+    raise DataError(f"{path}: not a {name} file")
+  return config
 
 
 def _sentencepiece():

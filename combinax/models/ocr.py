@@ -129,15 +129,20 @@ def TextRecognizer(n_classes: int | None = 6625, *, pool: str = "none", width: i
   return model
 
 
-def ctc_greedy(logits) -> list[list[int]]:
-  """Each row's best class per position, repeats merged and blanks (0) dropped: CTC's greedy decoding."""
-  best = jnp.argmax(logits, axis=-1).tolist()
-  out = []
-  for row in best:
-    ids, previous = [], 0
-    for i in row:
-      if i != previous and i != 0:
-        ids.append(i)
-      previous = i
-    out.append(ids)
+def ctc_collapse(best) -> list[int]:
+  """One row of per-position classes with repeats merged and blanks (0) dropped: what a CTC row says.
+
+  >>> ctc_collapse([0, 3, 3, 0, 3, 1, 1])
+  [3, 3, 1]
+  """
+  out, previous = [], 0
+  for i in best:
+    if i != previous and i != 0:
+      out.append(i)
+    previous = i
   return out
+
+
+def ctc_greedy(logits) -> list[list[int]]:
+  """Each row's best class per position, collapsed (`ctc_collapse`): CTC's greedy decoding."""
+  return [ctc_collapse(row) for row in jnp.argmax(logits, axis=-1).tolist()]

@@ -9,19 +9,17 @@ HardSwish, the LayerNorms, and each `MatMul` with a constant weight and the bias
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from combinax.data.base import DataError
-from combinax.data.tokenizers import Tokenizer
-from combinax.models.ocr import HEIGHT, LCNET_V3_REC, TextRecognizer
+from combinax.data.tokenizers import Tokenizer, load_json, save_json
+from combinax.models.ocr import HEIGHT, LCNET_V3_REC, TextRecognizer, ctc_collapse
 from combinax.paths import unflatten
 from combinax.pretrained.families import Imported, PretrainedError, check_params, stack_layers
 from combinax.shapes import ShapeDtype
-from combinax.store.rundir import write_atomically
 
 FAMILY = "ppocr"
 
@@ -53,24 +51,18 @@ class CTCCharacters(Tokenizer):
     return np.array([self._ids_of[c] for c in text], np.int32)
 
   def decode(self, ids) -> str:
-    out, previous = [], 0
-    for i in np.asarray(ids).reshape(-1).tolist():
-      if i != previous and i != 0:
-        if not 0 < i <= len(self.chars):
-          raise DataError(f"CTCCharacters: class {i} is outside its {self.vocab_size} classes")
-        out.append(self.chars[i - 1])
-      previous = i
-    return "".join(out)
+    said = ctc_collapse(np.asarray(ids).reshape(-1).tolist())
+    bad = [i for i in said if not 0 < i <= len(self.chars)]
+    if bad:
+      raise DataError(f"CTCCharacters: class {bad[0]} is outside its {self.vocab_size} classes")
+    return "".join(self.chars[i - 1] for i in said)
 
   def save(self, path) -> None:
-    write_atomically(path, json.dumps({"type": "ctc", "chars": self.chars}, ensure_ascii=False).encode("utf-8"))
+    save_json(path, "ctc", chars=self.chars)
 
   @classmethod
   def load(cls, path) -> "CTCCharacters":
-    config = json.loads(Path(path).read_text(encoding="utf-8"))
-    if config.get("type") != "ctc":
-      raise DataError(f"{path}: not a CTCCharacters file")
-    return cls(config["chars"])
+    return cls(load_json(path, "ctc", cls.__name__)["chars"])
 
 
 def model_from_config(config: dict, *, n_classes: int | None = -1, mode: str = "train"):
@@ -106,7 +98,12 @@ class _Graph:
         self.readers[name].append(node)
       for name in node.output:
         self.producer[name] = node
-    self.attributes = {id(n): {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in self.nodes}
+
+  @staticmethod
+  def attribute(node, name: str, default):
+    """`node`'s attribute `name`, or `default` if it has none."""
+    from onnx import helper
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
   def const(self, node, scalar: bool | None = None):
     """The one constant input of `node` (None if it has none); `scalar` asks for a single number or a vector."""
@@ -134,7 +131,7 @@ def _convolutions(graph: _Graph) -> list[dict]:
     if norms:   # y = (conv + b - mean) * gamma / sqrt(var + eps) + beta, folded into the kernel and bias
       norm = norms[0]
       gamma, beta, mean, var = (graph.consts[i].astype(np.float64) for i in norm.input[1:5])
-      scale = gamma / np.sqrt(var + graph.attributes[id(norm)].get("epsilon", 1e-5))
+      scale = gamma / np.sqrt(var + graph.attribute(norm, "epsilon", 1e-5))
       kernel, bias, output = kernel * scale[:, None, None, None], (bias - mean) * scale + beta, norm.output[0]
     out.append({"kernel": kernel.transpose(2, 3, 1, 0).astype(np.float32), "bias": bias.astype(np.float32),
                 "output": output})
@@ -157,7 +154,7 @@ def _lcnet_unit(graph: _Graph, conv: dict) -> dict:
   # HardSwish as exported: x * clip(x + 3, 0, 6) / 6, its Div the last node.
   hard_swish = graph.reader(graph.reader(after, "Mul").output[0], "Div")
   act_affine, _ = _affine_after(graph, hard_swish.output[0])
-  return {"conv": {"kernel": conv["kernel"], "bias": conv["bias"]}, "affine": affine, "act_affine": act_affine}
+  return {"conv": conv, "affine": affine, "act_affine": act_affine}
 
 
 def convert(graph: _Graph, blocks=LCNET_V3_REC) -> dict:
@@ -168,16 +165,17 @@ def convert(graph: _Graph, blocks=LCNET_V3_REC) -> dict:
   def put(path: str, weights: dict):
     flat.update({f"{path}/{leaf}": value for leaf, value in weights.items() if leaf != "output"})
 
+  def lcnet_unit(path: str):
+    for part, weights in _lcnet_unit(graph, next(convs)).items():
+      put(f"{path}/{part}", weights)
+
   put("stem", next(convs))
   for i, (_, _, _, squeeze_excite) in enumerate(blocks):
-    units = [("depthwise", None)] + ([("se/reduce", "plain"), ("se/expand", "plain")] if squeeze_excite else [])
-    for unit, kind in units + [("pointwise", None)]:
-      conv = next(convs)
-      if kind == "plain":
-        put(f"backbone/block{i}/{unit}", conv)
-      else:
-        for part, weights in _lcnet_unit(graph, conv).items():
-          put(f"backbone/block{i}/{unit}/{part}", weights)
+    lcnet_unit(f"backbone/block{i}/depthwise")
+    if squeeze_excite:
+      put(f"backbone/block{i}/se/reduce", next(convs))
+      put(f"backbone/block{i}/se/expand", next(convs))
+    lcnet_unit(f"backbone/block{i}/pointwise")
   for path in ("mixer/reduce/conv", "mixer/expand/conv", "mixer/restore/conv", "fuse/conv", "project/conv"):
     put(path, next(convs))
   left = list(convs)
