@@ -300,9 +300,9 @@ class Trainer:
     beyond that part (its own head)."""
     sources = self.init_checkpoint if isinstance(self.init_checkpoint, Mapping) else {"": self.init_checkpoint}
     params, model_state, notes = fresh.params, fresh.state, []
-    restored = set()
+    restored, found = set(), {}
     for where in sorted(sources, key=len):   # the whole model first, then its parts over it
-      source = checkpoints.checkpoint_or_latest(sources[where])
+      source = found[where] = checkpoints.checkpoint_or_latest(sources[where])
       if source is None:
         raise TrainingError(f"init_checkpoint {sources[where]}: no checkpoint there")
       if where == "":
@@ -325,7 +325,8 @@ class Trainer:
                      f"{where}/ and are not used: {', '.join(unused[:8])}{' ...' if len(unused) > 8 else ''}")
     kept = [p for p in paths(params) if p not in restored]
     if kept:   # a new head, adapters
-      notes.insert(0, f"init_checkpoint {self.init_checkpoint}: {len(kept)} params not in it keep their "
+      named = found[""] if list(found) == [""] else {where: str(path) for where, path in found.items()}
+      notes.insert(0, f"init_checkpoint {named}: {len(kept)} params not in it keep their "
                       f"initialisation: {', '.join(kept[:8])}{' ...' if len(kept) > 8 else ''}")
     return params, model_state, notes
 
