@@ -40,7 +40,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | kind | stages |
 | --- | --- |
 | sources | `TFDS` (needs `combinax[tfds]`; no TensorFlow), `TextLines`, `CSV`, `TSV`, `JSONL`, `Corpus`, `FromList` |
-| images | `RandomShift` (seeded translation), `Rendered` (words and scenes drawn offline, `combinax.data.rendered`) |
+| images | `RandomShift` (seeded translation), `Rendered` (words, glyphs and scenes drawn offline, `combinax.data.rendered`) |
 | sound | `Spoken` (words and phrases said offline by eSpeak NG, as log-mel frames: `combinax.data.spoken`) |
 | transforms | `Map`, `Tokenize`, `Detokenize`, `FilterByLength`, `TruncateToLength`, `PadToLength`, `AddLossWeights` |
 | order | `Shuffle` (seeded buffer), sources' `shuffle=True` (a permutation per epoch), `shard=(i, n)` |
@@ -51,7 +51,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | tokenizers | `CharTokenizer`, `SentencePieceTokenizer`, `BPETokenizer`, `WordPieceTokenizer` |
 | vocabularies | `load_tokenizer(path)`, `tokenizer_for(corpus, kind, vocab_size)` (trained once, cached) |
 | recipes | `lm_pipeline`, `classification_pipeline`, `translation_pipeline` |
-| image recipes | `image_pipeline`, `image_text_pipeline`, `image_prompt_pipeline` (an image-prefix LM's) |
+| image recipes | `image_pipeline`, `glyph_pipeline`, `image_text_pipeline`, `image_prompt_pipeline` (an image-prefix LM's) |
 | sound recipes | `spoken_pipeline` (keyword classification), `spoken_prompt_pipeline` (an audio-prefix LM's) |
 """
 
@@ -66,9 +66,9 @@ from combinax.data.hf_tokenizers import BPETokenizer, WordPieceTokenizer
 from combinax.data.lm import MLM, ConcatenateToLMInput, PackLM
 from combinax.data.prefetch import Prefetch
 from combinax.data.recipes import (caption_ids, caption_tokenizer, classification_pipeline, corpus_tokenizer,
-                                   image_pipeline, image_prompt_pipeline, image_text_pipeline, lm_pipeline,
-                                   prompt_and_answer, prompt_ids, spoken_pipeline, spoken_prompt_pipeline,
-                                   translation_pipeline)
+                                   glyph_pipeline, image_pipeline, image_prompt_pipeline, image_text_pipeline,
+                                   lm_pipeline, prompt_and_answer, prompt_ids, spoken_pipeline,
+                                   spoken_prompt_pipeline, translation_pipeline)
 from combinax.data.files import CSV, JSONL, TSV, TextLines, read_text
 from combinax.data.sources import TFDS, Corpus, FromList, Source
 from combinax.data.state import dumps_state, loads_state
@@ -84,7 +84,7 @@ __all__ = [
     "Batch", "BucketByLength", "stack_examples", "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch",
     "Tokenizer", "CharTokenizer", "SentencePieceTokenizer", "BPETokenizer", "WordPieceTokenizer", "load_tokenizer",
     "tokenizer_for", "corpora", "lm_pipeline", "classification_pipeline", "translation_pipeline", "corpus_tokenizer",
-    "image_pipeline", "SimulatedHosts", "as_host", "current_host", "RandomShift",
+    "image_pipeline", "glyph_pipeline", "SimulatedHosts", "as_host", "current_host", "RandomShift",
     "Rendered", "RenderedSpec", "write_rendered", "image_text_pipeline", "caption_tokenizer", "caption_ids",
     "image_prompt_pipeline", "prompt_and_answer", "prompt_ids", "Spoken", "SpokenSpec", "write_spoken",
     "spoken_pipeline", "spoken_prompt_pipeline",
@@ -96,7 +96,7 @@ _register(globals(), "combinax.data", [
     "FilterByLength", "TruncateToLength", "PadToLength", "AddLossWeights", "Shuffle", "Batch", "BucketByLength",
     "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch", "lm_pipeline", "classification_pipeline",
     "translation_pipeline", "corpus_tokenizer", "image_pipeline", "SimulatedHosts", "RandomShift", "Rendered",
-    "image_text_pipeline", "caption_tokenizer", "image_prompt_pipeline", "Spoken", "spoken_pipeline",
+    "glyph_pipeline", "image_text_pipeline", "caption_tokenizer", "image_prompt_pipeline", "Spoken", "spoken_pipeline",
     "spoken_prompt_pipeline"])
 
 

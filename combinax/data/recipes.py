@@ -15,7 +15,7 @@ from combinax.data.files import JSONL
 from combinax.data.images import RandomShift
 from combinax.data.lm import PackLM
 from combinax.data.sources import Corpus, FromList, check_corpus
-from combinax.data.rendered import Rendered
+from combinax.data.rendered import GLYPHS, Rendered
 from combinax.data.spoken import Spoken
 from combinax.data.tokenizers import CharTokenizer, Tokenizer, tokenizer_for
 from combinax.data.transforms import AddLossWeights, Map, Shuffle, Tokenize, TruncateToLength
@@ -109,6 +109,26 @@ def image_pipeline(corpus: str = "digits", split: str = "train", image_key: str 
       RandomShift(max_shift, seed=seed) if max_shift else [],
       Shuffle(shuffle_buffer, seed=seed),
       Batch(batch_size, drop_remainder=True))
+
+
+def glyph_pipeline(split: str = "train", size: int = 50_000, batch_size: int = 128, height: int = 32, width: int = 32,
+                   seed: int = 0, data_seed: int = 0, repeat: bool = True, shuffle_buffer: int = 1024,
+                   standardize: bool = True) -> Serial:
+  """Image classification batches `(images float32 (batch, height, width, 3), labels int32)` of rendered characters
+  (`data.Rendered(kind="glyphs")`, written first if missing): the label is the character's index in
+  `data.rendered.GLYPHS` (36 classes). "validation" images are drawn like the training ones from their own seeds.
+  Pixels are in [0, 1], or with `standardize` each image less its mean, over its standard deviation (the colours of
+  ink and paper are random: what is left is the contrast, which is the character)."""
+
+  def to_arrays(example):
+    image = np.asarray(example[0], np.float32) / np.float32(255)
+    if standardize:
+      image = (image - image.mean()) / np.maximum(image.std(), np.float32(1 / 255))
+    return image, np.int32(GLYPHS.index(example[1]))
+
+  return _shuffled_batches(Rendered("glyphs", split, size, data_seed=data_seed, height=height, width=width,
+                                    shuffle=True, seed=seed, repeat=repeat),
+                           to_arrays, shuffle_buffer, seed, batch_size)
 
 
 CAPTION_CHARS = "abcdefghijklmnopqrstuvwxyz ?"   # every character a rendered text, caption or question uses

@@ -1,14 +1,20 @@
-"""Images the project makes itself, with exact text: rendered words and phrases, and scenes of two shapes with a
-caption and a question that has one answer. Real enough to learn from, made offline, the same on every machine.
+"""Images the project makes itself, with exact text: rendered words and phrases, single characters, and scenes of
+two shapes with a caption and a question that has one answer. Real enough to learn from, made offline, the same on
+every machine.
 
 - **words**: one to three words of the bundled KJV's vocabulary drawn in one of the fonts matplotlib's wheel ships
   (DejaVu Sans / Serif / Mono and their bold and italic faces, STIX) or Pillow's own, at a random size, colour on a
   contrasting background, a small rotation and pixel noise. A tenth of the words (chosen by a hash of the word) are
   held out: they occur only in the "test" split, so test phrases are read, not remembered.
+- **glyphs**: one character of `GLYPHS` (the 26 lowercase letters and 10 digits) drawn the same way (font, size,
+  colour, rotation, place, noise): an image classification set of 36 classes, as large as asked (e.g. 32 x 32).
 - **scenes**: two shapes (circle, square, triangle) of two colours, one left of / right of / above / below the other,
   e.g. "an orange circle left of a blue square", with one question about it and its exact answer ("what colour is
   the circle?" "orange"; "what is above the green triangle?" "a yellow square"; "is the orange circle right of the
   blue square?" "no"). The "test" split holds out a fifth of the colour pairs.
+
+The "validation" split is drawn as the training split is (the same words, colour pairs and glyphs), from seeds of
+its own: the images hyperparameters are chosen on, never the test split's.
 
 Example i of a split is drawn from its own generator, seeded by (seed, split, i), so any example can be made again
 alone: `write_rendered` writes shards of `SHARD` examples (images as .npy, texts as .json, each file replaced whole;
@@ -31,8 +37,10 @@ import numpy as np
 from combinax.data import shards
 from combinax.data.base import DataError
 from combinax.data.sources import Source
-KINDS = ("words", "scenes")
-SPLITS = ("train", "test")
+KINDS = ("words", "scenes", "glyphs")
+SPLITS = ("train", "test", "validation")
+GLYPHS = "abcdefghijklmnopqrstuvwxyz0123456789"   # a glyph's class is its index here
+GLYPH_SIZES = (0.7, 1.1)   # a glyph's font size, in image heights (a phrase's: 0.45 to 0.8)
 FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSansMono.ttf",
          "DejaVuSansMono-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf",
          "STIXGeneral.ttf", "STIXGeneralItalic.ttf", "pillow")   # "pillow": Pillow's own font (Aileron)
@@ -51,7 +59,7 @@ class RenderedSpec:
   split: str = "train"
   size: int = 10_000
   seed: int = 0
-  height: int = 32            # words: 32 x 128; scenes: 64 x 64 (give both)
+  height: int = 32            # words: 32 x 128; scenes: 64 x 64; glyphs: 32 x 32 (give both)
   width: int = 128
   max_words: int = 3
   vocabulary: int = 2_000     # the most frequent KJV words (3 to 10 letters) drawn from
@@ -135,14 +143,15 @@ def _noisy(image: np.ndarray, rng, amount: float) -> np.ndarray:
   return np.clip(image.astype(np.float64) + noise, 0, 255).astype(np.uint8)
 
 
-def render_text(text: str, rng: np.random.Generator, height: int = 32, width: int = 128) -> np.ndarray:
-  """`text` drawn in a random font, size, colour, rotation (at most 6 degrees) and noise: (height, width, 3) uint8.
-  The size shrinks until the text fits; every character stays inside the image."""
+def render_text(text: str, rng: np.random.Generator, height: int = 32, width: int = 128, *,
+                sizes: tuple = (0.45, 0.8)) -> np.ndarray:
+  """`text` drawn in a random font, size (in `sizes` x height), colour, rotation (at most 6 degrees) and noise:
+  (height, width, 3) uint8. The size shrinks until the text fits; every character stays inside the image."""
   Image, ImageDraw, _ = _pil()
   names = sorted(font_files())
   name = names[rng.integers(len(names))]
   ink, paper = _contrasting_colours(rng)
-  size = int(rng.integers(int(height * 0.45), int(height * 0.8) + 1))
+  size = int(rng.integers(int(height * sizes[0]), int(height * sizes[1]) + 1))
   angle = float(rng.uniform(-6, 6))
   while True:
     font = _font(name, size)
@@ -259,10 +268,13 @@ def render_scene(spec: RenderedSpec, rng: np.random.Generator, index: int = 0) -
 
 
 def make_example(spec: RenderedSpec, index: int) -> tuple:
-  """Example `index` of `spec`: (image, text) for words, (image, caption, question, answer) for scenes."""
+  """Example `index` of `spec`: (image, text) for words and glyphs, (image, caption, question, answer) for scenes."""
   rng = _generator(spec, index)
   if spec.kind == "scenes":
     return render_scene(spec, rng, index)
+  if spec.kind == "glyphs":   # one character, drawn larger than a phrase's (a lowercase letter is half the size)
+    text = GLYPHS[rng.integers(len(GLYPHS))]
+    return render_text(text, rng, spec.height, spec.width, sizes=GLYPH_SIZES), text
   text = draw_phrase(rng, spec.split, spec.vocabulary, spec.max_words)
   return render_text(text, rng, spec.height, spec.width), text
 
@@ -286,7 +298,7 @@ def write_rendered(spec: RenderedSpec, folder: str | Path | None = None, *, log=
 
 
 class Rendered(Source):
-  """Rendered words ((image uint8 (h, w, 3), text)) or scenes ((image, caption, question, answer)) as a pipeline
+  """Rendered words or glyphs ((image uint8 (h, w, 3), text)) or scenes ((image, caption, question, answer)) as a pipeline
   source; the dataset is written first (`write_rendered`) if its folder has no manifest. Pass the `RenderedSpec`
   fields as keywords, and the source's own (`keys`, `shuffle`, `seed`, `repeat`): `seed` orders the epochs,
   `data_seed` draws the examples.

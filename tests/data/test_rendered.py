@@ -45,6 +45,36 @@ def test_text_is_drawn_inside_the_image_in_ink_that_contrasts():
     assert np.std(border) < 0.25 * np.std(luma) + 20, text          # the edges are paper (and noise): nothing cut
 
 
+def test_a_glyph_is_one_character_drawn_large_inside_its_image():
+  s = spec(kind="glyphs", size=400, height=32, width=32)
+  seen = set()
+  for i in range(400):
+    image, text = rendered.make_example(s, i)
+    assert image.shape == (32, 32, 3) and text in rendered.GLYPHS
+    seen.add(text)
+    if i >= 40:
+      continue
+    luma = image.astype(float) @ [0.299, 0.587, 0.114]
+    border = np.concatenate([luma[0], luma[-1], luma[:, 0], luma[:, -1]])
+    assert np.std(border) < 0.25 * np.std(luma) + 20, text                   # nothing cut at the edges
+    ink = np.abs(luma - np.median(border)) > 60
+    rows = np.nonzero(ink.any(axis=1))[0]
+    assert rows.max() - rows.min() + 1 >= 10, text                             # a third of the image or more
+  assert seen == set(rendered.GLYPHS)                                          # every class is drawn
+
+
+def test_the_validation_split_is_drawn_like_the_training_split_from_seeds_of_its_own():
+  train, validation = spec(size=200), spec(split="validation", size=200)
+  phrases = [rendered.make_example(validation, i)[1] for i in range(200)]
+  assert not any(rendered.held_out(w) for phrase in phrases for w in phrase.split())   # the training words
+  assert rendered._colour_pairs("validation") == rendered._colour_pairs("train")      # and colour pairs
+  for kind, size in (("words", (32, 128)), ("glyphs", (32, 32))):
+    a = rendered.make_example(spec(kind=kind, height=size[0], width=size[1]), 5)[0]
+    b = rendered.make_example(spec(kind=kind, split="validation", height=size[0], width=size[1]), 5)[0]
+    assert not np.array_equal(a, b), kind                                       # other images
+  assert [rendered.make_example(train, i)[1] for i in range(20)] != phrases[:20]
+
+
 def colour_centre(image, rgb):
   close = np.all(np.abs(image.astype(int) - rgb) < 40, axis=-1)
   ys, xs = np.nonzero(close)
@@ -169,3 +199,18 @@ def test_scenes_in_groups_share_colours_and_shapes_and_take_every_relation_in_tu
                                               group=4, repeat=False)())
   decoded = [data.caption_tokenizer().decode(row[row > 0]).split() for row in ids]
   assert len({(c[1], c[2], c[-2], c[-1]) for c in decoded[:4]}) == 1              # a batch reads whole groups
+
+
+def test_glyph_batches_are_standardized_images_labelled_by_their_character(tmp_path, monkeypatch):
+  monkeypatch.setenv("COMBINAX_CACHE", str(tmp_path))
+  images, labels = next(data.glyph_pipeline("test", size=8, batch_size=8, repeat=False)())
+  assert images.shape == (8, 32, 32, 3) and images.dtype == np.float32 and labels.dtype == np.int32
+  np.testing.assert_allclose(images.mean(axis=(1, 2, 3)), 0, atol=1e-5)
+  np.testing.assert_allclose(images.std(axis=(1, 2, 3)), 1, atol=1e-4)
+  made = [rendered.make_example(rendered.RenderedSpec("glyphs", "test", 8, height=32, width=32), i) for i in range(8)]
+  for image, label in zip(images, labels):   # each image is one made example (shuffled), with its character's index
+    pixels = [m[0].astype(np.float32) / 255 for m in made]
+    match = [i for i, p in enumerate(pixels) if np.allclose((p - p.mean()) / p.std(), image, atol=1e-4)]
+    assert len(match) == 1 and rendered.GLYPHS[label] == made[match[0]][1]
+  raw, _ = next(data.glyph_pipeline("test", size=8, batch_size=8, repeat=False, standardize=False)())
+  assert 0 <= raw.min() < raw.max() <= 1
