@@ -15,6 +15,16 @@ time (from process start, imports included), the weights' bytes, the worker's pe
 the text equals llama.cpp's (greedy decoding, so the engines agree until two tokens' logits nearly tie).
 
 Issue 18's targets: combinax int8 >= 1.5x its float32 and >= PyTorch; combinax's best >= 0.7x llama.cpp.
+
+    python benchmarks/inference.py --startup [--repeats 5] [--peers-python PATH]
+
+`--startup` measures instead what a user waits for from the shell (issue 32): the wall time of a whole
+`combinax-decode --pretrained=smollm2-135m-instruct --quantize=int8 --prompt="What is the capital of France?"` (and
+--quantize=gguf) process, imports, loading, compiling and the answer, with every cache warm: each command is run once
+first (it fills the quantized-weights cache and the compilation cache), then --repeats times, the commands taking
+turns (the order rotating); reported: the median and best wall time of the repeated runs, and the answer. llama.cpp's
+equivalent (a `llama-cpp-python` process loading the same GGUF file and answering the same chat prompt, greedy, up
+to the same 256 tokens) runs beside them where --peers-python has it. Issue 32's target: <= 3 s for combinax's.
 """
 
 from __future__ import annotations
@@ -22,9 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -74,6 +86,66 @@ class Worker:
     self.process.wait()
 
 
+QUESTION = "What is the capital of France?"
+# llama.cpp's side of --startup, run by --peers-python: a process that loads the GGUF file and answers the question
+# in the model's own chat template (the GGUF's), greedy, at most 256 new tokens as combinax-decode --pretrained makes.
+LLAMA_CPP_ANSWER = """
+import sys
+import llama_cpp
+gguf, question, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model = llama_cpp.Llama(gguf, n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+answer = model.create_chat_completion([{"role": "user", "content": question}], max_tokens=256, temperature=0.0,
+                                      top_k=1)
+print(answer["choices"][0]["message"]["content"].strip())
+"""
+
+
+def startup_commands(peers_python: str, gguf: Path, threads: int) -> dict[str, list[str]]:
+  """Name -> the command line whose wall time --startup measures."""
+  decode = shutil.which("combinax-decode", path=str(Path(sys.executable).parent)) or shutil.which("combinax-decode")
+  if decode is None:
+    raise SystemExit("combinax-decode is not installed: pip install -e .")
+  commands = {f"combinax-decode --quantize={kind}": [decode, f"--pretrained={NAME}", f"--quantize={kind}",
+                                                     f"--prompt={QUESTION}"] for kind in ("int8", "gguf")}
+  has_llama_cpp = subprocess.run([peers_python, "-c", "import llama_cpp"], capture_output=True).returncode == 0
+  if has_llama_cpp:
+    commands["llama.cpp (llama-cpp-python) gguf"] = [peers_python, "-c", LLAMA_CPP_ANSWER, str(gguf), QUESTION,
+                                                     str(threads)]
+  else:
+    print(f"llama.cpp: not run ({peers_python} has no llama_cpp; give --peers-python)", file=sys.stderr)
+  return commands
+
+
+def _timed_run(command: list[str]) -> tuple[float, str]:
+  start = time.perf_counter()
+  done = subprocess.run(command, capture_output=True, text=True)
+  seconds = time.perf_counter() - start
+  if done.returncode != 0:
+    raise SystemExit(f"{command[0]} ... failed (exit code {done.returncode}):\n{done.stderr[-2000:]}")
+  return seconds, done.stdout.strip()
+
+
+def startup(args, gguf: Path):
+  """--startup: the wall time of whole answering processes, every cache warm (see the module's docstring)."""
+  commands = startup_commands(args.peers_python, gguf, args.threads)
+  answers, times = {}, {name: [] for name in commands}
+  for name, command in commands.items():   # the first run of each fills its caches: not counted
+    print(f"warming {name} ...", file=sys.stderr, flush=True)
+    answers[name] = _timed_run(command)[1]
+  names = list(commands)
+  for r in range(args.repeats):
+    for i in range(len(names)):
+      name = names[(i + r) % len(names)]
+      times[name].append(_timed_run(commands[name])[0])
+  print(f"{NAME}: start-up, one answer per process from the shell, every cache warm; {args.repeats} interleaved "
+        f"runs each after one warm-up")
+  print("| command | wall s median | best | answer |")
+  print("|---|---|---|---|")
+  for name in names:
+    print(f"| {name} | {statistics.median(times[name]):.2f} | {min(times[name]):.2f} | "
+          f"{' '.join(answers[name].split())[:60]} |")
+
+
 def _equal_prefix(a, b) -> int:
   n = 0
   while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -92,12 +164,18 @@ def main():
   parser.add_argument("--draft", help="a combinax-train run of a small LM with SmolLM2's tokenizer (e.g. "
                       "experiments/distill_smollm2.py's distilled student): adds speculative decoding with it")
   parser.add_argument("--draft-k", type=int, default=4, help="tokens the draft proposes at a time")
+  parser.add_argument("--startup", action="store_true", help="measure instead the wall time of whole "
+                      "combinax-decode processes answering one question from the shell, every cache warm (and "
+                      "llama.cpp's, where --peers-python has it)")
+  parser.add_argument("--repeats", type=int, default=5, help="with --startup: timed runs of each command")
   args = parser.parse_args()
   from combinax import pretrained
   from combinax.pretrained import registry
   gguf = registry.source_files(NAME)
   if gguf is None:
     raise SystemExit(f"{NAME} is not installed: {registry.download_command(NAME)}")
+  if args.startup:
+    return startup(args, gguf)
   prompt = [int(t) for t in pretrained.tokenizer(NAME).encode(PROMPT)]
   common = ["--gguf", str(gguf), "--prompt", ",".join(map(str, prompt)), "--new", str(args.new), "--threads",
             str(args.threads)]

@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple
 
 from absl import flags
 
-from combinax.cli.frame import Command, ConfigError, parse_config
+from combinax.cli.frame import Command, ConfigError, parse_config, persistent_compilation_cache
 
 HELP = """combinax-decode: text from the language model a combinax-train run trained, or a bundled pretrained one.
 
@@ -31,6 +31,13 @@ prompt is put in its chat template (--template='{prompt}' gives the text as it i
 --quantize: int8 (kernels and embedding tables in int8, groups of 32 as llama.cpp's Q8_0: ~1.8x faster than float32
   on a CPU at ~0.27x the memory, perplexity within 1%), q4 or q4_1 (kernels in 4 bits, tables int8: ~0.18x the
   memory, less accurate), gguf (a GGUF model's own blocks kept packed, as llama.cpp runs them).
+  With --pretrained, the first run makes them and keeps them beside the float32 weights in the pretrained cache
+  ($COMBINAX_CACHE/pretrained/NAME/quantized-KIND; $COMBINAX_CACHE is ~/.cache/combinax unless set); later runs
+  read them as they are (a cache of another kind or combinax version, or damaged, is rebuilt with a warning).
+--compilation_cache (on by default): the programs a run compiles are kept in $COMBINAX_CACHE/jax-compilation (JAX's
+  persistent compilation cache) and read by later runs instead of compiled again, so that a repeated answer starts
+  in seconds; --nocompilation_cache compiles afresh. JAX_COMPILATION_CACHE_DIR, where set, is used instead. Both
+  caches may be deleted at any time.
 --draft=DIR: a small LM trained with the same tokenizer (a combinax-train run) proposes --draft_k tokens at a
   time and the model checks them in one call: the text is the model's own (greedy: token for token), and faster
   when the draft is often right.
@@ -78,6 +85,9 @@ def define(values: flags.FlagValues):
   flags.DEFINE_string("context_template", None, "with --knowledge_base: how the chunks and the prompt are put "
                       "together, with {context} and {prompt} (default: combinax.retrieval.rag.CONTEXT_TEMPLATE)",
                       flag_values=values)
+  flags.DEFINE_bool("compilation_cache", True, "keep the compiled programs in $COMBINAX_CACHE/jax-compilation (JAX's "
+                    "persistent compilation cache) and read them in later runs instead of compiling again "
+                    "(JAX_COMPILATION_CACHE_DIR, where set, is used instead)", flag_values=values)
   flags.DEFINE_bool("interactive", False, "read one prompt a line from the terminal and print each answer as it is "
                     "made (an empty line ends)", flag_values=values)
 
@@ -112,9 +122,11 @@ def decode(args):
   if args.quantize == "gguf" and args.pretrained is None:
     raise ConfigError("combinax-decode: --quantize=gguf keeps a GGUF file's packed blocks, so it needs --pretrained "
                       "(a run's float32 params quantize with --quantize=int8, q4 or q4_1)")
+  if args.compilation_cache:
+    persistent_compilation_cache()   # before anything compiles (a restore's checksums compile too)
   lm = (load_run(Path(args.output_dir), args.config) if args.pretrained is None else
-        load_pretrained(args.pretrained, packed=args.quantize == "gguf"))
-  if args.quantize in ("int8", "q4", "q4_1"):
+        load_pretrained(args.pretrained, quantize=args.quantize))
+  if args.pretrained is None and args.quantize in ("int8", "q4", "q4_1"):
     from combinax import quant
     try:
       lm = lm._replace(params=quant.for_decoding(lm.eval_model, lm.params, args.quantize))
@@ -268,13 +280,22 @@ def refuse_code(config: str, source: str):
                       "run needs are combinax's, already registered)")
 
 
-def load_pretrained(name: str, *, packed: bool = False) -> LM:
-  """A bundled LM (`python -m combinax.pretrained list`), in its chat template; `packed`: a GGUF's blocks kept."""
+def load_pretrained(name: str, *, quantize: str | None = None) -> LM:
+  """A bundled LM (`python -m combinax.pretrained list`), in its chat template; `quantize` (one of `QUANTIZE`):
+  its weights in that form, made once and then read from the pretrained cache (`pretrained.load_quantized`)."""
   from combinax import pretrained
   from combinax.pretrained import registry
   if name not in registry.ENTRIES:
     raise ConfigError(f"combinax-decode: no pretrained model {name!r}; known: {', '.join(registry.list_models())}")
-  _, params, tokenizer = pretrained.load(name, packed=packed)
+  if quantize is None:
+    _, params, tokenizer = pretrained.load(name)
+  else:
+    try:
+      _, params, tokenizer = pretrained.load_quantized(name, quantize)
+    except pretrained.PretrainedError:   # (a ValueError too, but its message says all: not a flag's error)
+      raise
+    except ValueError as e:   # quant.for_decoding refusing the model's layers
+      raise ConfigError(f"combinax-decode: --quantize={e}") from None
   module, config = registry.family(name), pretrained.config(name)
   start_id = module.start_id(config) if hasattr(module, "start_id") else 0
   return LM(build=lambda max_len: pretrained.model(name, mode="predict", max_len=max_len),

