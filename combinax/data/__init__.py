@@ -40,7 +40,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | kind | stages |
 | --- | --- |
 | sources | `TFDS` (needs `combinax[tfds]`; no TensorFlow), `TextLines`, `CSV`, `TSV`, `JSONL`, `Corpus`, `FromList` |
-| images | `RandomShift` (seeded translation), `Rendered` (words, glyphs and scenes drawn offline, `combinax.data.rendered`) |
+| images | `RandomShift` (seeded translation), `Rendered` (words, glyphs, scenes drawn offline: `data.rendered`) |
 | sound | `Spoken` (words and phrases said offline by eSpeak NG, as log-mel frames: `combinax.data.spoken`) |
 | transforms | `Map`, `Tokenize`, `Detokenize`, `FilterByLength`, `TruncateToLength`, `PadToLength`, `AddLossWeights` |
 | order | `Shuffle` (seeded buffer), sources' `shuffle=True` (a permutation per epoch), `shard=(i, n)` |
@@ -51,7 +51,7 @@ same batches. Bad input raises `DataError` naming the file and line, field or st
 | tokenizers | `CharTokenizer`, `SentencePieceTokenizer`, `BPETokenizer`, `WordPieceTokenizer` |
 | vocabularies | `load_tokenizer(path)`, `tokenizer_for(corpus, kind, vocab_size)` (trained once, cached) |
 | recipes | `lm_pipeline`, `classification_pipeline`, `translation_pipeline` |
-| image recipes | `image_pipeline`, `glyph_pipeline`, `image_text_pipeline`, `image_prompt_pipeline` (an image-prefix LM's) |
+| image recipes | `image_pipeline`, `glyph_pipeline`, `image_text_pipeline`, `image_prompt_pipeline` (image-prefix LM) |
 | sound recipes | `spoken_pipeline` (keyword classification), `spoken_prompt_pipeline` (an audio-prefix LM's) |
 """
 
@@ -96,8 +96,8 @@ _register(globals(), "combinax.data", [
     "FilterByLength", "TruncateToLength", "PadToLength", "AddLossWeights", "Shuffle", "Batch", "BucketByLength",
     "ConcatenateToLMInput", "PackLM", "MLM", "Prefetch", "lm_pipeline", "classification_pipeline",
     "translation_pipeline", "corpus_tokenizer", "image_pipeline", "SimulatedHosts", "RandomShift", "Rendered",
-    "glyph_pipeline", "image_text_pipeline", "caption_tokenizer", "image_prompt_pipeline", "Spoken", "spoken_pipeline",
-    "spoken_prompt_pipeline"])
+    "glyph_pipeline", "image_text_pipeline", "caption_tokenizer", "image_prompt_pipeline", "Spoken",
+    "spoken_pipeline", "spoken_prompt_pipeline"])
 
 
 def __getattr__(name):

@@ -19,7 +19,8 @@ its own: the images hyperparameters are chosen on, never the test split's.
 Example i of a split is drawn from its own generator, seeded by (seed, split, i), so any example can be made again
 alone: `write_rendered` writes shards of `SHARD` examples (images as .npy, texts as .json, each file replaced whole;
 `data.shards`) under the folder's lock, resumes after the longest prefix of shards that read back whole, and
-finishes with a manifest of every file's sha256. `Rendered(...)` is the pipeline source (writing the folder first if it is missing).
+finishes with a manifest of every file's sha256. `Rendered(...)` is the pipeline source (writing the folder first if
+it is missing).
 
 Needs Pillow and matplotlib's fonts: `pip install combinax[vision]`.
 """
@@ -298,10 +299,10 @@ def write_rendered(spec: RenderedSpec, folder: str | Path | None = None, *, log=
 
 
 class Rendered(Source):
-  """Rendered words or glyphs ((image uint8 (h, w, 3), text)) or scenes ((image, caption, question, answer)) as a pipeline
-  source; the dataset is written first (`write_rendered`) if its folder has no manifest. Pass the `RenderedSpec`
-  fields as keywords, and the source's own (`keys`, `shuffle`, `seed`, `repeat`): `seed` orders the epochs,
-  `data_seed` draws the examples.
+  """Rendered words or glyphs ((image uint8 (h, w, 3), text)) or scenes ((image, caption, question, answer)) as a
+  pipeline source; the dataset is written first (`write_rendered`) if its folder has no manifest. Pass the
+  `RenderedSpec` fields as keywords, and the source's own (`keys`, `shuffle`, `seed`, `repeat`): `seed` orders the
+  epochs, `data_seed` draws the examples.
 
   >>> source = Rendered(kind="scenes", split="test", size=4, height=48, width=48)   # doctest: +SKIP
   """
