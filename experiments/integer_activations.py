@@ -1,15 +1,17 @@
 """Prototype for issue 32, item 1: what multiplying int8 activations by int8 weights (XLA's s8 x s8 -> s32 dot) would
 cost SmolLM2-135M in perplexity and buy in decoding speed, before it is built into `combinax.quant`.
 
-    python experiments/integer_activations.py [--tokens 2048] [--repeats 3]
+    python experiments/integer_activations.py [--tokens 2048] [--repeats 3] [--groups 64 192]
 
-Three integer contractions stand in for `QuantizedArray._contract_rows` (the one place a quantized weight meets its
+Integer contractions stand in for `QuantizedArray._contract_rows` (the one place a quantized weight meets its
 inputs), swapped in for a measurement and put back after it (a prototype's shortcut: the built feature will be an
 option the user names):
 - per channel: weights int8 with one scale per output, each input row quantized to int8 with one scale, one dot;
 - per channel, 2 rows: the same with a single decoding row padded to two (XLA sends a one-row s8 dot to its own
   loop after converting the weight, two rows to a library kernel: benchmarks/int8_dots.py);
-- groups of 32 (llama.cpp's Q8_0 x Q8_0): scales per 32 inputs on both sides, a dot batched over the groups.
+- groups of 32 (llama.cpp's Q8_0 x Q8_0): scales per 32 inputs on both sides, a dot batched over the groups;
+- groups of --groups (64 and 192: 9 and 3 groups of SmolLM2's 576 inputs), the same with a decoding row padded to
+  two, and those weights dequantized (what the coarser groups alone cost in perplexity).
 Perplexity over the first --tokens KJV test tokens as `benchmarks/quant_fidelity.py` scores it; ms a token of greedy
 decoding after a 16-token prompt ((80 - 16 tokens) / 64, median of --repeats, interleaved).
 """
@@ -56,13 +58,22 @@ def per_channel(pad_to: int):
   return contract
 
 
-def groups_of_32(weight, rows):
-  n, n_groups, group = weight.values.shape
-  if weight.kind != "int8" or group != 32:
-    return DEQUANTIZED(weight, rows)
-  xq, xs = _int8_rows(rows.reshape(rows.shape[0], n_groups, group))
-  acc = lax.dot_general(xq, weight.values, (((2,), (2,)), ((1,), (1,))), preferred_element_type=jnp.int32)
-  return jnp.einsum("gbn,bg,ng->bn", acc.astype(jnp.float32), xs[..., 0], weight.scale.astype(jnp.float32))
+def blocked(size: int, pad_to: int = 1):
+  """Weights int8 in groups of `size` inputs, each input row quantized to int8 per group of `size` (one scale per
+  row and group), a dot batched over the groups, scales applied after; other weights as today."""
+  def contract(weight, rows):
+    n, n_groups, group = weight.values.shape
+    if weight.kind != "int8" or group != size:
+      return DEQUANTIZED(weight, rows)
+    b = rows.shape[0]
+    padded = jnp.pad(rows, ((0, max(0, pad_to - b)), (0, 0)))
+    xq, xs = _int8_rows(padded.reshape(padded.shape[0], n_groups, group))
+    acc = lax.dot_general(xq, weight.values, (((2,), (2,)), ((1,), (1,))), preferred_element_type=jnp.int32)
+    return jnp.einsum("gbn,bg,ng->bn", acc.astype(jnp.float32), xs[..., 0], weight.scale.astype(jnp.float32))[:b]
+  return contract
+
+
+groups_of_32 = blocked(32)
 
 
 @contextlib.contextmanager
@@ -78,17 +89,24 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--tokens", type=int, default=2048)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--groups", type=int, nargs="*", default=[64, 192],
+                      help="group sizes (dividing 576 and 1536) of the blocked integer path, beside 32")
   args = parser.parse_args()
   model, params, tokenizer = pretrained.load(NAME)
   ids = quant_fidelity.kjv_tokens(tokenizer, args.tokens)
   per_channel_weights = quant.quantize(params, [("blocks/*kernel", "int8"), quant_fidelity.EMBED8])
   q8_0_weights = quant.quantize(params, [("blocks/*kernel", quant.QuantSpec("int8", 32)), quant_fidelity.EMBED8])
+  by_group = {size: quant.quantize(params, [("blocks/*kernel", quant.QuantSpec("int8", size)),
+                                            quant_fidelity.EMBED8]) for size in args.groups}
   ways = {"float32": (params, DEQUANTIZED),
           "int8 per channel, dequantized (today)": (per_channel_weights, DEQUANTIZED),
           "int8 per channel, s8 x s8": (per_channel_weights, per_channel(1)),
           "int8 per channel, s8 x s8, rows padded to 2": (per_channel_weights, per_channel(2)),
           "int8/32 (Q8_0), dequantized (today)": (q8_0_weights, DEQUANTIZED),
           "int8/32 (Q8_0), s8 x s8 per 32": (q8_0_weights, groups_of_32)}
+  for size, weights in by_group.items():   # coarser groups: fewer, longer contractions in the batched dot
+    ways[f"int8/{size}, dequantized"] = (weights, DEQUANTIZED)
+    ways[f"int8/{size}, s8 x s8 per {size}, rows padded to 2"] = (weights, blocked(size, 2))
   prompt = np.asarray(tokenizer.encode(PROMPT), np.int32)[None]
   perplexity, runs = {}, {}
   for way, (weights, fn) in ways.items():
