@@ -12,6 +12,19 @@ NAME = "tiny-llama"
 TOKENS = ["<|endoftext|>", "a", "b", "ab", "Ġ", "<|im_end|>"]
 
 
+def tensor_shapes(n_layers: int, width: int, n_tokens: int) -> dict[str, tuple]:
+  """{name: shape} of a Llama GGUF's tensors, (rows, columns) as llama.cpp stores them (a kernel's rows are its
+  outputs): 2 heads of width / 2 sharing one key/value head, a feed-forward twice the width."""
+  tensors = {"token_embd.weight": (n_tokens, width), "output_norm.weight": (width,)}
+  for i in range(n_layers):
+    tensors.update({f"blk.{i}.attn_norm.weight": (width,), f"blk.{i}.attn_q.weight": (width, width),
+                    f"blk.{i}.attn_k.weight": (width // 2, width), f"blk.{i}.attn_v.weight": (width // 2, width),
+                    f"blk.{i}.attn_output.weight": (width, width), f"blk.{i}.ffn_norm.weight": (width,),
+                    f"blk.{i}.ffn_gate.weight": (2 * width, width), f"blk.{i}.ffn_up.weight": (2 * width, width),
+                    f"blk.{i}.ffn_down.weight": (width, 2 * width)})
+  return tensors
+
+
 def write_gguf(path: Path, *, n_layers: int = 2) -> Path:
   """A Llama GGUF file of width 32 (one 32-element block per row), 2 heads sharing one key/value head."""
   import gguf
@@ -31,14 +44,7 @@ def write_gguf(path: Path, *, n_layers: int = 2) -> Path:
   writer.add_token_merges(["a b"])
   writer.add_token_types([3, 1, 1, 1, 1, 3])
   writer.add_eos_token_id(5)
-  # (rows, columns) as llama.cpp stores them: a kernel's rows are its outputs.
-  tensors = {"token_embd.weight": (len(TOKENS), 32), "output_norm.weight": (32,)}
-  for i in range(n_layers):
-    tensors.update({f"blk.{i}.attn_norm.weight": (32,), f"blk.{i}.attn_q.weight": (32, 32),
-                    f"blk.{i}.attn_k.weight": (16, 32), f"blk.{i}.attn_v.weight": (16, 32),
-                    f"blk.{i}.attn_output.weight": (32, 32), f"blk.{i}.ffn_norm.weight": (32,),
-                    f"blk.{i}.ffn_gate.weight": (64, 32), f"blk.{i}.ffn_up.weight": (64, 32),
-                    f"blk.{i}.ffn_down.weight": (32, 64)})
+  tensors = tensor_shapes(n_layers, 32, len(TOKENS))
   for name, shape in tensors.items():
     value = rng.normal(size=shape).astype(np.float32)
     if len(shape) == 1:

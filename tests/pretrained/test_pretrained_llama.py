@@ -11,6 +11,7 @@ from combinax.paths import leaves_with_paths
 from combinax.pretrained import llama
 from combinax.pretrained.families import PretrainedError
 
+import tiny_llama
 from conftest import files_of, reference
 
 gguf = pytest.importorskip("gguf")
@@ -97,13 +98,7 @@ def _tiny_gguf(path, arch="llama", skip=None, n_layers=2):
   writer.add_token_merges(["a b"])
   writer.add_token_types([3, 1, 1, 1, 1, 3])
   writer.add_eos_token_id(5)
-  tensors = {"token_embd.weight": (6, 8), "output_norm.weight": (8,)}
-  for i in range(n_layers):
-    tensors.update({f"blk.{i}.attn_norm.weight": (8,), f"blk.{i}.attn_q.weight": (8, 8),
-                    f"blk.{i}.attn_k.weight": (4, 8), f"blk.{i}.attn_v.weight": (4, 8),
-                    f"blk.{i}.attn_output.weight": (8, 8), f"blk.{i}.ffn_norm.weight": (8,),
-                    f"blk.{i}.ffn_gate.weight": (16, 8), f"blk.{i}.ffn_up.weight": (16, 8),
-                    f"blk.{i}.ffn_down.weight": (8, 16)})
+  tensors = tiny_llama.tensor_shapes(n_layers, 8, 6)
   arrays = {k: rng.normal(size=s).astype(np.float32) for k, s in tensors.items() if k != skip}
   for name, value in arrays.items():
     writer.add_tensor(name, value)
