@@ -44,6 +44,10 @@ FORMAT = "combinax-quantized-v1"
 KINDS = (*quant.DECODING_KINDS, "gguf")
 
 
+def _is_quantized(leaf) -> bool:
+  return isinstance(leaf, quant.QuantizedArray)
+
+
 def cache_folder(name: str, kind: str) -> Path:
   """Where the `kind` weights of `name` are cached: `$COMBINAX_CACHE/pretrained/<name>/quantized-<kind>`."""
   return registry.cache_path(name) / f"quantized-{kind}"
@@ -78,9 +82,8 @@ def load_quantized(name: str, kind: str) -> tuple[Layer, Any, Any]:
 
 def layout(params: Any) -> dict[str, str]:
   """{path: "kind axis dtype"} of every `QuantizedArray` in `params`: its static fields, which are not arrays."""
-  is_quantized = lambda leaf: isinstance(leaf, quant.QuantizedArray)
-  described = jax.tree_util.tree_map(lambda leaf: f"{leaf.kind} {leaf.axis} {leaf.dtype}" if is_quantized(leaf)
-                                     else None, params, is_leaf=is_quantized)
+  described = jax.tree_util.tree_map(lambda leaf: f"{leaf.kind} {leaf.axis} {leaf.dtype}" if _is_quantized(leaf)
+                                     else None, params, is_leaf=_is_quantized)
   return dict(leaves_with_paths(described))
 
 
@@ -149,9 +152,8 @@ def _describes(description, kinds) -> bool:
 def _weights(params) -> dict[str, tuple[tuple, str]]:
   """{path: (shape, dtype name)} of the weights `params` stand for (a `QuantizedArray`: the array it dequantizes
   to), known without computing anything."""
-  is_quantized = lambda leaf: isinstance(leaf, quant.QuantizedArray)
   stand = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, np.dtype(leaf.dtype)), params,
-                                 is_leaf=is_quantized)
+                                 is_leaf=_is_quantized)
   return {path: (tuple(leaf.shape), np.dtype(leaf.dtype).name) for path, leaf in leaves_with_paths(stand)}
 
 
