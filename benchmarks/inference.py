@@ -54,6 +54,9 @@ def engines(peers_python: str, draft: str | None = None, draft_k: int = 4) -> di
       "combinax float32": ours + ["--weights", "float32"],
       "combinax int8": ours + ["--weights", "int8"],
       "combinax gguf (q4_1)": ours + ["--weights", "gguf"],
+      # The same two without combinax.quant.kernels: XLA's dot on each weight dequantized just before it.
+      "combinax int8, XLA's dot": ["env", "COMBINAX_KERNELS=0"] + ours + ["--weights", "int8"],
+      "combinax gguf (q4_1), XLA's dot": ["env", "COMBINAX_KERNELS=0"] + ours + ["--weights", "gguf"],
       "transformers float32": [peers_python, str(HERE / "peers" / "generate_torch.py")],
       "llama.cpp gguf (q4_1)": [peers_python, str(HERE / "peers" / "generate_llamacpp.py")],
   }
@@ -158,6 +161,8 @@ def main():
   parser.add_argument("--new", type=int, default=128)
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument("--context", type=int, default=512, help="positions every engine is built for (combinax's "
+                      "max_len, llama.cpp's n_ctx); the issue's comparison wants 512 or more")
   parser.add_argument("--peers-python", default=sys.executable,
                       help="the Python whose environment has torch, transformers and llama-cpp-python")
   parser.add_argument("--only", nargs="*", help="engine names to run (default: all)")
@@ -178,7 +183,7 @@ def main():
     return startup(args, gguf)
   prompt = [int(t) for t in pretrained.tokenizer(NAME).encode(PROMPT)]
   common = ["--gguf", str(gguf), "--prompt", ",".join(map(str, prompt)), "--new", str(args.new), "--threads",
-            str(args.threads)]
+            str(args.threads), "--context", str(args.context)]
   workers = []
   for name, command in engines(args.peers_python, args.draft, args.draft_k).items():
     if args.only and name not in args.only:
@@ -192,7 +197,7 @@ def main():
     worker.quit()
   reference = next((w.rounds[0]["tokens"] for w in workers if w.name.startswith("llama.cpp")), None)
   print(f"{NAME}, batch 1, prompt of {len(prompt)} tokens + {args.new} new (greedy), {args.threads} threads, "
-        f"{args.rounds} interleaved rounds")
+        f"context {args.context}, {args.rounds} interleaved rounds")
   print("| engine | tokens/s best | median | first token ms | load s | weights MB | peak RSS MB | "
         "tokens equal to llama.cpp's |")
   print("|---|---|---|---|---|---|---|---|")

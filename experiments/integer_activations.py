@@ -2,6 +2,11 @@
 cost SmolLM2-135M in perplexity and buy in decoding speed, before it is built into `combinax.quant`.
 
     python experiments/integer_activations.py [--tokens 2048] [--repeats 3] [--groups 64 192]
+    python experiments/integer_activations.py --kernel [--tokens 2048] [--repeats 3]
+
+--kernel compares instead the ways `combinax.quant.kernels` gives (Q8_0 and Q4_1 weights, groups of 32): XLA's dot
+on each weight dequantized just before it (the path before the kernel), the kernel with float32 activations (what
+`contract` now uses for decoding), and the kernel with int8 activations (llama.cpp's arithmetic, for every row).
 
 Integer contractions stand in for `QuantizedArray._contract_rows` (the one place a quantized weight meets its
 inputs), swapped in for a measurement and put back after it (a prototype's shortcut: the built feature will be an
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import quant_fidelity  # noqa: E402
 
 from combinax import decoding, pretrained, quant  # noqa: E402
+from combinax.quant import kernels  # noqa: E402
 from combinax.quant.weights import QuantizedArray  # noqa: E402
 
 NAME = quant_fidelity.NAME
@@ -85,53 +91,99 @@ def contracting_with(fn):
     QuantizedArray._contract_rows = DEQUANTIZED
 
 
+XLA_DOT, KERNEL, KERNEL_INT8 = "XLA's dot", "kernel, float32 x", "kernel, int8 x"
+QDOT, MAX_ROWS = kernels.qdot, kernels.MAX_ROWS
+
+
+@contextlib.contextmanager
+def computing_by(way):
+  """XLA_DOT: every contraction by XLA's dot; KERNEL: as `contract` does (the kernel for up to MAX_ROWS rows);
+  KERNEL_INT8: the kernel's int8 arithmetic for every contraction, however many rows (perplexity included)."""
+  kernels.MAX_ROWS = {XLA_DOT: -1, KERNEL: MAX_ROWS, KERNEL_INT8: 2 ** 30}[way]
+  if way == KERNEL_INT8:
+    kernels.qdot = lambda x, weight: QDOT(x, weight, activations="int8")
+  try:
+    yield
+  finally:
+    kernels.MAX_ROWS, kernels.qdot = MAX_ROWS, QDOT
+
+
+def measure(ways, context, weights_of, tokens, repeats):
+  """{way: (perplexity, ms a token)}: each way's weights `weights_of(way)` scored and decoded inside `context(way)`,
+  the decoding timed interleaved."""
+  model, params, tokenizer = pretrained.load(NAME)
+  ids = quant_fidelity.kjv_tokens(tokenizer, tokens)
+  prompt = np.asarray(tokenizer.encode(PROMPT), np.int32)[None]
+  perplexity, runs = {}, {}
+  for way in ways:
+    weights = weights_of(way, params)
+    with context(way):
+      perplexity[way], _ = quant_fidelity.score(pretrained.model(NAME), weights, ids)   # a model object: its own jit
+      decoder = pretrained.model(NAME, mode="predict", max_len=160)
+      for n in (16, 80):
+        def run(decoder=decoder, weights=weights, n=n, way=way):
+          with context(way):
+            return jax.block_until_ready(decoding.autoregressive_sample(decoder, weights, prompt, max_length=n,
+                                                                        temperature=0.0, start_id=None))
+        run()
+        runs[(way, n)] = run
+  times = {key: [] for key in runs}
+  for _ in range(repeats):   # interleaved
+    for key, run in runs.items():
+      start = time.perf_counter()
+      run()
+      times[key].append(time.perf_counter() - start)
+  ms = {way: 1e3 * (statistics.median(times[(way, 80)]) - statistics.median(times[(way, 16)])) / 64 for way in ways}
+  return {way: (perplexity[way], ms[way]) for way in ways}
+
+
+def kernel_ways(args):
+  """--kernel: float32, then Q8_0 and Q4_1 weights (groups of 32, the table in Q8_0) each way of KERNEL_WAYS."""
+  rules = {kind: [("blocks/*kernel", quant.QuantSpec(kind, 32)), quant_fidelity.EMBED8] for kind in ("int8", "q4_1")}
+  ways = ["float32"] + [f"{kind}/32, {way}" for kind in rules for way in (XLA_DOT, KERNEL, KERNEL_INT8)]
+  weights_of = lambda way, params: params if way == "float32" else quant.quantize(params, rules[way.split("/")[0]])
+  context = lambda way: computing_by(way.split(", ", 1)[1] if ", " in way else XLA_DOT)
+  found = measure(ways, context, weights_of, args.tokens, args.repeats)
+  base = found["float32"][0]
+  print(f"SmolLM2-135M, {args.tokens} KJV test tokens; greedy decoding, batch 1, median of {args.repeats}; kernel "
+        f"{kernels.isa()}")
+  for way, (ppl, ms) in found.items():
+    print(f"{way:36s} perplexity {ppl:.3f} ({100 * (ppl / base - 1):+.2f}%)  {ms:6.2f} ms a token")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--tokens", type=int, default=2048)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--groups", type=int, nargs="*", default=[64, 192],
                       help="group sizes (dividing 576 and 1536) of the blocked integer path, beside 32")
+  parser.add_argument("--kernel", action="store_true", help="compare the ways of combinax.quant.kernels instead")
   args = parser.parse_args()
-  model, params, tokenizer = pretrained.load(NAME)
-  ids = quant_fidelity.kjv_tokens(tokenizer, args.tokens)
-  per_channel_weights = quant.quantize(params, [("blocks/*kernel", "int8"), quant_fidelity.EMBED8])
-  q8_0_weights = quant.quantize(params, [("blocks/*kernel", quant.QuantSpec("int8", 32)), quant_fidelity.EMBED8])
-  by_group = {size: quant.quantize(params, [("blocks/*kernel", quant.QuantSpec("int8", size)),
-                                            quant_fidelity.EMBED8]) for size in args.groups}
-  ways = {"float32": (params, DEQUANTIZED),
-          "int8 per channel, dequantized (today)": (per_channel_weights, DEQUANTIZED),
-          "int8 per channel, s8 x s8": (per_channel_weights, per_channel(1)),
-          "int8 per channel, s8 x s8, rows padded to 2": (per_channel_weights, per_channel(2)),
-          "int8/32 (Q8_0), dequantized (today)": (q8_0_weights, DEQUANTIZED),
-          "int8/32 (Q8_0), s8 x s8 per 32": (q8_0_weights, groups_of_32)}
-  for size, weights in by_group.items():   # coarser groups: fewer, longer contractions in the batched dot
-    ways[f"int8/{size}, dequantized"] = (weights, DEQUANTIZED)
-    ways[f"int8/{size}, s8 x s8 per {size}, rows padded to 2"] = (weights, blocked(size, 2))
-  prompt = np.asarray(tokenizer.encode(PROMPT), np.int32)[None]
-  perplexity, runs = {}, {}
-  for way, (weights, fn) in ways.items():
-    with contracting_with(fn):
-      perplexity[way], _ = quant_fidelity.score(pretrained.model(NAME), weights, ids)   # a model object: its own jit
-      decoder = pretrained.model(NAME, mode="predict", max_len=160)
-      for n in (16, 80):
-        def run(decoder=decoder, weights=weights, n=n, fn=fn):
-          with contracting_with(fn):
-            return jax.block_until_ready(decoding.autoregressive_sample(decoder, weights, prompt, max_length=n,
-                                                                        temperature=0.0, start_id=None))
-        run()
-        runs[(way, n)] = run
-  times = {key: [] for key in runs}
-  for _ in range(args.repeats):   # interleaved
-    for key, run in runs.items():
-      start = time.perf_counter()
-      run()
-      times[key].append(time.perf_counter() - start)
-  base = perplexity["float32"]
+  if args.kernel:
+    return kernel_ways(args)
+  per_channel_rules = [("blocks/*kernel", "int8"), quant_fidelity.EMBED8]
+  by_group = lambda size: [("blocks/*kernel", quant.QuantSpec("int8", size)), quant_fidelity.EMBED8]
+  ways = {"float32": (None, DEQUANTIZED),
+          "int8 per channel, dequantized (today)": (per_channel_rules, DEQUANTIZED),
+          "int8 per channel, s8 x s8": (per_channel_rules, per_channel(1)),
+          "int8 per channel, s8 x s8, rows padded to 2": (per_channel_rules, per_channel(2)),
+          "int8/32 (Q8_0), dequantized (today)": (by_group(32), DEQUANTIZED),
+          "int8/32 (Q8_0), s8 x s8 per 32": (by_group(32), groups_of_32)}
+  for size in args.groups:   # coarser groups: fewer, longer contractions in the batched dot
+    ways[f"int8/{size}, dequantized"] = (by_group(size), DEQUANTIZED)
+    ways[f"int8/{size}, s8 x s8 per {size}, rows padded to 2"] = (by_group(size), blocked(size, 2))
+  weights_of = lambda way, params: params if ways[way][0] is None else quant.quantize(params, ways[way][0])
+
+  @contextlib.contextmanager
+  def context(way):   # the prototypes replace XLA's path: the kernel is kept out
+    with computing_by(XLA_DOT), contracting_with(ways[way][1]):
+      yield
+
+  found = measure(list(ways), context, weights_of, args.tokens, args.repeats)
+  base = found["float32"][0]
   print(f"SmolLM2-135M, {args.tokens} KJV test tokens; greedy decoding, batch 1, median of {args.repeats}")
-  for way in ways:
-    ms = 1e3 * (statistics.median(times[(way, 80)]) - statistics.median(times[(way, 16)])) / 64
-    print(f"{way:45s} perplexity {perplexity[way]:.3f} ({100 * (perplexity[way] / base - 1):+.2f}%)  "
-          f"{ms:6.2f} ms a token")
+  for way, (ppl, ms) in found.items():
+    print(f"{way:45s} perplexity {ppl:.3f} ({100 * (ppl / base - 1):+.2f}%)  {ms:6.2f} ms a token")
 
 
 if __name__ == "__main__":

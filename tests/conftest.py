@@ -31,6 +31,10 @@ if _MADE_COMPILATION_CACHE:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The same for the bundled pretrained models imported into a cache (tests that want one use `shared_pretrained_cache`
 # below): an isolated test's process would otherwise import SmolLM2 again, ~6 s each time.
+# The quantized matmul kernel (combinax.quant.kernels) is compiled once (~10 s) where the user's cache keeps it, not
+# again in each test that points COMBINAX_CACHE at a folder of its own.
+os.environ.setdefault("COMBINAX_KERNELS_DIR", os.path.join(os.environ.get("COMBINAX_CACHE") or
+                                                           os.path.expanduser("~/.cache/combinax"), "kernels"))
 _MADE_PRETRAINED_CACHE = "COMBINAX_TEST_PRETRAINED_CACHE" not in os.environ
 if _MADE_PRETRAINED_CACHE:
   os.environ["COMBINAX_TEST_PRETRAINED_CACHE"] = tempfile.mkdtemp(prefix="combinax-tests-pretrained-")

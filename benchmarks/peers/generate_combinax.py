@@ -2,8 +2,11 @@
 one call, then the whole loop in one jitted `while_loop`), with the weights of `--weights`:
 
   float32  the cached float32 import (the GGUF dequantized once, at first import)
-  int8     float32 quantized by `combinax.quant` into llama.cpp's Q8_0 layout (int8, groups of 32, float16 scales)
-  gguf     the GGUF file's own blocks kept packed (`pretrained.load(packed=True)`: Q4_1 kernels, a Q8_0 table)
+  int8     llama.cpp's Q8_0 layout (int8, groups of 32, float16 scales; `quant.for_decoding`)
+  gguf     the GGUF file's own blocks kept packed (Q4_1 kernels, a Q8_0 table)
+
+both loaded as `combinax-decode --pretrained --quantize` loads them: from the quantized weights kept in the
+pretrained cache (`pretrained.load_quantized`; the first load makes them), so no float32 copy is built here.
 
 With `--draft DIR` (a combinax-train run of a small LM with SmolLM2's tokenizer, e.g. the distilled student of
 experiments/distill_smollm2.py), `decoding.speculative_sample` proposes `--draft_k` tokens at a time with it, its
@@ -33,13 +36,13 @@ INT8 = [("blocks/*kernel", quant.QuantSpec("int8", 32)), ("embed/embedding", qua
 
 def main():
   prompt = np.asarray(args.prompt, np.int32)[None]
-  options = dict(mode="predict", max_len=prompt.shape[1] + args.new)
-  if args.weights == "gguf":
-    model, params, _ = pretrained.load(NAME, packed=True, **options)
-  elif args.weights in ("float32", "int8"):
+  # Built for --context positions as a user would (512 by default); decoding sizes its caches to the call (issue 32).
+  options = dict(mode="predict", max_len=max(args.context, prompt.shape[1] + args.new))
+  if args.weights in ("int8", "gguf"):
+    _, params, _ = pretrained.load_quantized(NAME, args.weights)
+    model = pretrained.model(NAME, **options)
+  elif args.weights == "float32":
     model, params, _ = pretrained.load(NAME, **options)
-    if args.weights == "int8":
-      params = quant.quantize(params, INT8)
   else:
     raise SystemExit(f"--weights: float32, int8 or gguf, got {args.weights!r}")
   params = jax.block_until_ready(jax.device_put(params))

@@ -9,7 +9,7 @@ import llama_cpp  # noqa: E402  (after parsing: --help needs no engine)
 
 
 def main():
-  model = llama_cpp.Llama(args.gguf, n_ctx=len(args.prompt) + args.new + 8, n_threads=args.threads,
+  model = llama_cpp.Llama(args.gguf, n_ctx=max(args.context, len(args.prompt) + args.new + 8), n_threads=args.threads,
                           n_threads_batch=args.threads, n_batch=512, verbose=False)
 
   def generate(n):

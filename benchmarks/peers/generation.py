@@ -28,6 +28,8 @@ def parse_args(description: str, **extra):
   parser.add_argument("--prompt", required=True, help="the prompt's token ids, comma-separated")
   parser.add_argument("--new", type=int, default=128)
   parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument("--context", type=int, default=512,
+                      help="positions the model is built for (combinax's max_len, llama.cpp's n_ctx)")
   for name, (kind, default, text) in extra.items():
     parser.add_argument(f"--{name}", type=kind, default=default, help=text)
   args = parser.parse_args()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -10,6 +12,11 @@ from combinax import shapes
 from combinax.layers.base import Layer, LayerError, child_rng
 from combinax.layers.combinators import from_stack, init_on_one_stack, to_stack
 from combinax.layers.scopes import Combinator
+from combinax.quant.weights import QuantizedArray
+
+
+def _quantized(leaf) -> bool:
+  return isinstance(leaf, QuantizedArray)
 
 
 REMAT = (False, "dots", True)
@@ -84,14 +91,24 @@ class Repeat(Combinator):
 
     # In a scan, XLA cannot merge the recomputation back into the forward pass, so CSE may stay on.
     one_block = self.rematerialised(one_block, prevent_cse=not self.scan)
+    # Quantized weights are not sliced per layer: each goes to the block whole, with the layer's index
+    # (`QuantizedArray.layer`), so that the quantized matmul kernel reads the layer where it lies. Sliced, each
+    # layer's weights were copied out of the stack before the kernel read them: SmolLM2's int8 decoding step took
+    # 1.6x as long as with XLA's own dot, which reads the slice in place (experiments/integer_activations.py --kernel).
+    params = jax.tree_util.tree_map(lambda a: a.selected() if _quantized(a) else a, params, is_leaf=_quantized)
+    whole = lambda layer_params, index: jax.tree_util.tree_map(
+        lambda stacked, sliced: dataclasses.replace(stacked, layer=index) if _quantized(stacked) else sliced,
+        params, layer_params, is_leaf=_quantized)
+    unsliced = jax.tree_util.tree_map(lambda a: None if _quantized(a) else a, params, is_leaf=_quantized)
     if self.scan:
       def step(carry, per_layer):
-        return one_block(carry, *per_layer)
-      return lax.scan(step, inputs, (params, state, jnp.arange(self.n_layers)))
+        layer_params, layer_state, index = per_layer
+        return one_block(carry, whole(layer_params, index), layer_state, index)
+      return lax.scan(step, inputs, (unsliced, state, jnp.arange(self.n_layers)))
     new_states = []
     for i in range(self.n_layers):
       take = lambda tree: jax.tree_util.tree_map(lambda a: a[i], tree)
-      inputs, layer_state = one_block(inputs, take(params), take(state), i)
+      inputs, layer_state = one_block(inputs, whole(take(unsliced), jnp.int32(i)), take(state), i)
       new_states.append(layer_state)
     return inputs, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *new_states)
 

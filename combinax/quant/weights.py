@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from combinax.quant import kernels
+
 KINDS = ("int8", "q4", "q4_1")
 
 
@@ -40,6 +42,10 @@ class QuantizedArray:
   kind: str = dataclasses.field(metadata={"static": True})
   axis: int = dataclasses.field(metadata={"static": True})
   dtype: str = dataclasses.field(default="float32", metadata={"static": True})
+  # Set only inside a scan over stacked layers (`Repeat`): the fields keep the whole stack on their leading axis and
+  # this weight is its layer `layer` (an int32 scalar). The quantized matmul kernel then reads the layer where it
+  # lies; a scan's slice of it would be copied first (see `kernels.qdot`). Everything else slices it (`selected`).
+  layer: jax.Array | None = None
 
   @property
   def group(self) -> int:
@@ -48,9 +54,16 @@ class QuantizedArray:
   @property
   def shape(self) -> tuple[int, ...]:
     """The shape of the weight it stands for."""
-    *kept, n_groups, _ = self.values.shape
+    *kept, n_groups, _ = self.values.shape[0 if self.layer is None else 1:]
     kept.insert(len(kept) + 1 + self.axis, n_groups * self.group)   # the grouped axis back in its place
     return tuple(kept)
+
+  def selected(self) -> "QuantizedArray":
+    """This weight with its own fields: layer `layer` sliced out of the stack when `layer` is set, else itself."""
+    if self.layer is None:
+      return self
+    pick = lambda a: None if a is None else lax.dynamic_index_in_dim(a, self.layer, 0, keepdims=False)
+    return QuantizedArray(pick(self.values), pick(self.scale), pick(self.offset), self.kind, self.axis, self.dtype)
 
   @property
   def ndim(self) -> int:
@@ -72,6 +85,7 @@ class QuantizedArray:
 
   def integers(self) -> jax.Array:
     """The quantized values as int32, grouped: (..., groups, group)."""
+    self = self.selected()
     if self.kind == "int8":
       return self.values.astype(jnp.int32)
     packed = self.values.astype(jnp.int32)
@@ -79,6 +93,7 @@ class QuantizedArray:
 
   def dequantize(self, dtype=None) -> jax.Array:
     """The weight, in `dtype` (default: the dtype it was quantized from), computed in float32 as llama.cpp does."""
+    self = self.selected()
     grouped = self._weights(self.integers())
     flat = grouped.reshape(grouped.shape[:-2] + (-1,))
     return jnp.moveaxis(flat, -1, self.axis).astype(dtype or self.dtype)
@@ -88,27 +103,40 @@ class QuantizedArray:
     (`axis=-2`), `x @ T.T` for a table `T (n, k)` (`axis=-1`, tied logits); returns `(..., n)` in x's dtype. The
     weight must be grouped along the axis its use contracts (`axis`).
 
-    Computed in the stored `(n, k)` layout, dequantizing just before the matmul: XLA:CPU writes the dequantized
-    weight once, then multiplies (it fuses no conversion into a dot's operand). A 4-bit weight is two dots, one per
-    nibble, each against its half of every group's inputs, since unpacking the nibbles into one matrix (a
-    concatenate) was 4x slower than float32 for 30 576x1536 products; two dots: as fast as int8. A weight larger
+    Up to `kernels.MAX_ROWS` rows of x (decoding) on the CPU: `kernels.qdot`, a kernel that reads each weight byte
+    once and widens it in registers (the same float32 products, summed in another order). Otherwise (more rows, other
+    devices, or no kernel built), XLA's dot, in the stored `(n, k)` layout, dequantizing just before the matmul:
+    XLA:CPU writes the dequantized weight once, then multiplies (it fuses no conversion into a dot's operand). A
+    4-bit weight is two dots, one per nibble, each against its half of every group's inputs, since unpacking the
+    nibbles into one matrix (a concatenate) was 4x slower than float32 for 30 576x1536 products; two dots: as fast
+    as int8. A weight larger
     than `_CHUNK_BYTES` as float32 (an LM's tied logits table) is done in chunks of rows, one after the other
     (`lax.map`), so no float32 copy of it ever exists: as one piece, XLA hoisted its dequantization out of the
     decoding loop and kept it resident (113 MB for SmolLM2's int8 table, which then took 248 MB of temporaries
     where float32 took 29; chunked: 28 MB, and 104 tokens/s instead of 87).
     """
-    if self.values.ndim != 3:
+    if len(self.shape) != 2:
       raise ValueError(f"QuantizedArray.contract: a 2-D weight, got shape {self.shape} (slice stacked layers first)")
     if self.axis != axis:
       raise ValueError(f"QuantizedArray.contract: this weight of shape {self.shape} is grouped along axis "
                        f"{self.axis}, and its use contracts axis {axis}: quantize it with QuantSpec(kind, group, "
                        f"axis={axis})")
-    n, n_groups, _ = self.values.shape
+    n, n_groups, _ = self.values.shape[-3:]
     k = n_groups * self.group
     if x.shape[-1] != k:
       raise ValueError(f"QuantizedArray.contract: inputs (..., {k}) for a weight of shape {self.shape}, got {x.shape}")
     rows = x.reshape(-1, k).astype(jnp.float32)
-    chunks = _chunks(n, 4 * n * k)
+    xla = lambda rows: self.selected()._contract_xla(rows)
+    if rows.shape[0] <= kernels.MAX_ROWS and kernels.supports(self) is None and kernels.available():
+      y = lax.platform_dependent(rows, cpu=lambda rows: kernels.qdot(rows, self), default=xla)
+    else:
+      y = xla(rows)
+    return y.astype(x.dtype).reshape(x.shape[:-1] + (n,))
+
+  def _contract_xla(self, rows: jax.Array) -> jax.Array:
+    """rows (b, k) float32 . this 2-D weight -> (b, n), by XLA's own dot on the dequantized weight."""
+    n = self.values.shape[0]
+    chunks = _chunks(n, 4 * n * rows.shape[1])
     if chunks == 1:
       y = self._contract_rows(rows)
     else:
@@ -117,7 +145,7 @@ class QuantizedArray:
                                                           offset=fields[2])._contract_rows(rows),
                        (split(self.values), split(self.scale), split(self.offset)))   # (chunks, b, n / chunks)
       y = jnp.moveaxis(pieces, 0, 1).reshape(rows.shape[0], n)
-    return y.astype(x.dtype).reshape(x.shape[:-1] + (n,))
+    return y
 
   def _contract_rows(self, rows: jax.Array) -> jax.Array:
     """rows (b, k) float32 . this 2-D weight in its stored layout -> (b, n)."""
@@ -139,6 +167,7 @@ class QuantizedArray:
     if self.axis not in (-1, self.ndim - 1) or self.ndim != 2:
       raise ValueError(f"QuantizedArray.take: a (vocab, d) table grouped along its last axis, got shape {self.shape} "
                        f"grouped along axis {self.axis}")
+    self = self.selected()
     rows = lambda a: None if a is None else jnp.take(a, ids, axis=0)
     picked = dataclasses.replace(self, values=rows(self.values), scale=rows(self.scale), offset=rows(self.offset))
     return picked.dequantize(dtype)
