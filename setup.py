@@ -9,7 +9,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["combinax", "combinax.*"]),
-    package_data={"combinax.data": ["corpora/*.jsonl.gz", "corpora/DATA.md"]},
+    package_data={"combinax.data": ["corpora/*.jsonl.gz", "corpora/DATA.md"],
+                  "combinax.quant.kernels": ["qdot.cc"]},   # compiled on first use (combinax.quant.kernels)
     install_requires=[
         "jax>=0.7.1",  # jax.set_mesh: the mesh a Pipeline places its stages on
         "numpy>=1.26",

@@ -206,7 +206,7 @@ def main():
     first = min(r["first_s"] for r in w.rounds) * 1e3
     tokens = w.rounds[0]["tokens"]
     same = "-" if reference is None else f"{_equal_prefix(tokens, reference)}/{args.new}"
-    print(f"| {w.ready['engine']} | {max(rates):.1f} | {statistics.median(rates):.1f} | {first:.0f} | "
+    print(f"| {w.name}: {w.ready['engine']} | {max(rates):.1f} | {statistics.median(rates):.1f} | {first:.0f} | "
           f"{w.ready['load_s']:.1f} | {w.ready['weights_mb']:.0f} | {w.peak_rss_mb:.0f} | {same} |")
 
 
