@@ -109,11 +109,10 @@ class QuantizedArray:
     XLA:CPU writes the dequantized weight once, then multiplies (it fuses no conversion into a dot's operand). A
     4-bit weight is two dots, one per nibble, each against its half of every group's inputs, since unpacking the
     nibbles into one matrix (a concatenate) was 4x slower than float32 for 30 576x1536 products; two dots: as fast
-    as int8. A weight larger
-    than `_CHUNK_BYTES` as float32 (an LM's tied logits table) is done in chunks of rows, one after the other
-    (`lax.map`), so no float32 copy of it ever exists: as one piece, XLA hoisted its dequantization out of the
-    decoding loop and kept it resident (113 MB for SmolLM2's int8 table, which then took 248 MB of temporaries
-    where float32 took 29; chunked: 28 MB, and 104 tokens/s instead of 87).
+    as int8. A weight larger than `_CHUNK_BYTES` as float32 (an LM's tied logits table) is done in chunks of rows,
+    one after the other (`lax.map`), so no float32 copy of it ever exists: as one piece, XLA hoisted its
+    dequantization out of the decoding loop and kept it resident (113 MB for SmolLM2's int8 table, which then took
+    248 MB of temporaries where float32 took 29; chunked: 28 MB, and 104 tokens/s instead of 87).
     """
     if len(self.shape) != 2:
       raise ValueError(f"QuantizedArray.contract: a 2-D weight, got shape {self.shape} (slice stacked layers first)")

@@ -221,29 +221,35 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256i DotI8Avx2(__m256i w, __m
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 
-template <int R>
-__attribute__((target("avx2,fma,f16c"))) void IntTileAvx2(const Problem& p, int64_t j, int64_t r0) {
-  const uint8_t* w = p.row_values(j);
-  const int64_t blocks = p.k / kBlock, per_group = p.group / kBlock;
-  __m256 acc[R];
-  float tail[R];
-  for (int r = 0; r < R; ++r) { acc[r] = _mm256_setzero_ps(); tail[r] = 0.0f; }
-  for (int64_t t = 0; t < blocks; ++t) {
-    const int64_t g = t / per_group;
-    const float d = FieldF16c(p, p.scale, j, g);
-    const bool four = p.kind != kInt8;
-    const __m256i q = four ? Nibbles32(w + t * (kBlock / 2))
-                           : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + t * kBlock));
-    const float c = four ? ShiftF16c(p, j, g, d) : 0.0f;
-    for (int r = 0; r < R; ++r) {
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.xq + (r0 + r) * p.k + t * kBlock));
-      const __m256 dot = _mm256_cvtepi32_ps(DotI8Avx2(q, x, four));
-      acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(d * p.xd[(r0 + r) * blocks + t]), acc[r]);
-      if (four) tail[r] += c * p.xs[(r0 + r) * blocks + t];
-    }
+// The int8 arithmetic's tile, one body for both instruction sets: a function per target (the target attribute must
+// differ, and GCC inlines nothing across targets), each with its own block dot.
+#define COMBINAX_INT_TILE(NAME, TARGET, DOT)                                                                      \
+  template <int R>                                                                                              \
+  __attribute__((target(TARGET))) void NAME(const Problem& p, int64_t j, int64_t r0) {                          \
+    const uint8_t* w = p.row_values(j);                                                                         \
+    const int64_t blocks = p.k / kBlock, per_group = p.group / kBlock;                                          \
+    __m256 acc[R];                                                                                              \
+    float tail[R];                                                                                              \
+    for (int r = 0; r < R; ++r) { acc[r] = _mm256_setzero_ps(); tail[r] = 0.0f; }                               \
+    for (int64_t t = 0; t < blocks; ++t) {                                                                      \
+      const int64_t g = t / per_group;                                                                          \
+      const float d = FieldF16c(p, p.scale, j, g);                                                              \
+      const bool four = p.kind != kInt8;                                                                        \
+      const __m256i q = four ? Nibbles32(w + t * (kBlock / 2))                                                  \
+                             : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + t * kBlock));            \
+      const float c = four ? ShiftF16c(p, j, g, d) : 0.0f;                                                      \
+      for (int r = 0; r < R; ++r) {                                                                             \
+        const __m256i x =                                                                                       \
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.xq + (r0 + r) * p.k + t * kBlock));           \
+        const __m256 dot = _mm256_cvtepi32_ps(DOT(q, x, four));                                                 \
+        acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(d * p.xd[(r0 + r) * blocks + t]), acc[r]);                 \
+        if (four) tail[r] += c * p.xs[(r0 + r) * blocks + t];                                                   \
+      }                                                                                                         \
+    }                                                                                                           \
+    for (int r = 0; r < R; ++r) p.y[(r0 + r) * p.n + j] = Sum8(acc[r]) + tail[r];                               \
   }
-  for (int r = 0; r < R; ++r) p.y[(r0 + r) * p.n + j] = Sum8(acc[r]) + tail[r];
-}
+
+COMBINAX_INT_TILE(IntTileAvx2, "avx2,fma,f16c", DotI8Avx2)
 
 // ---------------------------------------------------------------------------------------------------------------
 // AVX-512 VNNI (on 256-bit registers, AVX512VL: vpdpbusd multiplies unsigned by signed bytes and adds the four
@@ -256,30 +262,8 @@ inline __m256i DotI8Vnni(__m256i w, __m256i x, bool w_unsigned) {
   return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
 }
 
-template <int R>
-__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
-void IntTileVnni(const Problem& p, int64_t j, int64_t r0) {
-  const uint8_t* w = p.row_values(j);
-  const int64_t blocks = p.k / kBlock, per_group = p.group / kBlock;
-  __m256 acc[R];
-  float tail[R];
-  for (int r = 0; r < R; ++r) { acc[r] = _mm256_setzero_ps(); tail[r] = 0.0f; }
-  for (int64_t t = 0; t < blocks; ++t) {
-    const int64_t g = t / per_group;
-    const float d = FieldF16c(p, p.scale, j, g);
-    const bool four = p.kind != kInt8;
-    const __m256i q = four ? Nibbles32(w + t * (kBlock / 2))
-                           : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + t * kBlock));
-    const float c = four ? ShiftF16c(p, j, g, d) : 0.0f;
-    for (int r = 0; r < R; ++r) {
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.xq + (r0 + r) * p.k + t * kBlock));
-      const __m256 dot = _mm256_cvtepi32_ps(DotI8Vnni(q, x, four));
-      acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(d * p.xd[(r0 + r) * blocks + t]), acc[r]);
-      if (four) tail[r] += c * p.xs[(r0 + r) * blocks + t];
-    }
-  }
-  for (int r = 0; r < R; ++r) p.y[(r0 + r) * p.n + j] = Sum8(acc[r]) + tail[r];
-}
+COMBINAX_INT_TILE(IntTileVnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", DotI8Vnni)
+#undef COMBINAX_INT_TILE
 #endif  // COMBINAX_X86
 
 enum class Isa { kPortable, kAvx2, kVnni };
