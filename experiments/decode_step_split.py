@@ -11,16 +11,14 @@ ms a token = (time for 80 tokens - time for 16) / 64 after a 16-token prompt, me
 
 import argparse
 import contextlib
-import statistics
-import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from combinax import decoding, pretrained
+from combinax import pretrained
 from combinax.quant import kernels
 from combinax.quant.weights import QuantizedArray
+from integer_activations import decoding_runs, interleaved, ms_a_token   # (experiments/, the script's own folder)
 
 NAME = "smollm2-135m-instruct"
 PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
@@ -54,24 +52,12 @@ def main():
   for kind in args.kinds:
     _, params, _ = pretrained.load_quantized(NAME, kind)
     for way in ("as it runs", "matmuls free"):
-      decoder = pretrained.model(NAME, mode="predict", max_len=512)   # its own jit cache per way
-      for n in (16, 80):
-        def run(decoder=decoder, params=params, n=n, way=way):
-          with contracting(way):
-            return jax.block_until_ready(decoding.autoregressive_sample(decoder, params, prompt, max_length=n,
-                                                                        temperature=0.0, start_id=None))
-        run()
+      for n, run in decoding_runs(params, prompt, lambda way=way: contracting(way), max_len=512).items():
         runs[(kind, way, n)] = run
-  times = {key: [] for key in runs}
-  for _ in range(args.repeats):
-    for key, run in runs.items():
-      start = time.perf_counter()
-      run()
-      times[key].append(time.perf_counter() - start)
+  times = interleaved(runs, args.repeats)
   print(f"SmolLM2-135M, batch 1, greedy, median of {args.repeats}; kernel: {kernels.isa()}")
   for kind in args.kinds:
-    ms = {way: 1e3 * (statistics.median(times[(kind, way, 80)]) - statistics.median(times[(kind, way, 16)])) / 64
-          for way in ("as it runs", "matmuls free")}
+    ms = {way: ms_a_token(times[(kind, way, 16)], times[(kind, way, 80)]) for way in ("as it runs", "matmuls free")}
     print(f"{kind:5s} step {ms['as it runs']:6.2f} ms; without the quantized matmuls {ms['matmuls free']:6.2f} ms; "
           f"the matmuls {ms['as it runs'] - ms['matmuls free']:6.2f} ms")
 

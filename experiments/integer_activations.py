@@ -108,6 +108,37 @@ def computing_by(way):
     kernels.MAX_ROWS, kernels.qdot = MAX_ROWS, QDOT
 
 
+def decoding_runs(weights, prompt, context, *, max_len: int) -> dict:
+  """{n: a call greedily decoding n tokens after `prompt` with `weights` inside `context()`, compiled once}, for
+  n = 16 and 80 (a fresh model object: its own jit cache)."""
+  decoder = pretrained.model(NAME, mode="predict", max_len=max_len)
+  runs = {}
+  for n in (16, 80):
+    def run(n=n):
+      with context():
+        return jax.block_until_ready(decoding.autoregressive_sample(decoder, weights, prompt, max_length=n,
+                                                                    temperature=0.0, start_id=None))
+    run()
+    runs[n] = run
+  return runs
+
+
+def ms_a_token(seconds_16: list, seconds_80: list) -> float:
+  """Milliseconds a token after the prompt: (median time for 80 tokens - median for 16) / 64."""
+  return 1e3 * (statistics.median(seconds_80) - statistics.median(seconds_16)) / 64
+
+
+def interleaved(runs: dict, repeats: int) -> dict:
+  """{key: [seconds of each of `repeats` calls of runs[key]]}, the runs taking turns."""
+  times = {key: [] for key in runs}
+  for _ in range(repeats):
+    for key, run in runs.items():
+      start = time.perf_counter()
+      run()
+      times[key].append(time.perf_counter() - start)
+  return times
+
+
 def measure(ways, context, weights_of, tokens, repeats):
   """{way: (perplexity, ms a token)}: each way's weights `weights_of(way)` scored and decoded inside `context(way)`,
   the decoding timed interleaved."""
@@ -119,21 +150,10 @@ def measure(ways, context, weights_of, tokens, repeats):
     weights = weights_of(way, params)
     with context(way):
       perplexity[way], _ = quant_fidelity.score(pretrained.model(NAME), weights, ids)   # a model object: its own jit
-      decoder = pretrained.model(NAME, mode="predict", max_len=160)
-      for n in (16, 80):
-        def run(decoder=decoder, weights=weights, n=n, way=way):
-          with context(way):
-            return jax.block_until_ready(decoding.autoregressive_sample(decoder, weights, prompt, max_length=n,
-                                                                        temperature=0.0, start_id=None))
-        run()
-        runs[(way, n)] = run
-  times = {key: [] for key in runs}
-  for _ in range(repeats):   # interleaved
-    for key, run in runs.items():
-      start = time.perf_counter()
-      run()
-      times[key].append(time.perf_counter() - start)
-  ms = {way: 1e3 * (statistics.median(times[(way, 80)]) - statistics.median(times[(way, 16)])) / 64 for way in ways}
+    for n, run in decoding_runs(weights, prompt, lambda way=way: context(way), max_len=160).items():
+      runs[(way, n)] = run
+  times = interleaved(runs, repeats)
+  ms = {way: ms_a_token(times[(way, 16)], times[(way, 80)]) for way in ways}
   return {way: (perplexity[way], ms[way]) for way in ways}
 
 
